@@ -1,0 +1,87 @@
+//! The `ordkv` binary: `ordkv serve` runs a node; every other command is a client of one.
+//!
+//! Errors are printed to stderr as `error: <message>` with exit status 1; `ordkv get` of a
+//! missing key prints `not found` and exits 1; usage errors exit 2.
+
+mod client_cmds;
+mod output;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+/// ordkv: a replicated key-value store for Kubernetes StatefulSets.
+#[derive(Debug, Parser)]
+#[command(name = "ordkv", version)]
+struct Cli {
+    #[command(flatten)]
+    global: client_cmds::GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+// Parsed once per process: variant sizes do not matter (and ServeArgs grows independently).
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node (one replica per pod).
+    Serve(serve::ServeArgs),
+    #[command(flatten)]
+    Client(client_cmds::ClientCommand),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Client(cmd) => client_cmds::run(cli.global, cmd, &matches).await,
+    };
+    match result {
+        Ok(code) => code,
+        // A closed stdout (`ordkv scan | head`) is not an error worth reporting.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_apply_anywhere() {
+        let cli = Cli::try_parse_from([
+            "ordkv",
+            "get",
+            "k",
+            "--endpoints",
+            "a:1,http://b:2",
+            "-o",
+            "json",
+            "--timeout",
+            "250ms",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.endpoints, ["a:1", "http://b:2"]);
+        assert_eq!(cli.global.output, output::Format::Json);
+        assert_eq!(cli.global.timeout, std::time::Duration::from_millis(250));
+        assert!(Cli::try_parse_from(["ordkv", "get", "k", "-o", "yaml"]).is_err());
+        assert!(Cli::try_parse_from(["ordkv", "cluster", "status"]).is_ok());
+    }
+}

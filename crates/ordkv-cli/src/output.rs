@@ -1,0 +1,306 @@
+//! Rendering of client command results: JSON objects for `-o json` and the status table.
+//!
+//! Keys and values are bytes. In JSON a byte field `f` is written as the string `f` when it
+//! is valid UTF-8, and otherwise as `f_base64` (standard alphabet, padded); exactly one of
+//! the two is present.
+
+use ordkv_proto::v1::{KeyValue, Role, StatusResponse, event::EventType};
+use serde_json::{Map, Value, json};
+
+/// Output format selected with `-o/--output`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Human-readable text.
+    Human,
+    /// One JSON document (for `watch`: one JSON object per line per event).
+    Json,
+}
+
+/// Inserts `name` (UTF-8) or `name_base64` (anything else) for `bytes`.
+pub fn put_bytes(obj: &mut Map<String, Value>, name: &str, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => obj.insert(name.to_string(), s.into()),
+        Err(_) => obj.insert(format!("{name}_base64"), base64(bytes).into()),
+    };
+}
+
+/// A key-value as JSON: key/value (see the module docs) and its revisions; `with_value =
+/// false` leaves the value out (`--keys-only`).
+pub fn kv_json(kv: &KeyValue, with_value: bool) -> Value {
+    let mut obj = Map::new();
+    put_bytes(&mut obj, "key", &kv.key);
+    if with_value {
+        put_bytes(&mut obj, "value", &kv.value);
+    }
+    obj.insert("create_revision".into(), kv.create_revision.into());
+    obj.insert("mod_revision".into(), kv.mod_revision.into());
+    obj.insert("version".into(), kv.version.into());
+    Value::Object(obj)
+}
+
+/// An optional key-value as JSON (`null` when absent).
+pub fn opt_kv_json(kv: Option<&KeyValue>) -> Value {
+    kv.map_or(Value::Null, |kv| kv_json(kv, true))
+}
+
+/// Name of an event type as printed by `watch`.
+pub fn event_type_name(t: EventType) -> &'static str {
+    match t {
+        EventType::Put => "PUT",
+        EventType::Delete => "DELETE",
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Voter => "voter",
+        Role::Learner => "learner",
+        Role::Unspecified => "unknown",
+    }
+}
+
+/// `ordkv cluster status -o json`.
+pub fn status_json(s: &StatusResponse) -> Value {
+    let members: Vec<Value> = s
+        .members
+        .iter()
+        .map(|m| {
+            json!({
+                "ordinal": m.ordinal,
+                "name": m.name,
+                "role": role_name(m.role()),
+                "peer_addr": m.peer_addr,
+                "client_addr": m.client_addr,
+                "applied_index": m.applied_index,
+                "reachable": m.reachable,
+                "node_id": m.node_id,
+                "lag": m.lag,
+                "leader": s.leader == Some(m.ordinal),
+            })
+        })
+        .collect();
+    json!({
+        "cluster_id": s.cluster_id,
+        "leader": s.leader,
+        "term": s.term,
+        "commit_index": s.commit_index,
+        "applied_index": s.applied_index,
+        "revision": s.revision,
+        "compact_revision": s.compact_revision,
+        "member": s.member,
+        "version": s.version,
+        "db_size_bytes": s.db_size_bytes,
+        "limits": s.limits.as_ref().map(|l| json!({
+            "max_key_bytes": l.max_key_bytes,
+            "max_value_bytes": l.max_value_bytes,
+            "max_txn_ops": l.max_txn_ops,
+            "max_range_limit": l.max_range_limit,
+            "watch_history_revisions": l.watch_history_revisions,
+        })),
+        "members": members,
+    })
+}
+
+/// `ordkv cluster status`: a summary followed by one table row per member (`*` marks the
+/// leader).
+pub fn status_table(s: &StatusResponse) -> String {
+    let leader = match s.leader {
+        Some(ord) => match s.members.iter().find(|m| m.ordinal == ord) {
+            Some(m) => format!("{} (ordinal {ord})", m.name),
+            None => format!("ordinal {ord}"),
+        },
+        None => "none".to_string(),
+    };
+    let mut out = format!("cluster: {}  answered by: {}", s.cluster_id, s.member);
+    if !s.version.is_empty() {
+        out.push_str(&format!("  version: {}", s.version));
+    }
+    out.push_str(&format!(
+        "\nleader: {leader}  term: {}  commit index: {}  applied index: {}  revision: {}\n\n",
+        s.term, s.commit_index, s.applied_index, s.revision
+    ));
+    let mut rows = vec![
+        [
+            "",
+            "ORDINAL",
+            "NAME",
+            "ROLE",
+            "PEER ADDR",
+            "CLIENT ADDR",
+            "APPLIED",
+            "REACHABLE",
+            "LAG",
+        ]
+        .map(String::from),
+    ];
+    for m in &s.members {
+        rows.push([
+            if s.leader == Some(m.ordinal) { "*" } else { "" }.to_string(),
+            m.ordinal.to_string(),
+            m.name.clone(),
+            role_name(m.role()).to_string(),
+            m.peer_addr.clone(),
+            m.client_addr.clone(),
+            m.applied_index.to_string(),
+            if m.reachable { "yes" } else { "no" }.to_string(),
+            m.lag.to_string(),
+        ]);
+    }
+    out.push_str(&table(&rows));
+    out
+}
+
+/// Left-aligned columns separated by two spaces, without trailing whitespace.
+fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(cell);
+            line.extend(std::iter::repeat_n(' ', widths[i] - cell.chars().count()));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Standard, padded base64.
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ordkv_proto::v1::Member;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        let cases = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(base64(input.as_bytes()), want);
+        }
+        assert_eq!(base64(&[0xff, 0xfe, 0x00]), "//4A");
+    }
+
+    #[test]
+    fn kv_json_uses_base64_only_for_non_utf8() {
+        let kv = KeyValue {
+            key: "k".into(),
+            value: vec![0xff, 0x00].into(),
+            create_revision: 2,
+            mod_revision: 5,
+            version: 3,
+        };
+        assert_eq!(
+            kv_json(&kv, true),
+            json!({"key": "k", "value_base64": "/wA=", "create_revision": 2,
+                   "mod_revision": 5, "version": 3})
+        );
+        let kv = KeyValue {
+            value: "v".into(),
+            ..kv
+        };
+        assert_eq!(kv_json(&kv, true)["value"], "v");
+        assert!(kv_json(&kv, false).get("value").is_none());
+        assert_eq!(opt_kv_json(None), Value::Null);
+    }
+
+    fn status() -> StatusResponse {
+        StatusResponse {
+            cluster_id: "c1".into(),
+            leader: Some(0),
+            term: 4,
+            commit_index: 9,
+            applied_index: 8,
+            member: "kv-1".into(),
+            revision: 7,
+            members: vec![
+                Member {
+                    ordinal: 0,
+                    name: "kv-0".into(),
+                    role: Role::Voter as i32,
+                    peer_addr: "kv-0.kv:7380".into(),
+                    client_addr: "kv-0.kv:7379".into(),
+                    applied_index: 9,
+                    reachable: true,
+                    node_id: 11,
+                    lag: 0,
+                },
+                Member {
+                    ordinal: 1,
+                    name: "kv-1".into(),
+                    role: Role::Learner as i32,
+                    applied_index: 8,
+                    lag: 1,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn status_json_has_contract_fields() {
+        let v = status_json(&status());
+        assert_eq!(v["cluster_id"], "c1");
+        assert_eq!(v["leader"], 0);
+        assert_eq!(v["term"], 4);
+        assert_eq!(v["members"][0]["role"], "voter");
+        assert_eq!(v["members"][0]["client_addr"], "kv-0.kv:7379");
+        assert_eq!(v["members"][0]["reachable"], true);
+        assert_eq!(v["members"][1]["role"], "learner");
+        assert_eq!(v["members"][1]["applied_index"], 8);
+        let no_leader = StatusResponse {
+            leader: None,
+            ..status()
+        };
+        assert_eq!(status_json(&no_leader)["leader"], Value::Null);
+    }
+
+    #[test]
+    fn status_table_lists_members() {
+        let text = status_table(&status());
+        assert!(text.contains("leader: kv-0 (ordinal 0)"), "{text}");
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[3].starts_with("   ORDINAL  NAME"), "{text}");
+        assert!(lines[4].starts_with("*  0        kv-0  voter"), "{text}");
+        assert!(lines[5].contains("learner"), "{text}");
+        assert!(text.lines().all(|l| l == l.trim_end()));
+    }
+}

@@ -1,0 +1,297 @@
+//! `ordkv serve`: flags (each with an `ORDKV_*` environment twin), validation, and running a
+//! node with its servers until SIGTERM/SIGINT or a fatal storage error.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::ValueEnum;
+
+/// Flags of `ordkv serve`. Every flag is validated at start; an invalid one is an error that
+/// names it.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Where this member keeps its data (the pod's PVC mount).
+    #[arg(long, env = "ORDKV_DATA_DIR", default_value = "./ordkv-data")]
+    pub data_dir: PathBuf,
+    /// Member name; a trailing `-<N>` is the StatefulSet ordinal. Default: $POD_NAME, else
+    /// the hostname.
+    #[arg(long, env = "ORDKV_NAME")]
+    pub name: Option<String>,
+    /// Headless Service name used to find peers by DNS.
+    #[arg(long, env = "ORDKV_SERVICE")]
+    pub service: Option<String>,
+    /// Namespace. Default: $POD_NAMESPACE, else the service-account namespace file, else
+    /// `default`.
+    #[arg(long, env = "ORDKV_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Cluster DNS domain.
+    #[arg(long, env = "ORDKV_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Host name advertised to peers and clients. Default: the pod's stable DNS name
+    /// `{name}.{service}.{namespace}.svc.{cluster-domain}` when --service is set, else the
+    /// client address's host.
+    #[arg(long, env = "ORDKV_ADVERTISE_HOST")]
+    pub advertise_host: Option<String>,
+    /// Client gRPC listen address. Default 127.0.0.1:7379, or 0.0.0.0:7379 in a pod.
+    #[arg(long, env = "ORDKV_CLIENT_ADDR")]
+    pub client_addr: Option<SocketAddr>,
+    /// Peer gRPC listen address. Default 127.0.0.1:7380, or 0.0.0.0:7380 in a pod.
+    #[arg(long, env = "ORDKV_PEER_ADDR")]
+    pub peer_addr: Option<SocketAddr>,
+    /// HTTP listen address for /livez, /readyz, /metrics. Default 127.0.0.1:7381, or
+    /// 0.0.0.0:7381 in a pod.
+    #[arg(long, env = "ORDKV_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// Members beyond this many voters join as learners (read replicas).
+    #[arg(long, env = "ORDKV_MAX_VOTERS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub max_voters: u32,
+    /// Refuse writes on followers (FAILED_PRECONDITION naming the leader) instead of
+    /// forwarding them.
+    #[arg(long, env = "ORDKV_REJECT_FOLLOWER_WRITES")]
+    pub reject_follower_writes: bool,
+    /// Static peer map `kv-0=host:port,kv-1=host:port` that replaces DNS discovery.
+    #[arg(long, env = "ORDKV_PEERS", value_parser = parse_peer, value_delimiter = ',')]
+    pub peers: Vec<(String, String)>,
+    /// How long a member's DNS name must stay gone before the leader removes it (scale-down).
+    #[arg(long, env = "ORDKV_DEAD_MEMBER_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub dead_member_timeout: Duration,
+    /// Longest key accepted.
+    #[arg(long, env = "ORDKV_MAX_KEY_BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub max_key_bytes: u64,
+    /// Longest value accepted.
+    #[arg(long, env = "ORDKV_MAX_VALUE_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(0..=64 * 1024 * 1024))]
+    pub max_value_bytes: u64,
+    /// Most compares plus ops in one transaction.
+    #[arg(long, env = "ORDKV_MAX_TXN_OPS", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_txn_ops: u64,
+    /// Revisions of watch history kept before automatic compaction.
+    #[arg(long, env = "ORDKV_WATCH_HISTORY", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub watch_history: u64,
+    /// sled page cache in MiB.
+    #[arg(long, env = "ORDKV_CACHE_MB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub cache_mb: u64,
+    /// Log format.
+    #[arg(long, env = "ORDKV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How logs are printed.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn parse_peer(s: &str) -> Result<(String, String), String> {
+    let (name, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected name=host:port, e.g. kv-0=127.0.0.1:7380"))?;
+    ordkv::Identity::parse(name).map_err(|e| e.to_string())?;
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{addr:?}: expected host:port"))?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!(
+            "{addr:?}: expected host:port with a port in 1..=65535"
+        ));
+    }
+    Ok((name.to_string(), addr.to_string()))
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: expected e.g. 30s, 10m, 1h"))?;
+    let secs = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" | "" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// `$POD_NAME`, else the hostname's first label, lowercased.
+fn default_name() -> anyhow::Result<String> {
+    if let Ok(n) = std::env::var("POD_NAME")
+        && !n.is_empty()
+    {
+        return Ok(n);
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "ordkv".into());
+    Ok(host
+        .trim()
+        .split('.')
+        .next()
+        .unwrap_or("ordkv")
+        .to_lowercase())
+}
+
+fn default_namespace() -> String {
+    std::env::var("POD_NAMESPACE")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "default".into())
+}
+
+/// Everything `serve` needs, resolved from flags, environment and defaults.
+struct Resolved {
+    node: ordkv::NodeConfig,
+    server: ordkv_server::ServerConfig,
+}
+
+fn resolve(args: &ServeArgs) -> anyhow::Result<Resolved> {
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => default_name()?,
+    };
+    let identity = ordkv::Identity::parse(&name).with_context(|| {
+        format!("member name {name:?} (from --name, $POD_NAME or the hostname)")
+    })?;
+    let in_pod = std::env::var_os("POD_NAME").is_some();
+    let bind_host = if in_pod { "0.0.0.0" } else { "127.0.0.1" };
+    let addr = |given: Option<SocketAddr>, port: u16| {
+        given.unwrap_or_else(|| format!("{bind_host}:{port}").parse().expect("valid"))
+    };
+    let client_addr = addr(args.client_addr, 7379);
+    let peer_addr = addr(args.peer_addr, 7380);
+    let http_addr = addr(args.http_addr, 7381);
+    if client_addr == peer_addr || client_addr == http_addr || peer_addr == http_addr {
+        bail!("--client-addr, --peer-addr and --http-addr must differ");
+    }
+    let namespace = args.namespace.clone().unwrap_or_else(default_namespace);
+    let advertise_host = match (&args.advertise_host, &args.service) {
+        (Some(h), _) => h.clone(),
+        (None, Some(svc)) => format!(
+            "{}.{svc}.{namespace}.svc.{}",
+            identity.name, args.cluster_domain
+        ),
+        (None, None) if client_addr.ip().is_unspecified() => "127.0.0.1".into(),
+        (None, None) => client_addr.ip().to_string(),
+    };
+    if let Some(svc) = &args.service {
+        ordkv::Identity::parse(svc).context("--service must be a DNS label")?;
+    }
+    if !args.peers.is_empty() && !args.peers.iter().any(|(n, _)| *n == identity.name) {
+        bail!(
+            "--peers does not list this member {:?}; include it, e.g. {}=127.0.0.1:7380",
+            identity.name,
+            identity.name
+        );
+    }
+    let mut node = ordkv::NodeConfig::new(&args.data_dir);
+    node.name = identity.name.clone();
+    node.advertise_client_addr = format!("{advertise_host}:{}", client_addr.port());
+    node.advertise_peer_addr = format!("{advertise_host}:{}", peer_addr.port());
+    node.limits.max_key_bytes = args.max_key_bytes as usize;
+    node.limits.max_value_bytes = args.max_value_bytes as usize;
+    node.limits.max_txn_ops = args.max_txn_ops as usize;
+    node.watch_history_revisions = args.watch_history;
+    node.cache_capacity_bytes = args.cache_mb * 1024 * 1024;
+    node.reject_follower_writes = args.reject_follower_writes;
+    node.max_voters = args.max_voters as usize;
+    node.validate()?;
+    let server = ordkv_server::ServerConfig::new(client_addr, http_addr, &node.limits);
+    Ok(Resolved { node, server })
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ORDKV_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+/// Runs the node until SIGTERM/SIGINT; exits with an error on a fatal storage failure.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    init_tracing(args.log_format);
+    let resolved = resolve(&args)?;
+    tracing::info!(config = ?resolved.node, client = %resolved.server.client_addr, http = %resolved.server.http_addr, "starting ordkv");
+    let node = ordkv::Node::open(resolved.node).await?;
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let fatal = {
+        let (node, stop) = (node.clone(), stop.clone());
+        tokio::spawn(async move {
+            let why = node.fatal().await;
+            stop.cancel();
+            why
+        })
+    };
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        signal().await;
+        on_signal.cancel();
+    });
+    let served = ordkv_server::serve(
+        node.clone(),
+        resolved.server,
+        stop.clone().cancelled_owned(),
+    )
+    .await;
+    stop.cancel();
+    if fatal.is_finished() {
+        let why = fatal.await.unwrap_or_else(|e| e.to_string());
+        bail!("fatal: {why}");
+    }
+    node.shutdown().await?;
+    served?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn peers_parse_and_reject_garbage() {
+        assert_eq!(
+            parse_peer("kv-0=127.0.0.1:7380").unwrap(),
+            ("kv-0".into(), "127.0.0.1:7380".into())
+        );
+        assert!(parse_peer("kv-0").is_err());
+        assert!(parse_peer("kv-0=host").is_err());
+        assert!(parse_peer("KV=host:1").is_err());
+        assert!(parse_peer("kv-0=host:99999").is_err());
+    }
+}

@@ -1,0 +1,369 @@
+//! A small typed async client for ordkv's gRPC API (`ordkv.v1.KV` and `ordkv.v1.Cluster`).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), ordkv_client::Error> {
+//! let client = ordkv_client::Client::connect(&["127.0.0.1:7379".to_string()]).await?;
+//! let revision = client.put_value("greeting", "hello").await?;
+//! assert_eq!(client.get_value("greeting").await?.as_deref(), Some(&b"hello"[..]));
+//! # let _ = revision; Ok(()) }
+//! ```
+//!
+//! Requests go to one endpoint at a time; when it is unreachable (`UNAVAILABLE`), the next
+//! endpoint is tried and, on success, becomes the preferred one.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{StreamExt, stream::BoxStream};
+use ordkv_proto::v1::{
+    CompactRequest, CompactResponse, DeleteRequest, DeleteResponse, GetRequest, GetResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, StatusRequest, StatusResponse,
+    TxnRequest, TxnResponse, WatchRequest, WatchResponse, cluster_client::ClusterClient,
+    kv_client::KvClient,
+};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// Largest response message the client accepts (64 MiB).
+pub const MAX_DECODING_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
+
+/// The gRPC metadata key under which a replica that refuses writes names the leader's client
+/// address.
+pub const LEADER_METADATA_KEY: &str = "ordkv-leader";
+
+/// How long establishing a TCP/HTTP2 connection to one endpoint may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A stream of watch responses, as returned by [`Client::watch`].
+pub type WatchStream = BoxStream<'static, Result<WatchResponse>>;
+
+/// Errors returned by [`Client`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// [`Client::connect`] was given an empty endpoint list.
+    #[error("no endpoints given")]
+    NoEndpoints,
+    /// An endpoint could not be parsed as a URI.
+    #[error("invalid endpoint {endpoint:?}: {reason}")]
+    InvalidEndpoint {
+        /// The endpoint as given.
+        endpoint: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// The server (or the transport) answered with a gRPC status. Displays as
+    /// `CODE_NAME: message`, e.g. `INVALID_ARGUMENT: key is empty`.
+    #[error("{}: {}", code_name(.0.code()), .0.message())]
+    Status(Status),
+}
+
+// Not `#[from]`: that would also make the status the error's source, and a `{:#}` chain
+// would repeat its message.
+impl From<Status> for Error {
+    fn from(status: Status) -> Self {
+        Error::Status(status)
+    }
+}
+
+impl Error {
+    /// The gRPC status code, if this error came from a call.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            Error::Status(s) => Some(s.code()),
+            _ => None,
+        }
+    }
+
+    /// The leader's client address, when a replica refused a write with
+    /// `FAILED_PRECONDITION` and named the leader in the `ordkv-leader` metadata.
+    pub fn leader(&self) -> Option<&str> {
+        match self {
+            Error::Status(s) if s.code() == Code::FailedPrecondition => s
+                .metadata()
+                .get(LEADER_METADATA_KEY)
+                .and_then(|v| v.to_str().ok()),
+            _ => None,
+        }
+    }
+}
+
+/// The canonical upper-case name of a gRPC status code, e.g. `NOT_FOUND`.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// A connection to an ordkv cluster through one or more client endpoints.
+///
+/// Cheap to share by reference; every method takes `&self`.
+#[derive(Debug)]
+pub struct Client {
+    /// `(endpoint as given, channel)`, in the given order.
+    channels: Vec<(String, Channel)>,
+    /// Index of the endpoint to try first.
+    current: AtomicUsize,
+    /// gRPC deadline applied to every unary call.
+    timeout: Option<Duration>,
+}
+
+impl Client {
+    /// Creates a client for `endpoints` (`host:port` or `http://host:port`; `http://` is
+    /// prepended when there is no scheme). Connections are opened lazily on first use, so this
+    /// only fails on an empty list or a malformed endpoint.
+    pub async fn connect(endpoints: &[String]) -> Result<Client> {
+        let mut channels = Vec::with_capacity(endpoints.len());
+        for given in endpoints.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
+            let uri = if given.contains("://") {
+                given.to_string()
+            } else {
+                format!("http://{given}")
+            };
+            let invalid = |e: tonic::transport::Error| Error::InvalidEndpoint {
+                endpoint: given.to_string(),
+                reason: e.to_string(),
+            };
+            let channel = Endpoint::from_shared(uri)
+                .map_err(invalid)?
+                .connect_timeout(CONNECT_TIMEOUT)
+                .tcp_nodelay(true)
+                .connect_lazy();
+            channels.push((given.to_string(), channel));
+        }
+        if channels.is_empty() {
+            return Err(Error::NoEndpoints);
+        }
+        Ok(Client {
+            channels,
+            current: AtomicUsize::new(0),
+            timeout: None,
+        })
+    }
+
+    /// Sets the gRPC deadline of every unary call (and of establishing a watch); `None`
+    /// means no deadline. A running watch stream is never cut by it.
+    pub fn with_timeout(mut self, timeout: Option<Duration>) -> Client {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sends `req` with `f` to the preferred endpoint, moving on to the next one while the
+    /// answer is `UNAVAILABLE`.
+    async fn call<T, R, F, Fut>(&self, req: T, f: F) -> Result<R>
+    where
+        T: Clone,
+        F: Fn(Channel, tonic::Request<T>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
+    {
+        let n = self.channels.len();
+        let start = self.current.load(Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for i in 0..n {
+            let idx = (start + i) % n;
+            let (endpoint, channel) = &self.channels[idx];
+            let mut request = tonic::Request::new(req.clone());
+            if let Some(timeout) = self.timeout {
+                request.set_timeout(timeout);
+            }
+            match f(channel.clone(), request).await {
+                Ok(response) => {
+                    self.current.store(idx, Ordering::Relaxed);
+                    return Ok(response.into_inner());
+                }
+                Err(status) if status.code() == Code::Unavailable => {
+                    failures.push(format!("{endpoint}: {}", describe(&status)));
+                }
+                // tonic reports its own client-side deadline as CANCELLED; say what it is.
+                Err(status) if sources(&status).any(|e| e.is::<tonic::TimeoutExpired>()) => {
+                    let timeout = self.timeout.unwrap_or_default();
+                    return Err(Status::deadline_exceeded(format!(
+                        "{endpoint}: no answer within {timeout:?}"
+                    ))
+                    .into());
+                }
+                Err(status) => return Err(status.into()),
+            }
+        }
+        let message = if n == 1 {
+            failures.remove(0)
+        } else {
+            format!("no endpoint reachable: {}", failures.join("; "))
+        };
+        Err(Status::unavailable(message).into())
+    }
+
+    fn kv(channel: Channel) -> KvClient<Channel> {
+        KvClient::new(channel).max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+    }
+
+    fn cluster(channel: Channel) -> ClusterClient<Channel> {
+        ClusterClient::new(channel).max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+    }
+
+    /// Sets one key.
+    pub async fn put(&self, req: PutRequest) -> Result<PutResponse> {
+        self.call(req, |ch, r| async move { Self::kv(ch).put(r).await })
+            .await
+    }
+
+    /// Reads one key.
+    pub async fn get(&self, req: GetRequest) -> Result<GetResponse> {
+        self.call(req, |ch, r| async move { Self::kv(ch).get(r).await })
+            .await
+    }
+
+    /// Deletes one key, a range or a prefix.
+    pub async fn delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {
+        self.call(req, |ch, r| async move { Self::kv(ch).delete(r).await })
+            .await
+    }
+
+    /// Lists one page of keys; follow `more`/`next_start` for the rest.
+    pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
+        self.call(req, |ch, r| async move { Self::kv(ch).range(r).await })
+            .await
+    }
+
+    /// Runs a transaction (compare-and-swap).
+    pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
+        self.call(req, |ch, r| async move { Self::kv(ch).txn(r).await })
+            .await
+    }
+
+    /// Starts a watch. The first message has `created = true`; the stream then yields events
+    /// until the server ends it or the stream is dropped. Endpoint failover only happens
+    /// while the watch is being established.
+    pub async fn watch(&self, req: WatchRequest) -> Result<WatchStream> {
+        let stream = self
+            .call(req, |ch, r| async move { Self::kv(ch).watch(r).await })
+            .await?;
+        Ok(stream.map(|item| item.map_err(Error::from)).boxed())
+    }
+
+    /// Discards watch history older than `req.revision`.
+    pub async fn compact(&self, req: CompactRequest) -> Result<CompactResponse> {
+        self.call(req, |ch, r| async move { Self::kv(ch).compact(r).await })
+            .await
+    }
+
+    /// Describes the cluster as the answering member sees it.
+    pub async fn status(&self) -> Result<StatusResponse> {
+        self.call(StatusRequest {}, |ch, r| async move {
+            Self::cluster(ch).status(r).await
+        })
+        .await
+    }
+
+    /// Sets `key` to `value` and returns the revision the write created.
+    pub async fn put_value(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<u64> {
+        let resp = self
+            .put(PutRequest {
+                key: key.into(),
+                value: value.into(),
+                prev_kv: false,
+            })
+            .await?;
+        Ok(resp.header.map_or(0, |h| h.revision))
+    }
+
+    /// Reads `key` (linearizable) and returns its value, or `None` when it does not exist.
+    pub async fn get_value(&self, key: impl Into<Bytes>) -> Result<Option<Bytes>> {
+        let resp = self
+            .get(GetRequest {
+                key: key.into(),
+                ..Default::default()
+            })
+            .await?;
+        Ok(resp.kv.map(|kv| kv.value))
+    }
+}
+
+/// The source chain of a status (transport errors keep their cause there).
+fn sources(status: &Status) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+    std::iter::successors(std::error::Error::source(status), |e| e.source())
+}
+
+/// A status message followed by the messages of its source chain.
+fn describe(status: &Status) -> String {
+    let mut out = status.message().to_string();
+    for err in sources(status) {
+        let text = err.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn connect_validates_endpoints() {
+        assert!(matches!(
+            Client::connect(&[]).await,
+            Err(Error::NoEndpoints)
+        ));
+        assert!(matches!(
+            Client::connect(&[" ".to_string()]).await,
+            Err(Error::NoEndpoints)
+        ));
+        let c = Client::connect(&["127.0.0.1:1".into(), "http://localhost:2".into()])
+            .await
+            .unwrap();
+        assert_eq!(c.channels.len(), 2);
+        assert!(matches!(
+            Client::connect(&["bad host:1".into()]).await,
+            Err(Error::InvalidEndpoint { .. })
+        ));
+    }
+
+    #[test]
+    fn status_display_and_leader() {
+        let err = Error::from(Status::invalid_argument("key is empty"));
+        assert_eq!(err.to_string(), "INVALID_ARGUMENT: key is empty");
+        assert_eq!(err.code(), Some(Code::InvalidArgument));
+        assert_eq!(err.leader(), None);
+
+        let mut status = Status::failed_precondition("read-only replica");
+        status
+            .metadata_mut()
+            .insert(LEADER_METADATA_KEY, "kv-0.kv:7379".parse().unwrap());
+        assert_eq!(Error::from(status).leader(), Some("kv-0.kv:7379"));
+    }
+
+    #[tokio::test]
+    async fn unreachable_endpoints_fail_over_then_report_all() {
+        // Port 1 on loopback refuses connections.
+        let c = Client::connect(&["127.0.0.1:1".into(), "127.0.0.1:1".into()])
+            .await
+            .unwrap()
+            .with_timeout(Some(Duration::from_secs(2)));
+        let err = c.get_value("k").await.unwrap_err();
+        assert_eq!(err.code(), Some(Code::Unavailable), "{err}");
+        assert!(err.to_string().contains("no endpoint reachable"), "{err}");
+    }
+}

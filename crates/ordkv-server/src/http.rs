@@ -1,0 +1,115 @@
+//! The HTTP server for probes and scraping: `/livez`, `/readyz`, `/metrics`.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+/// The routes, serving `node`.
+pub(crate) fn router(node: ordkv::Node) -> Router {
+    Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(node)
+}
+
+/// 200 `ok`, or 503 with the fatal error once the node hit one (restart the pod).
+async fn livez(State(node): State<ordkv::Node>) -> (StatusCode, String) {
+    match node.status().fatal {
+        None => (StatusCode::OK, "ok\n".to_string()),
+        Some(fatal) => (StatusCode::SERVICE_UNAVAILABLE, format!("fatal: {fatal}\n")),
+    }
+}
+
+/// 200 `ok` when [`ordkv::Node::is_ready`], else 503 with the reason.
+async fn readyz(State(node): State<ordkv::Node>) -> (StatusCode, String) {
+    if node.is_ready() {
+        return (StatusCode::OK, "ok\n".to_string());
+    }
+    // Read again for the reason; if the node became ready in between, say so generically.
+    let reason = not_ready_reason(&node.status()).unwrap_or_else(|| "not ready".to_string());
+    (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n"))
+}
+
+/// Prometheus text format, node gauges refreshed first.
+async fn metrics(State(node): State<ordkv::Node>) -> impl IntoResponse {
+    crate::metrics::refresh_gauges(&node.status());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(),
+    )
+}
+
+/// Why a node with this status is not ready, or `None` if it is (same rule as
+/// [`ordkv::Node::is_ready`]).
+pub(crate) fn not_ready_reason(s: &ordkv::NodeStatus) -> Option<String> {
+    if let Some(fatal) = &s.fatal {
+        Some(format!("fatal: {fatal}"))
+    } else if !s.is_member {
+        Some("not a member".to_string())
+    } else if !s.leader_known {
+        Some("no leader".to_string())
+    } else if s.applied_index < s.commit_index {
+        Some(format!(
+            "catching up: applied {} < commit {}",
+            s.applied_index, s.commit_index
+        ))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_reasons() {
+        let ready = ordkv::NodeStatus {
+            is_member: true,
+            leader_known: true,
+            commit_index: 9,
+            applied_index: 9,
+            ..Default::default()
+        };
+        assert_eq!(not_ready_reason(&ready), None);
+        let cases = [
+            (
+                ordkv::NodeStatus {
+                    is_member: false,
+                    ..ready.clone()
+                },
+                "not a member",
+            ),
+            (
+                ordkv::NodeStatus {
+                    leader_known: false,
+                    ..ready.clone()
+                },
+                "no leader",
+            ),
+            (
+                ordkv::NodeStatus {
+                    applied_index: 4,
+                    ..ready.clone()
+                },
+                "catching up: applied 4 < commit 9",
+            ),
+            (
+                ordkv::NodeStatus {
+                    fatal: Some("fsync failed".into()),
+                    ..ready.clone()
+                },
+                "fatal: fsync failed",
+            ),
+        ];
+        for (status, reason) in cases {
+            assert_eq!(not_ready_reason(&status).as_deref(), Some(reason));
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Group commit: one thread makes sled's writes durable for everyone waiting.
+//!
+//! sled 0.34's `flush` ends in `sync_file_range`, which survives a killed process but not a
+//! power loss (no metadata, no disk cache flush). After each flush this thread calls
+//! `fdatasync` on sled's data file. Callers that arrive while a flush runs share the next
+//! one, so N concurrent writers cost about one fsync, not N. A failed flush or fsync is
+//! fatal: every later request fails too, because after a failed fsync the kernel may have
+//! dropped the dirty pages and a retry could report success for lost data.
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+
+use openraft::storage::IOFlushed;
+
+use crate::types::TypeConfig;
+
+enum Waiter {
+    Raft(IOFlushed<TypeConfig>),
+    Channel(tokio::sync::oneshot::Sender<io::Result<()>>),
+}
+
+impl Waiter {
+    fn complete(self, result: &Result<(), String>) {
+        let r = result.clone().map_err(io::Error::other);
+        match self {
+            Waiter::Raft(cb) => cb.io_completed(r),
+            Waiter::Channel(tx) => {
+                let _ = tx.send(r);
+            }
+        }
+    }
+}
+
+/// Handle to the flusher thread. Cloning shares the thread.
+#[derive(Clone)]
+pub(crate) struct Durability {
+    tx: mpsc::Sender<Waiter>,
+    failed: Arc<AtomicBool>,
+}
+
+impl Durability {
+    pub(crate) fn start(db: sled::Db, sled_dir: &Path) -> io::Result<Durability> {
+        let data_file = File::open(sled_dir.join("db"))?;
+        let (tx, rx) = mpsc::channel::<Waiter>();
+        let failed = Arc::new(AtomicBool::new(false));
+        let flag = failed.clone();
+        std::thread::Builder::new()
+            .name("ordkv-fsync".into())
+            .spawn(move || {
+                // Ends when every sender (every store handle) is dropped.
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter());
+                    let result = if flag.load(Ordering::SeqCst) {
+                        Err("an earlier fsync failed; this node stopped accepting writes".into())
+                    } else {
+                        let r = db
+                            .flush()
+                            .map_err(|e| format!("sled flush: {e}"))
+                            .and_then(|_| {
+                                data_file
+                                    .sync_data()
+                                    .map_err(|e| format!("fdatasync: {e}"))
+                            });
+                        if let Err(e) = &r {
+                            flag.store(true, Ordering::SeqCst);
+                            tracing::error!(error = %e, "storage flush failed; the node stops accepting writes");
+                        }
+                        r
+                    };
+                    tracing::trace!(waiters = batch.len(), "group commit");
+                    for w in batch {
+                        w.complete(&result);
+                    }
+                }
+            })?;
+        Ok(Durability { tx, failed })
+    }
+
+    /// Calls `cb` once everything written so far is on disk.
+    pub(crate) fn flush_then(&self, cb: IOFlushed<TypeConfig>) {
+        if let Err(mpsc::SendError(w)) = self.tx.send(Waiter::Raft(cb)) {
+            w.complete(&Err("the flusher thread is gone".into()));
+        }
+    }
+
+    /// Returns once everything written so far is on disk.
+    pub(crate) async fn flush(&self) -> io::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Waiter::Channel(tx))
+            .map_err(|_| io::Error::other("the flusher thread is gone"))?;
+        rx.await
+            .map_err(|_| io::Error::other("the flusher thread is gone"))?
+    }
+
+    /// Whether a flush failed (the node must stop).
+    pub(crate) fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,275 @@
+//! Snapshots: the whole key space streamed to one checksummed file and back, never held in
+//! memory.
+//!
+//! Layout: `ORDKVSN1`, u32 header length, JSON header (Raft snapshot meta and the store
+//! revision), then records `u32 key length, u32 value length, key, value` (value is the
+//! stored key record), an end marker `u32::MAX`, and a CRC32 of everything before it.
+//! Watch history is not included: after an install the history starts at the snapshot's
+//! revision.
+
+use std::fs::{self, File};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::corrupt;
+use crate::state_machine::{INSTALLING, SmState, StateMachine, sled_err};
+use crate::types::{SnapshotMeta, TypeConfig};
+
+const MAGIC: &[u8; 8] = b"ORDKVSN1";
+const END: u32 = u32::MAX;
+const SUFFIX: &str = ".snap";
+const INSTALL_BATCH_KEYS: usize = 1024;
+
+/// A snapshot file on disk: what openraft hands between the builder, the network and the
+/// installer. Only the path travels; the bytes are streamed when needed.
+#[derive(Debug, Clone)]
+pub struct SnapshotData {
+    /// The file.
+    pub path: PathBuf,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    meta: SnapshotMeta,
+    revision: u64,
+}
+
+/// Snapshot file names sort by the log index they cover.
+fn file_name(meta: &SnapshotMeta) -> String {
+    match &meta.last_log_id {
+        Some(l) => format!("{:020}-{}{SUFFIX}", l.index, l.leader_id.term),
+        None => format!("{:020}-0{SUFFIX}", 0),
+    }
+}
+
+/// A writer that checksums what passes through it.
+struct Crc<W> {
+    inner: W,
+    crc: crc32fast::Hasher,
+}
+
+impl<W: Write> Write for Crc<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Writes the current state to a new snapshot file and makes it the current one.
+pub(crate) fn build(
+    sm: &StateMachine,
+) -> io::Result<openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>> {
+    let dir = &sm.shared.snapshot_dir;
+    let tmp = dir.join(format!("building-{}.tmp", std::process::id()));
+    let (meta, path) = {
+        // Shared with readers, exclusive of apply: the file matches its meta exactly.
+        let st = sm.read_state();
+        let meta = SnapshotMeta {
+            last_log_id: st.applied,
+            last_membership: st.membership.clone(),
+        };
+        let mut w = Crc {
+            inner: BufWriter::new(File::create(&tmp)?),
+            crc: crc32fast::Hasher::new(),
+        };
+        let header = serde_json::to_vec(&Header {
+            meta: meta.clone(),
+            revision: st.revision,
+        })
+        .map_err(io::Error::other)?;
+        w.write_all(MAGIC)?;
+        w.write_all(&(header.len() as u32).to_le_bytes())?;
+        w.write_all(&header)?;
+        for item in sm.shared.kv.iter() {
+            let (k, v) = item.map_err(sled_err)?;
+            w.write_all(&(k.len() as u32).to_le_bytes())?;
+            w.write_all(&(v.len() as u32).to_le_bytes())?;
+            w.write_all(&k)?;
+            w.write_all(&v)?;
+        }
+        w.write_all(&END.to_le_bytes())?;
+        let crc = w.crc.clone().finalize();
+        let mut inner = w.inner.into_inner().map_err(|e| e.into_error())?;
+        inner.write_all(&crc.to_le_bytes())?;
+        inner.sync_all()?;
+        let path = dir.join(file_name(&meta));
+        (meta, path)
+    };
+    fs::rename(&tmp, &path)?;
+    sync_dir(dir)?;
+    remove_others(dir, &path)?;
+    tracing::info!(path = %path.display(), last_log_id = ?meta.last_log_id, "built snapshot");
+    Ok(
+        openraft::type_config::alias::SnapshotOf::<TypeConfig, SnapshotData> {
+            meta,
+            snapshot: SnapshotData { path },
+        },
+    )
+}
+
+fn remove_others(dir: &Path, keep: &Path) -> io::Result<()> {
+    for e in fs::read_dir(dir)? {
+        let p = e?.path();
+        if p != keep && p.extension().is_some_and(|x| x == "snap") {
+            fs::remove_file(&p)?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads and checks a snapshot's header, and verifies the whole file's checksum.
+fn verify(path: &Path) -> io::Result<Header> {
+    let mut r = BufReader::new(File::open(path)?);
+    let mut crc = crc32fast::Hasher::new();
+    let mut magic = [0u8; 8];
+    r.read_exact(&mut magic)?;
+    if &magic != MAGIC {
+        return Err(corrupt(format!(
+            "{} is not an ordkv snapshot",
+            path.display()
+        )));
+    }
+    crc.update(&magic);
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)?;
+    crc.update(&len);
+    let hlen = u32::from_le_bytes(len) as usize;
+    if hlen > 64 * 1024 * 1024 {
+        return Err(corrupt("snapshot header is too large"));
+    }
+    let mut header = vec![0u8; hlen];
+    r.read_exact(&mut header)?;
+    crc.update(&header);
+    let parsed: Header =
+        serde_json::from_slice(&header).map_err(|e| corrupt(format!("snapshot header: {e}")))?;
+    // Stream the rest through the checksum; the last 4 bytes are the checksum itself.
+    let mut rest_tail: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        rest_tail.extend_from_slice(&buf[..n]);
+        if rest_tail.len() > 4 {
+            let keep = rest_tail.split_off(rest_tail.len() - 4);
+            crc.update(&rest_tail);
+            rest_tail = keep;
+        }
+    }
+    if rest_tail.len() != 4 || crc.finalize().to_le_bytes() != rest_tail[..] {
+        return Err(corrupt(format!(
+            "snapshot {} fails its checksum",
+            path.display()
+        )));
+    }
+    Ok(parsed)
+}
+
+/// The newest snapshot in `dir`, if any.
+pub(crate) fn current(
+    dir: &Path,
+) -> io::Result<Option<openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>>> {
+    let mut newest: Option<PathBuf> = None;
+    for e in fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "snap") && newest.as_ref().is_none_or(|n| &p > n) {
+            newest = Some(p);
+        }
+    }
+    let Some(path) = newest else { return Ok(None) };
+    let header = verify(&path)?;
+    Ok(Some(openraft::type_config::alias::SnapshotOf::<
+        TypeConfig,
+        SnapshotData,
+    > {
+        meta: header.meta,
+        snapshot: SnapshotData { path },
+    }))
+}
+
+fn read_u32(r: &mut impl Read) -> io::Result<u32> {
+    let mut b = [0u8; 4];
+    r.read_exact(&mut b)?;
+    Ok(u32::from_le_bytes(b))
+}
+
+/// Replaces the state machine with the snapshot in `data`, which becomes the current
+/// snapshot file. Crash-safe: an `installing` marker makes a restart roll back to empty and
+/// re-install.
+pub(crate) fn install(
+    sm: &StateMachine,
+    meta: &SnapshotMeta,
+    data: SnapshotData,
+) -> io::Result<()> {
+    let header = verify(&data.path)?;
+    if header.meta.last_log_id != meta.last_log_id {
+        return Err(corrupt(format!(
+            "snapshot file covers {:?} but was announced as {:?}",
+            header.meta.last_log_id, meta.last_log_id
+        )));
+    }
+    let dir = sm.shared.snapshot_dir.clone();
+    let path = dir.join(file_name(meta));
+    if data.path != path {
+        fs::rename(&data.path, &path)?;
+        sync_dir(&dir)?;
+    }
+    remove_others(&dir, &path)?;
+
+    sm.replace_state(|sh| {
+        sh.meta.insert(INSTALLING, &[1u8][..]).map_err(sled_err)?;
+        sh.db.flush().map_err(sled_err)?;
+        sh.kv.clear().map_err(sled_err)?;
+        sh.history.clear().map_err(sled_err)?;
+
+        let mut r = BufReader::new(File::open(&path)?);
+        let mut skip = vec![0u8; 8 + 4];
+        r.read_exact(&mut skip)?;
+        let hlen = u32::from_le_bytes([skip[8], skip[9], skip[10], skip[11]]) as usize;
+        io::copy(&mut (&mut r).take(hlen as u64), &mut io::sink())?;
+        let mut batch = sled::Batch::default();
+        let mut in_batch = 0;
+        loop {
+            let klen = read_u32(&mut r)?;
+            if klen == END {
+                break;
+            }
+            let vlen = read_u32(&mut r)? as usize;
+            let mut k = vec![0u8; klen as usize];
+            let mut v = vec![0u8; vlen];
+            r.read_exact(&mut k)?;
+            r.read_exact(&mut v)?;
+            batch.insert(k, v);
+            in_batch += 1;
+            if in_batch == INSTALL_BATCH_KEYS {
+                sh.kv.apply_batch(std::mem::take(&mut batch)).map_err(sled_err)?;
+                in_batch = 0;
+            }
+        }
+        sh.kv.apply_batch(batch).map_err(sled_err)?;
+
+        let st = SmState {
+            applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            revision: header.revision,
+            compact_revision: header.revision,
+        };
+        for (k, v) in StateMachine::state_rows(&st)? {
+            sh.meta.insert(k, v).map_err(sled_err)?;
+        }
+        sh.meta.remove(INSTALLING).map_err(sled_err)?;
+        tracing::info!(last_log_id = ?meta.last_log_id, revision = st.revision, "installed snapshot");
+        Ok(st)
+    })
+}

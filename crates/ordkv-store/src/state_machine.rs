@@ -1,0 +1,469 @@
+//! The state machine: keys (`kv`), watch history (`history`) and its own metadata
+//! (`sm_meta`: applied log id, membership, revision, compaction point), all in sled.
+//!
+//! A batch of log entries is applied in one sled transaction together with the applied log
+//! id, so the data and the log id that describes it can never disagree. Nothing is flushed
+//! here: the Raft log already made every applied entry durable, and a state machine that
+//! lost its tail in a crash is re-applied from the log at start-up.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use futures::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+use prost::Message;
+use sled::Transactional;
+use sled::transaction::ConflictableTransactionError;
+use tokio::sync::{broadcast, watch};
+
+use crate::apply::{self, Effects, Overlay};
+use crate::codec::{decode_meta, encode_meta, history_key, key_u64};
+use crate::durability::Durability;
+use crate::pb;
+use crate::snapshot::{self, SnapshotData};
+use crate::types::{Applied, LogId, SnapshotMeta, StoredMembership, TypeConfig};
+
+const APPLIED: &[u8] = b"applied";
+const MEMBERSHIP: &[u8] = b"membership";
+const REVISION: &[u8] = b"revision";
+const COMPACT_REVISION: &[u8] = b"compact_revision";
+/// Present while a snapshot is being installed: the keys are then half-replaced.
+pub(crate) const INSTALLING: &[u8] = b"installing";
+
+/// What the state machine knows about itself, kept in memory and in `sm_meta`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SmState {
+    pub(crate) applied: Option<LogId>,
+    pub(crate) membership: StoredMembership,
+    pub(crate) revision: u64,
+    /// Oldest revision still in the watch history.
+    pub(crate) compact_revision: u64,
+}
+
+/// Events applied together, broadcast to watchers in revision order.
+#[derive(Debug)]
+pub struct EventBatch {
+    /// Each event's revision is `kv.mod_revision`.
+    pub events: Vec<pb::Event>,
+}
+
+/// Reading history that compaction already discarded.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The requested revision is older than the oldest kept.
+    #[error("revision {requested} is compacted; the oldest available is {oldest}")]
+    Compacted {
+        /// Requested revision.
+        requested: u64,
+        /// Oldest revision still available.
+        oldest: u64,
+    },
+    /// Storage failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+pub(crate) struct Shared {
+    pub(crate) db: sled::Db,
+    pub(crate) kv: sled::Tree,
+    pub(crate) history: sled::Tree,
+    pub(crate) meta: sled::Tree,
+    /// Writers (apply, install) take it exclusively; readers and the snapshot builder share
+    /// it, so nobody sees half of a batch.
+    pub(crate) state: RwLock<SmState>,
+    revision_tx: watch::Sender<u64>,
+    events_tx: broadcast::Sender<Arc<EventBatch>>,
+    history_max: u64,
+    max_range_limit: usize,
+    pub(crate) snapshot_dir: PathBuf,
+    pub(crate) durability: Durability,
+}
+
+/// The state machine handle; clones share everything. Besides serving openraft it is the
+/// read side used by the node (get, range, watch).
+#[derive(Clone)]
+pub struct StateMachine {
+    pub(crate) shared: Arc<Shared>,
+}
+
+pub(crate) fn sled_err(e: sled::Error) -> io::Error {
+    io::Error::other(format!("sled: {e}"))
+}
+
+fn read_u64(tree: &sled::Tree, key: &[u8]) -> io::Result<u64> {
+    match tree.get(key).map_err(sled_err)? {
+        Some(v) => key_u64(&v),
+        None => Ok(0),
+    }
+}
+
+impl StateMachine {
+    pub(crate) fn open(
+        db: &sled::Db,
+        snapshot_dir: PathBuf,
+        durability: Durability,
+        history_max: u64,
+        max_range_limit: usize,
+    ) -> io::Result<StateMachine> {
+        let kv = db.open_tree("kv").map_err(sled_err)?;
+        let history = db.open_tree("history").map_err(sled_err)?;
+        let meta = db.open_tree("sm_meta").map_err(sled_err)?;
+        std::fs::create_dir_all(&snapshot_dir)?;
+        if meta.contains_key(INSTALLING).map_err(sled_err)? {
+            // A crash interrupted a snapshot install. Start empty; openraft re-installs the
+            // saved snapshot (kept before the install began) and re-applies the log.
+            tracing::warn!("an interrupted snapshot install is rolled back");
+            kv.clear().map_err(sled_err)?;
+            history.clear().map_err(sled_err)?;
+            meta.clear().map_err(sled_err)?;
+            db.flush().map_err(sled_err)?;
+        }
+        let state = SmState {
+            applied: match meta.get(APPLIED).map_err(sled_err)? {
+                Some(v) => decode_meta("applied log id", &v)?,
+                None => None,
+            },
+            membership: match meta.get(MEMBERSHIP).map_err(sled_err)? {
+                Some(v) => decode_meta("membership", &v)?,
+                None => StoredMembership::default(),
+            },
+            revision: read_u64(&meta, REVISION)?,
+            compact_revision: read_u64(&meta, COMPACT_REVISION)?,
+        };
+        let (revision_tx, _) = watch::channel(state.revision);
+        let (events_tx, _) = broadcast::channel(1024);
+        Ok(StateMachine {
+            shared: Arc::new(Shared {
+                db: db.clone(),
+                kv,
+                history,
+                meta,
+                state: RwLock::new(state),
+                revision_tx,
+                events_tx,
+                history_max,
+                max_range_limit,
+                snapshot_dir,
+                durability,
+            }),
+        })
+    }
+
+    pub(crate) fn read_state(&self) -> RwLockReadGuard<'_, SmState> {
+        self.shared.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current revision.
+    pub fn revision(&self) -> u64 {
+        self.read_state().revision
+    }
+
+    /// The oldest revision still in watch history.
+    pub fn compact_revision(&self) -> u64 {
+        self.read_state().compact_revision
+    }
+
+    /// The index of the last applied log entry.
+    pub fn applied_index(&self) -> u64 {
+        self.read_state().applied.as_ref().map_or(0, |l| l.index)
+    }
+
+    /// Follows the applied revision (for `min_revision` reads).
+    pub fn revision_watch(&self) -> watch::Receiver<u64> {
+        self.shared.revision_tx.subscribe()
+    }
+
+    /// Size of the whole sled database on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.shared.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// Whether a storage flush failed (the node must stop).
+    pub fn storage_failed(&self) -> bool {
+        self.shared.durability.has_failed()
+    }
+
+    /// One key and the revision it was read at.
+    pub fn get(&self, key: &[u8]) -> io::Result<(Option<pb::KeyValue>, u64)> {
+        let st = self.read_state();
+        Ok((Overlay::new(&self.shared.kv).get(key)?, st.revision))
+    }
+
+    /// A range and the revision it was read at.
+    pub fn range(&self, req: &pb::RangeRequest) -> io::Result<(pb::RangeResponse, u64)> {
+        let st = self.read_state();
+        let resp = apply::range(
+            &Overlay::new(&self.shared.kv),
+            req,
+            self.shared.max_range_limit,
+        )?;
+        Ok((resp, st.revision))
+    }
+
+    /// Starts following events: returns the receiver and the revision up to which events
+    /// must come from history instead (every later one arrives on the receiver).
+    pub fn subscribe(&self) -> (broadcast::Receiver<Arc<EventBatch>>, u64) {
+        let st = self.read_state();
+        (self.shared.events_tx.subscribe(), st.revision)
+    }
+
+    /// Events with revisions in `[from, to]`, at most about `max_events` (whole revisions).
+    pub fn history(
+        &self,
+        from: u64,
+        to: u64,
+        max_events: usize,
+    ) -> Result<Vec<pb::Event>, ReadError> {
+        let st = self.read_state();
+        if from < st.compact_revision {
+            return Err(ReadError::Compacted {
+                requested: from,
+                oldest: st.compact_revision,
+            });
+        }
+        let mut out: Vec<pb::Event> = Vec::new();
+        for item in self
+            .shared
+            .history
+            .range(history_key(from, 0)..history_key(to.saturating_add(1), 0))
+        {
+            let (k, v) = item.map_err(sled_err)?;
+            let rev = key_u64(&k)?;
+            let last_rev = out
+                .last()
+                .and_then(|e| e.kv.as_ref())
+                .map(|kv| kv.mod_revision);
+            if out.len() >= max_events && last_rev != Some(rev) {
+                break;
+            }
+            let event = pb::Event::decode(v.as_ref())
+                .map_err(|e| crate::codec::corrupt(format!("history event: {e}")))?;
+            out.push(event);
+        }
+        Ok(out)
+    }
+
+    /// Applies a batch of entries in one transaction; returns the responses to send.
+    fn apply_batch(
+        &self,
+        batch: Vec<EntryResponder<TypeConfig>>,
+    ) -> io::Result<
+        Vec<(
+            Option<openraft::storage::ApplyResponder<TypeConfig>>,
+            Applied,
+        )>,
+    > {
+        let sh = &*self.shared;
+        let mut st = sh.state.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = st.clone();
+        let mut ov = Overlay::new(&sh.kv);
+        let mut events = Vec::new();
+        let mut compact_to = None;
+        let mut responses = Vec::new();
+        for (entry, responder) in batch {
+            next.applied = Some(entry.log_id);
+            let resp = match entry.payload {
+                EntryPayload::Blank => pb::CommandResponse {
+                    revision: next.revision,
+                    ..Default::default()
+                },
+                EntryPayload::Normal(cmd) => {
+                    let mut fx = Effects {
+                        revision: next.revision,
+                        compact_to,
+                        compact_revision: next.compact_revision,
+                        events: &mut events,
+                        max_range_limit: sh.max_range_limit,
+                    };
+                    let r = apply::execute(&mut ov, &mut fx, cmd.0)?;
+                    next.revision = fx.revision;
+                    compact_to = fx.compact_to;
+                    r
+                }
+                EntryPayload::Membership(m) => {
+                    next.membership = StoredMembership::new(Some(entry.log_id), m);
+                    pb::CommandResponse {
+                        revision: next.revision,
+                        ..Default::default()
+                    }
+                }
+            };
+            responses.push((responder, Applied(resp)));
+        }
+
+        // Keep at most `history_max` revisions of history, and honour explicit compactions.
+        let auto = next.revision.saturating_sub(sh.history_max);
+        let target = compact_to.unwrap_or(0).max(auto);
+        let mut dropped_history = Vec::new();
+        if target > next.compact_revision {
+            for k in sh
+                .history
+                .range(history_key(next.compact_revision, 0)..history_key(target, 0))
+                .keys()
+            {
+                dropped_history.push(k.map_err(sled_err)?);
+            }
+            next.compact_revision = target;
+        }
+
+        let applied = encode_meta(&next.applied)?;
+        let membership = encode_meta(&next.membership)?;
+        let mut history_rows = Vec::with_capacity(events.len());
+        let mut seq = 0u32;
+        let mut last_rev = 0;
+        for ev in &events {
+            let rev = ev.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+            seq = if rev == last_rev { seq + 1 } else { 0 };
+            last_rev = rev;
+            history_rows.push((history_key(rev, seq), ev.encode_to_vec()));
+        }
+        (&sh.kv, &sh.history, &sh.meta)
+            .transaction(|(kv, history, meta)| {
+                for (k, change) in &ov.changes {
+                    match change {
+                        Some(v) => kv.insert(k.as_ref(), crate::codec::encode_kv(v))?,
+                        None => kv.remove(k.as_ref())?,
+                    };
+                }
+                for (k, v) in &history_rows {
+                    history.insert(&k[..], v.as_slice())?;
+                }
+                for k in &dropped_history {
+                    history.remove(k)?;
+                }
+                meta.insert(APPLIED, applied.as_slice())?;
+                meta.insert(MEMBERSHIP, membership.as_slice())?;
+                meta.insert(REVISION, &next.revision.to_be_bytes())?;
+                meta.insert(COMPACT_REVISION, &next.compact_revision.to_be_bytes())?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| io::Error::other(format!("sled transaction: {e:?}")))?;
+
+        let revision = next.revision;
+        *st = next;
+        // Still under the lock, so subscribers see batches in order and none is missed.
+        if !events.is_empty() {
+            let _ = sh.events_tx.send(Arc::new(EventBatch { events }));
+        }
+        sh.revision_tx.send_replace(revision);
+        drop(st);
+        Ok(responses)
+    }
+
+    /// Applies commands as log entries `first_index..`, returning their responses.
+    #[cfg(test)]
+    pub(crate) fn apply_commands(
+        &self,
+        first_index: u64,
+        cmds: Vec<pb::Command>,
+    ) -> io::Result<Vec<pb::CommandResponse>> {
+        let batch = cmds
+            .into_iter()
+            .zip(first_index..)
+            .map(|(c, index)| {
+                let log_id = openraft::testing::log_id::<TypeConfig>(1, 1, index);
+                let entry = openraft::Entry {
+                    log_id,
+                    payload: EntryPayload::Normal(crate::types::Command(c)),
+                };
+                (entry, None)
+            })
+            .collect();
+        Ok(self
+            .apply_batch(batch)?
+            .into_iter()
+            .map(|(_, a)| a.0)
+            .collect())
+    }
+
+    /// Replaces the whole state with a snapshot's (see [`snapshot::install`]).
+    pub(crate) fn replace_state(
+        &self,
+        f: impl FnOnce(&Shared) -> io::Result<SmState>,
+    ) -> io::Result<()> {
+        let sh = &*self.shared;
+        let mut st = sh.state.write().unwrap_or_else(|p| p.into_inner());
+        let new = f(sh)?;
+        let revision = new.revision;
+        *st = new;
+        sh.revision_tx.send_replace(revision);
+        Ok(())
+    }
+
+    pub(crate) fn state_rows(st: &SmState) -> io::Result<Vec<(&'static [u8], Vec<u8>)>> {
+        Ok(vec![
+            (APPLIED, encode_meta(&st.applied)?),
+            (MEMBERSHIP, encode_meta(&st.membership)?),
+            (REVISION, st.revision.to_be_bytes().to_vec()),
+            (COMPACT_REVISION, st.compact_revision.to_be_bytes().to_vec()),
+        ])
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
+        let st = self.read_state();
+        Ok((st.applied, st.membership.clone()))
+    }
+
+    async fn apply<S>(&mut self, mut entries: S) -> io::Result<()>
+    where
+        S: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
+    {
+        let mut batch = Vec::new();
+        while let Some(item) = entries.try_next().await? {
+            batch.push(item);
+        }
+        for (responder, resp) in self.apply_batch(batch)? {
+            if let Some(r) = responder {
+                r.send(resp);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        data: SnapshotData,
+    ) -> io::Result<()> {
+        let sm = self.clone();
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || snapshot::install(&sm, &meta, data))
+            .await
+            .map_err(io::Error::other)??;
+        self.shared.durability.flush().await
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> io::Result<Option<openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>>>
+    {
+        snapshot::current(&self.shared.snapshot_dir)
+    }
+}
+
+impl openraft::RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(
+        &mut self,
+    ) -> io::Result<openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>> {
+        let sm = self.clone();
+        let snap = tokio::task::spawn_blocking(move || snapshot::build(&sm))
+            .await
+            .map_err(io::Error::other)??;
+        // The log is purged up to a snapshot, so what it covers must be on disk first.
+        self.shared.durability.flush().await?;
+        Ok(snap)
+    }
+}

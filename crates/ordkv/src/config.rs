@@ -1,0 +1,190 @@
+//! Configuration of an embedded node: one struct, validated once at open.
+
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+
+/// Request limits. Every request is checked against them before it reaches Raft, so an
+/// oversized request changes nothing. Reported in `Cluster.Status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest key accepted.
+    pub max_key_bytes: usize,
+    /// Longest value accepted.
+    pub max_value_bytes: usize,
+    /// Most compares plus ops in one Txn.
+    pub max_txn_ops: usize,
+    /// Most keys returned by one Range (and the default when a request says 0).
+    pub max_range_limit: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_key_bytes: 4 * 1024,
+            max_value_bytes: 1024 * 1024,
+            max_txn_ops: 128,
+            max_range_limit: 10_000,
+        }
+    }
+}
+
+/// A member's name split into its StatefulSet parts: `kv-2` is ordinal 2 of `kv`.
+/// A name without a trailing `-<N>` is ordinal 0 of itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The full member name, e.g. `kv-2`.
+    pub name: String,
+    /// The StatefulSet name, e.g. `kv`.
+    pub set: String,
+    /// The ordinal, e.g. 2.
+    pub ordinal: u32,
+}
+
+impl Identity {
+    /// Parses a pod name. Fails on an empty name or one that is not a DNS label.
+    pub fn parse(name: &str) -> Result<Identity> {
+        let valid = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !name.starts_with('-')
+            && !name.ends_with('-');
+        if !valid {
+            return Err(Error::InvalidArgument(format!(
+                "member name {name:?} must be a DNS label (lowercase letters, digits, '-', at most 63)"
+            )));
+        }
+        if let Some((set, n)) = name.rsplit_once('-')
+            && !n.is_empty()
+            && n.bytes().all(|b| b.is_ascii_digit())
+            && let Ok(ordinal) = n.parse::<u32>()
+        {
+            return Ok(Identity {
+                name: name.to_string(),
+                set: set.to_string(),
+                ordinal,
+            });
+        }
+        Ok(Identity {
+            name: name.to_string(),
+            set: name.to_string(),
+            ordinal: 0,
+        })
+    }
+}
+
+/// Everything [`crate::Node::open`] needs. Start from [`NodeConfig::new`] and set fields.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Where this member keeps its data (the pod's PVC mount).
+    pub data_dir: PathBuf,
+    /// Member name, e.g. `kv-0`; its trailing ordinal names the member.
+    pub name: String,
+    /// Client address advertised to others (status, leader hints).
+    pub advertise_client_addr: String,
+    /// Peer address advertised to others.
+    pub advertise_peer_addr: String,
+    /// Request limits.
+    pub limits: Limits,
+    /// How many revisions of watch history to keep before compacting automatically.
+    pub watch_history_revisions: u64,
+    /// sled's page cache size.
+    pub cache_capacity_bytes: u64,
+    /// Refuse writes on followers instead of forwarding them to the leader.
+    pub reject_follower_writes: bool,
+    /// Members beyond this many voters join as learners (read replicas).
+    pub max_voters: usize,
+    /// Raft log entries between snapshots (after which the log is purged).
+    pub snapshot_every_entries: u64,
+}
+
+impl NodeConfig {
+    /// Defaults for a single member named `ordkv` in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> NodeConfig {
+        NodeConfig {
+            data_dir: data_dir.into(),
+            name: "ordkv".to_string(),
+            advertise_client_addr: "127.0.0.1:7379".to_string(),
+            advertise_peer_addr: "127.0.0.1:7380".to_string(),
+            limits: Limits::default(),
+            watch_history_revisions: 100_000,
+            cache_capacity_bytes: 256 * 1024 * 1024,
+            reject_follower_writes: false,
+            max_voters: 5,
+            snapshot_every_entries: 50_000,
+        }
+    }
+
+    /// Checks every field; the error names the field and the accepted range.
+    pub fn validate(&self) -> Result<Identity> {
+        let identity = Identity::parse(&self.name)?;
+        let bad = |msg: String| Err(Error::InvalidArgument(msg));
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("data dir must not be empty".into());
+        }
+        let l = &self.limits;
+        if l.max_key_bytes == 0 || l.max_key_bytes > 64 * 1024 {
+            return bad(format!(
+                "max key bytes {} must be in 1..=65536",
+                l.max_key_bytes
+            ));
+        }
+        if l.max_value_bytes > 64 * 1024 * 1024 {
+            return bad(format!(
+                "max value bytes {} must be at most 64 MiB",
+                l.max_value_bytes
+            ));
+        }
+        if l.max_txn_ops == 0 || l.max_range_limit == 0 {
+            return bad("max txn ops and max range limit must be positive".into());
+        }
+        if self.watch_history_revisions == 0 {
+            return bad("watch history revisions must be positive".into());
+        }
+        if !(1..=9).contains(&self.max_voters) {
+            return bad(format!("max voters {} must be in 1..=9", self.max_voters));
+        }
+        if self.snapshot_every_entries < 100 {
+            return bad(format!(
+                "snapshot every {} entries is too often; use at least 100",
+                self.snapshot_every_entries
+            ));
+        }
+        Ok(identity)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_takes_the_trailing_ordinal() {
+        let id = Identity::parse("kv-12").unwrap();
+        assert_eq!((id.set.as_str(), id.ordinal), ("kv", 12));
+        let id = Identity::parse("my-store-0").unwrap();
+        assert_eq!((id.set.as_str(), id.ordinal), ("my-store", 0));
+        let id = Identity::parse("ordkv").unwrap();
+        assert_eq!((id.set.as_str(), id.ordinal), ("ordkv", 0));
+    }
+
+    #[test]
+    fn identity_rejects_non_dns_names() {
+        for bad in ["", "Kv-0", "kv_0", "-kv", "kv-", &"a".repeat(64)] {
+            assert!(Identity::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn validate_rejects_out_of_range_fields() {
+        let mut c = NodeConfig::new("/tmp/x");
+        assert!(c.validate().is_ok());
+        c.max_voters = 0;
+        assert!(c.validate().is_err());
+        c.max_voters = 3;
+        c.limits.max_key_bytes = 0;
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,29 @@
+//! ordkv as a library: open a replica in-process on a data dir and use it through [`Kv`],
+//! the same operations and consistency levels as the gRPC API, with no network in the path.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), ordkv::Error> {
+//! let node = ordkv::Node::open(ordkv::NodeConfig::new("./my-data")).await?;
+//! let kv = node.kv();
+//! let revision = kv.put_value("greeting", "hello").await?;
+//! assert_eq!(kv.get_value("greeting").await?.as_deref(), Some(&b"hello"[..]));
+//! # let _ = revision;
+//! node.shutdown().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod config;
+mod datadir;
+mod error;
+mod kv;
+mod network;
+mod node;
+mod validate;
+
+pub use config::{Identity, Limits, NodeConfig};
+pub use error::{Error, Result};
+pub use kv::{Kv, WatchStream};
+pub use node::{Node, NodeStatus};
+/// The request and response types shared with the gRPC API.
+pub use ordkv_store::pb;

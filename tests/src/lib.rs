@@ -1,0 +1,1 @@
+//! ordkv integration tests live in tests/tests.
