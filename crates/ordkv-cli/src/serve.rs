@@ -204,6 +204,32 @@ fn resolve(args: &ServeArgs) -> anyhow::Result<Resolved> {
     node.cache_capacity_bytes = args.cache_mb * 1024 * 1024;
     node.reject_follower_writes = args.reject_follower_writes;
     node.max_voters = args.max_voters as usize;
+    node.dead_member_timeout = args.dead_member_timeout;
+    node.peers = if !args.peers.is_empty() {
+        ordkv::Peers::Static(args.peers.iter().cloned().collect())
+    } else if let Some(service) = &args.service {
+        ordkv::Peers::Dns {
+            service: service.clone(),
+            namespace: namespace.clone(),
+            cluster_domain: args.cluster_domain.clone(),
+            peer_port: peer_addr.port(),
+        }
+    } else {
+        ordkv::Peers::None
+    };
+    if node.peers != ordkv::Peers::None {
+        node.peer_listen_addr = Some(peer_addr);
+    }
+    if let ordkv::Peers::Static(map) = &node.peers
+        && let Some(mine) = map.get(&identity.name)
+    {
+        // The map says where peers reach this member.
+        node.advertise_peer_addr = mine.clone();
+        if args.advertise_host.is_none() {
+            let host = mine.rsplit_once(':').map_or(mine.as_str(), |(h, _)| h);
+            node.advertise_client_addr = format!("{host}:{}", client_addr.port());
+        }
+    }
     node.validate()?;
     let server = ordkv_server::ServerConfig::new(client_addr, http_addr, &node.limits);
     Ok(Resolved { node, server })

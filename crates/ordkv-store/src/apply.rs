@@ -96,9 +96,10 @@ impl<'a> Overlay<'a> {
 }
 
 /// `(start, end)` of a range given as start/end or prefix. `end = None` is unbounded.
+/// With a prefix, a non-empty `start` continues a paginated scan from inside the prefix.
 pub(crate) fn bounds(start: &[u8], end: &[u8], prefix: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
     if !prefix.is_empty() {
-        (prefix.to_vec(), prefix_end(prefix))
+        (start.max(prefix).to_vec(), prefix_end(prefix))
     } else {
         (start.to_vec(), (!end.is_empty()).then(|| end.to_vec()))
     }

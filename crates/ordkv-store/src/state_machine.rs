@@ -294,7 +294,11 @@ impl StateMachine {
         }
 
         // Keep at most `history_max` revisions of history, and honour explicit compactions.
-        let auto = next.revision.saturating_sub(sh.history_max);
+        let auto = if next.revision > sh.history_max {
+            next.revision - sh.history_max + 1
+        } else {
+            0
+        };
         let target = compact_to.unwrap_or(0).max(auto);
         let mut dropped_history = Vec::new();
         if target > next.compact_revision {

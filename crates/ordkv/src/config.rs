@@ -1,6 +1,9 @@
 //! Configuration of an embedded node: one struct, validated once at open.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 
@@ -75,6 +78,48 @@ impl Identity {
     }
 }
 
+/// How a member finds the other members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peers {
+    /// A cluster of one: no peers, no peer port.
+    None,
+    /// A fixed map of member names to peer addresses (`host:port`), this member included:
+    /// for processes on one host, like etcd's `--initial-cluster`.
+    Static(BTreeMap<String, String>),
+    /// StatefulSet DNS: member `{set}-{i}` is at
+    /// `{set}-{i}.{service}.{namespace}.svc.{cluster_domain}:{peer_port}`.
+    Dns {
+        /// The headless Service.
+        service: String,
+        /// The namespace.
+        namespace: String,
+        /// The cluster DNS domain, e.g. `cluster.local`.
+        cluster_domain: String,
+        /// The peer port every member listens on.
+        peer_port: u16,
+    },
+}
+
+impl Peers {
+    /// The peer address of member `name`, if this discovery can name it.
+    pub fn address_of(&self, identity: &Identity, ordinal: u32) -> Option<(String, String)> {
+        let name = format!("{}-{ordinal}", identity.set);
+        match self {
+            Peers::None => None,
+            Peers::Static(map) => map.get(&name).map(|a| (name, a.clone())),
+            Peers::Dns {
+                service,
+                namespace,
+                cluster_domain,
+                peer_port,
+            } => {
+                let addr = format!("{name}.{service}.{namespace}.svc.{cluster_domain}:{peer_port}");
+                Some((name, addr))
+            }
+        }
+    }
+}
+
 /// Everything [`crate::Node::open`] needs. Start from [`NodeConfig::new`] and set fields.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -98,6 +143,14 @@ pub struct NodeConfig {
     pub max_voters: usize,
     /// Raft log entries between snapshots (after which the log is purged).
     pub snapshot_every_entries: u64,
+    /// How this member finds the others.
+    pub peers: Peers,
+    /// Where the peer service listens; required unless `peers` is [`Peers::None`].
+    pub peer_listen_addr: Option<SocketAddr>,
+    /// How long a member's DNS name must stay unresolvable before the leader removes it.
+    pub dead_member_timeout: Duration,
+    /// How long a request waits for a leader, a read index or `min_revision`.
+    pub request_wait: Duration,
 }
 
 impl NodeConfig {
@@ -114,6 +167,10 @@ impl NodeConfig {
             reject_follower_writes: false,
             max_voters: 5,
             snapshot_every_entries: 50_000,
+            peers: Peers::None,
+            peer_listen_addr: None,
+            dead_member_timeout: Duration::from_secs(600),
+            request_wait: Duration::from_secs(5),
         }
     }
 
@@ -151,6 +208,26 @@ impl NodeConfig {
                 "snapshot every {} entries is too often; use at least 100",
                 self.snapshot_every_entries
             ));
+        }
+        match &self.peers {
+            Peers::None => {}
+            _ if self.peer_listen_addr.is_none() => {
+                return bad("a member with peers needs a peer listen address".into());
+            }
+            Peers::Static(map) => {
+                for name in map.keys() {
+                    Identity::parse(name)?;
+                }
+                if !map.contains_key(&identity.name) {
+                    return bad(format!(
+                        "the peer map does not list this member {:?}",
+                        identity.name
+                    ));
+                }
+            }
+            Peers::Dns { service, .. } => {
+                Identity::parse(service)?;
+            }
         }
         Ok(identity)
     }

@@ -24,7 +24,7 @@ const FORMAT: u32 = 1;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct MemberRecord {
     pub(crate) format: u32,
-    /// The cluster this data belongs to.
+    /// The cluster this data belongs to; empty until the member bootstraps or joins one.
     pub(crate) cluster_id: String,
     /// The Raft node id: created with the data dir, never reused by another one.
     pub(crate) node_id: u64,
@@ -119,7 +119,7 @@ impl DataDir {
         let (a, b) = uuid::Uuid::new_v4().as_u64_pair();
         let record = MemberRecord {
             format: FORMAT,
-            cluster_id: uuid::Uuid::new_v4().to_string(),
+            cluster_id: String::new(),
             // Random 63-bit ids: a wiped volume never comes back under an old id.
             node_id: (a ^ b) >> 1 | 1,
             name: identity.name.clone(),
@@ -134,6 +134,21 @@ impl DataDir {
             record,
             _lock: lock,
         })
+    }
+}
+
+impl DataDir {
+    /// Records the cluster this member bootstrapped or joined (once, durably).
+    pub(crate) fn set_cluster_id(&self, cluster_id: &str) -> Result<()> {
+        let record = MemberRecord {
+            cluster_id: cluster_id.to_string(),
+            ..self.record.clone()
+        };
+        write_durably(
+            &self.path.join(MEMBER_FILE),
+            &serde_json::to_vec_pretty(&record).expect("serializable"),
+        )
+        .map_err(|e| dir_err(&self.path, format!("cannot write {MEMBER_FILE}: {e}")))
     }
 }
 
@@ -164,8 +179,21 @@ mod tests {
         let first = DataDir::open(dir.path(), &id("kv-0")).unwrap();
         let record = first.record.clone();
         drop(first);
+        first_cluster(&record);
         let again = DataDir::open(dir.path(), &id("kv-0")).unwrap();
         assert_eq!(again.record, record);
+        again.set_cluster_id("c1").unwrap();
+        drop(again);
+        let third = DataDir::open(dir.path(), &id("kv-0")).unwrap();
+        assert_eq!(third.record.cluster_id, "c1");
+        assert_eq!(third.record.node_id, record.node_id);
+    }
+
+    fn first_cluster(record: &MemberRecord) {
+        assert!(
+            record.cluster_id.is_empty(),
+            "a new dir belongs to no cluster yet"
+        );
     }
 
     #[test]

@@ -42,7 +42,7 @@ impl Kv {
             revision,
             member: self.inner.identity.name.clone(),
             raft_term: term,
-            cluster_id: self.inner.cluster_id.clone(),
+            cluster_id: self.inner.peer.cluster_id().to_string(),
         }
     }
 
@@ -62,16 +62,18 @@ impl Kv {
         }
         if min_revision > 0 {
             let mut rx = self.inner.sm.revision_watch();
-            let reached =
-                tokio::time::timeout(self.inner.wait_timeout, rx.wait_for(|r| *r >= min_revision))
-                    .await;
+            let reached = tokio::time::timeout(
+                self.inner.config.request_wait,
+                rx.wait_for(|r| *r >= min_revision),
+            )
+            .await;
             match reached {
                 Ok(Ok(_)) => {}
                 Ok(Err(_)) => return Err(Error::Unavailable("the node is shutting down".into())),
                 Err(_) => {
                     return Err(Error::DeadlineExceeded(format!(
                         "this member has not applied revision {min_revision} within {:?} (it is at {})",
-                        self.inner.wait_timeout,
+                        self.inner.config.request_wait,
                         self.inner.sm.revision()
                     )));
                 }

@@ -13,15 +13,17 @@
 //! # }
 //! ```
 
+mod cluster;
 mod config;
 mod datadir;
 mod error;
 mod kv;
-mod network;
 mod node;
+mod peer;
+mod resolve;
 mod validate;
 
-pub use config::{Identity, Limits, NodeConfig};
+pub use config::{Identity, Limits, NodeConfig, Peers};
 pub use error::{Error, Result};
 pub use kv::{Kv, WatchStream};
 pub use node::{Node, NodeStatus};

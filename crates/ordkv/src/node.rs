@@ -1,20 +1,23 @@
-//! The node: an openraft instance over the ordkv store, its data dir and its identity.
+//! The node: an openraft instance over the ordkv store, its data dir, its identity and its
+//! peer service.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
-use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
-use openraft::{Raft, ServerState, SnapshotPolicy};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{Raft, RaftMetrics, ServerState, SnapshotPolicy};
 use ordkv_store::{Command, MemberNode, StateMachine, StoreOptions, TypeConfig};
+use tokio_util::sync::CancellationToken;
 
-use crate::config::{Identity, Limits, NodeConfig};
+use crate::config::{Identity, Limits, NodeConfig, Peers};
 use crate::datadir::DataDir;
 use crate::error::{Error, Result};
 use crate::kv::Kv;
-use crate::network::NoPeers;
 use crate::pb;
+use crate::peer::PeerShared;
+use crate::peer::client::PeerNetwork;
 
 pub(crate) type OrdRaft = Raft<TypeConfig, StateMachine>;
 
@@ -22,12 +25,14 @@ pub(crate) struct Inner {
     pub(crate) identity: Identity,
     pub(crate) config: NodeConfig,
     pub(crate) node_id: u64,
-    pub(crate) cluster_id: String,
+    pub(crate) peer: Arc<PeerShared>,
     pub(crate) raft: OrdRaft,
     pub(crate) sm: StateMachine,
-    /// How long a read waits for `min_revision` or a write for a leader.
-    pub(crate) wait_timeout: Duration,
-    _data_dir: DataDir,
+    pub(crate) data_dir: DataDir,
+    /// Cancelled on shutdown: stops the peer server and the lifecycle task.
+    pub(crate) stop: CancellationToken,
+    /// Set when the node cannot go on (e.g. its data belongs to another cluster).
+    pub(crate) fatal: OnceLock<String>,
 }
 
 /// An open replica. Cloning is cheap; every clone is the same node.
@@ -59,6 +64,8 @@ pub struct NodeStatus {
     pub leader_known: bool,
     /// Whether this node is a member of the cluster's configuration.
     pub is_member: bool,
+    /// Whether this node is a voter.
+    pub is_voter: bool,
     /// sled's size on disk.
     pub db_size_bytes: u64,
     /// Set once the node hit a fatal error (e.g. a failed fsync).
@@ -71,8 +78,13 @@ fn raft_config(config: &NodeConfig) -> Result<Arc<openraft::Config>> {
         heartbeat_interval: 100,
         election_timeout_min: 500,
         election_timeout_max: 1000,
+        // Bounds one append message: 64 entries of the largest values.
+        max_payload_entries: 64,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
         max_in_snapshot_log_to_keep: 1000,
+        // A member that was cut off must not raise the term and depose a healthy leader
+        // when it comes back.
+        enable_pre_vote: Some(true),
         ..Default::default()
     };
     c.validate()
@@ -81,8 +93,12 @@ fn raft_config(config: &NodeConfig) -> Result<Arc<openraft::Config>> {
 }
 
 impl Node {
-    /// Opens (or creates) the member in `config.data_dir`. A fresh single member bootstraps
-    /// a cluster of one and becomes its leader before this returns.
+    /// Opens (or creates) the member in `config.data_dir`.
+    ///
+    /// With no peers, a fresh data dir bootstraps a cluster of one, and this returns once it
+    /// leads. With peers, the peer service starts and the member finds its cluster in the
+    /// background (restart, join, or bootstrap as ordinal 0; see `ARCHITECTURE.md`): it is
+    /// not ready until it is a member and caught up.
     pub async fn open(config: NodeConfig) -> Result<Node> {
         let identity = config.validate()?;
         let data_dir = DataDir::open(&config.data_dir, &identity)?;
@@ -96,41 +112,37 @@ impl Node {
             reason: format!("cannot open the store: {e}"),
         })?;
         let node_id = data_dir.record.node_id;
-        let raft = Raft::new(node_id, raft_config(&config)?, NoPeers, log, sm.clone())
+        let cluster_id = Some(data_dir.record.cluster_id.clone()).filter(|c| !c.is_empty());
+        let peer = Arc::new(PeerShared::new(node_id, identity.name.clone(), cluster_id));
+        let network = PeerNetwork {
+            shared: peer.clone(),
+        };
+        let raft = Raft::new(node_id, raft_config(&config)?, network, log, sm.clone())
             .await
             .map_err(|e| Error::Storage(format!("starting raft: {e}")))?;
-        let me = MemberNode {
-            name: identity.name.clone(),
-            peer_addr: config.advertise_peer_addr.clone(),
-            client_addr: config.advertise_client_addr.clone(),
-        };
-        if !raft.is_initialized().await.map_err(fatal)? {
-            tracing::info!(member = %identity.name, node_id, "bootstrapping a new cluster");
-            raft.initialize(BTreeMap::from([(node_id, me)]))
-                .await
-                .map_err(|e| Error::Internal(format!("bootstrap: {e}")))?;
-        }
         let inner = Arc::new(Inner {
-            cluster_id: data_dir.record.cluster_id.clone(),
             identity,
             node_id,
+            peer,
             raft,
             sm,
-            wait_timeout: Duration::from_secs(5),
+            data_dir,
+            stop: CancellationToken::new(),
+            fatal: OnceLock::new(),
             config,
-            _data_dir: data_dir,
         });
         let node = Node { inner };
-        node.inner
-            .raft
-            .wait(Some(Duration::from_secs(10)))
-            .metrics(|m| m.current_leader.is_some(), "a leader is elected")
-            .await
-            .map_err(|e| Error::Unavailable(format!("no leader after start: {e}")))?;
+        if let Some(addr) = node.inner.config.peer_listen_addr {
+            crate::cluster::serve_peers(node.inner.clone(), addr).await?;
+        }
+        if node.inner.config.peers == Peers::None {
+            crate::cluster::bootstrap_alone(&node.inner).await?;
+        } else {
+            tokio::spawn(crate::cluster::run(node.inner.clone()));
+        }
         tracing::info!(
             member = %node.inner.identity.name,
             node_id,
-            cluster_id = %node.inner.cluster_id,
             data_dir = %node.inner.config.data_dir.display(),
             "node open"
         );
@@ -154,9 +166,9 @@ impl Node {
         self.inner.node_id
     }
 
-    /// The cluster this member belongs to.
-    pub fn cluster_id(&self) -> &str {
-        &self.inner.cluster_id
+    /// The cluster this member belongs to (empty until it bootstrapped or joined one).
+    pub fn cluster_id(&self) -> String {
+        self.inner.peer.cluster_id().to_string()
     }
 
     /// The request limits in force.
@@ -166,31 +178,7 @@ impl Node {
 
     /// Health and metrics snapshot.
     pub fn status(&self) -> NodeStatus {
-        let m = self.inner.raft.metrics().borrow_watched().clone();
-        let sm = &self.inner.sm;
-        let fatal = match (&m.running_state, sm.storage_failed()) {
-            (Err(e), _) => Some(e.to_string()),
-            (Ok(()), true) => Some("a storage flush failed".into()),
-            _ => None,
-        };
-        NodeStatus {
-            member: self.inner.identity.name.clone(),
-            term: m.current_term,
-            commit_index: m.local_committed.as_ref().map_or(0, |l| l.index),
-            applied_index: m.last_applied.as_ref().map_or(0, |l| l.index),
-            last_log_index: m.last_log_index.unwrap_or(0),
-            revision: sm.revision(),
-            compact_revision: sm.compact_revision(),
-            is_leader: m.state == ServerState::Leader,
-            leader_known: m.current_leader.is_some(),
-            is_member: m
-                .membership_config
-                .membership()
-                .get_node(&self.inner.node_id)
-                .is_some(),
-            db_size_bytes: sm.size_on_disk(),
-            fatal,
-        }
+        self.inner.status()
     }
 
     /// Ready = no fatal error, a member, a leader is known, and everything committed applied.
@@ -201,84 +189,56 @@ impl Node {
 
     /// The `Cluster.Status` answer.
     pub async fn cluster_status(&self) -> Result<pb::StatusResponse> {
-        let inner = &self.inner;
-        let m = inner.raft.metrics().borrow_watched().clone();
-        let membership = m.membership_config.membership();
-        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
-        let last_index = m.last_log_index.unwrap_or(0);
-        let matched = m.replication.clone().unwrap_or_default();
-        let mut members = Vec::new();
-        let mut leader = None;
-        for (id, node) in membership.nodes() {
-            let ordinal = Identity::parse(&node.name).map(|i| i.ordinal).unwrap_or(0);
-            if m.current_leader == Some(*id) {
-                leader = Some(ordinal);
-            }
-            let (applied, reachable) = if *id == inner.node_id {
-                (m.last_applied.as_ref().map_or(0, |l| l.index), true)
-            } else {
-                match matched.get(id) {
-                    Some(Some(l)) => (l.index, true),
-                    _ => (0, false),
-                }
-            };
-            members.push(pb::Member {
-                ordinal,
-                name: node.name.clone(),
-                role: if voters.contains(id) {
-                    pb::Role::Voter as i32
-                } else {
-                    pb::Role::Learner as i32
-                },
-                peer_addr: node.peer_addr.clone(),
-                client_addr: node.client_addr.clone(),
-                applied_index: applied,
-                reachable,
-                node_id: *id,
-                lag: last_index.saturating_sub(applied),
-            });
-        }
-        members.sort_by_key(|m| m.ordinal);
-        let limits = inner.config.limits;
-        Ok(pb::StatusResponse {
-            header: Some(self.kv().header(inner.sm.revision())),
-            cluster_id: inner.cluster_id.clone(),
-            leader,
-            term: m.current_term,
-            commit_index: m.local_committed.as_ref().map_or(0, |l| l.index),
-            applied_index: m.last_applied.as_ref().map_or(0, |l| l.index),
-            members,
-            member: inner.identity.name.clone(),
-            revision: inner.sm.revision(),
-            compact_revision: inner.sm.compact_revision(),
-            db_size_bytes: inner.sm.size_on_disk(),
-            limits: Some(pb::Limits {
-                max_key_bytes: limits.max_key_bytes as u64,
-                max_value_bytes: limits.max_value_bytes as u64,
-                max_txn_ops: limits.max_txn_ops as u64,
-                max_range_limit: limits.max_range_limit as u64,
-                watch_history_revisions: inner.config.watch_history_revisions,
-            }),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-        })
+        Ok(crate::cluster::status(&self.inner))
     }
 
-    /// Resolves when the node hits a fatal error (a failed fsync, a corrupt log), with its
-    /// description. The process should then exit: the node no longer serves writes.
+    /// Removes the member with this ordinal from the cluster (scale-down). Runs on the
+    /// leader; refused when it would leave the remaining voters without a quorum.
+    pub async fn remove_member(&self, ordinal: u32) -> Result<String> {
+        crate::cluster::remove_ordinal(&self.inner, ordinal).await
+    }
+
+    /// Hands leadership to the member with this ordinal.
+    pub async fn transfer_leader(&self, ordinal: u32) -> Result<String> {
+        crate::cluster::transfer_to_ordinal(&self.inner, ordinal).await
+    }
+
+    /// Test fault injection: act as if the named peers were unreachable (both directions).
+    pub fn set_partitioned_from(&self, peers: &[String]) {
+        let mut blocked = self
+            .inner
+            .peer
+            .blocked
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        *blocked = peers.iter().cloned().collect();
+        tracing::warn!(peers = ?peers, "fault injection: peer traffic blocked");
+    }
+
+    /// Resolves when the node hits a fatal error (a failed fsync, a corrupt log, data of
+    /// another cluster), with its description. The process should then exit.
     pub async fn fatal(&self) -> String {
         let mut rx = self.inner.raft.metrics();
         loop {
             if let Some(f) = self.status().fatal {
                 return f;
             }
-            if rx.changed().await.is_err() {
-                return "raft stopped".into();
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() {
+                    return "raft stopped".into();
+                },
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
     }
 
-    /// Stops the node: Raft shut down, storage flushed. Requests fail afterwards.
+    /// Stops the node: hands leadership to a caught-up voter when this node leads (so a
+    /// restart or rolling update does not wait for an election timeout), stops Raft and the
+    /// peer service, and flushes storage. Membership is unchanged: SIGTERM never means
+    /// "leave the cluster".
     pub async fn shutdown(&self) -> Result<()> {
+        crate::cluster::hand_off_leadership(&self.inner).await;
+        self.inner.stop.cancel();
         self.inner
             .raft
             .shutdown()
@@ -294,45 +254,165 @@ fn fatal(e: impl std::fmt::Display) -> Error {
 }
 
 impl Inner {
-    /// Proposes a command and returns the state machine's answer.
-    pub(crate) async fn write(&self, cmd: pb::Command) -> Result<pb::CommandResponse> {
+    pub(crate) fn metrics(&self) -> RaftMetrics<TypeConfig> {
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    pub(crate) fn status(&self) -> NodeStatus {
+        let m = self.metrics();
+        let sm = &self.sm;
+        let fatal = match (&m.running_state, sm.storage_failed(), self.fatal.get()) {
+            (Err(e), _, _) => Some(e.to_string()),
+            (_, true, _) => Some("a storage flush failed".into()),
+            (_, _, Some(f)) => Some(f.clone()),
+            _ => None,
+        };
+        let membership = m.membership_config.membership();
+        NodeStatus {
+            member: self.identity.name.clone(),
+            term: m.current_term,
+            commit_index: m.local_committed.as_ref().map_or(0, |l| l.index),
+            applied_index: m.last_applied.as_ref().map_or(0, |l| l.index),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            revision: sm.revision(),
+            compact_revision: sm.compact_revision(),
+            is_leader: m.state == ServerState::Leader,
+            leader_known: m.current_leader.is_some(),
+            is_member: membership.get_node(&self.node_id).is_some(),
+            is_voter: membership.voter_ids().any(|id| id == self.node_id),
+            db_size_bytes: sm.size_on_disk(),
+            fatal,
+        }
+    }
+
+    /// The leader's node record, when one is known.
+    pub(crate) fn leader(&self) -> Option<(u64, MemberNode)> {
+        let m = self.metrics();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, node))
+    }
+
+    /// Waits (up to the request wait) until some leader is known.
+    async fn wait_for_leader(&self) -> Result<()> {
+        self.raft
+            .wait(Some(self.config.request_wait))
+            .metrics(|m| m.current_leader.is_some(), "a leader is known")
+            .await
+            .map(|_| ())
+            .map_err(|_| {
+                Error::Unavailable(format!(
+                    "no leader is known after {:?}; the cluster may have lost its quorum",
+                    self.config.request_wait
+                ))
+            })
+    }
+
+    /// Proposes a command on this node; fails with `NotLeader` when another node leads.
+    pub(crate) async fn write_here(&self, cmd: pb::Command) -> Result<pb::CommandResponse> {
         match self.raft.client_write(Command(cmd)).await {
-            Ok(r) => {
-                let resp = r.data.0;
-                if !resp.error.is_empty() {
-                    return Err(Error::InvalidArgument(resp.error));
-                }
-                Ok(resp)
-            }
+            Ok(r) => Ok(r.data.0),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(self.not_leader(f))
+                Err(Error::NotLeader {
+                    leader_client_addr: f.leader_node.map(|n| n.client_addr),
+                })
             }
             Err(RaftError::APIError(e)) => Err(Error::Internal(e.to_string())),
             Err(RaftError::Fatal(f)) => Err(fatal(f)),
         }
     }
 
-    /// Waits until reads here reflect every write acknowledged before this call.
-    pub(crate) async fn linearize(&self) -> Result<()> {
-        use openraft::error::LinearizableReadError as L;
-        match self
-            .raft
-            .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(L::ForwardToLeader(f))) => Err(self.not_leader(f)),
-            Err(RaftError::APIError(e)) => Err(Error::Unavailable(e.to_string())),
-            Err(RaftError::Fatal(f)) => Err(fatal(f)),
+    /// Proposes a command: here when this node leads, otherwise forwarded to the leader (or
+    /// refused with `NotLeader` under `--reject-follower-writes`).
+    pub(crate) async fn write(&self, cmd: pb::Command) -> Result<pb::CommandResponse> {
+        let deadline = tokio::time::Instant::now() + self.config.request_wait;
+        loop {
+            let resp = match self.write_here(cmd.clone()).await {
+                Err(Error::NotLeader { .. }) => match self.leader() {
+                    None => {
+                        self.wait_for_leader().await?;
+                        if tokio::time::Instant::now() >= deadline {
+                            return Err(Error::Unavailable("no leader accepted the write".into()));
+                        }
+                        continue;
+                    }
+                    Some((_, leader)) if self.config.reject_follower_writes => {
+                        return Err(Error::NotLeader {
+                            leader_client_addr: Some(leader.client_addr),
+                        });
+                    }
+                    Some((_, leader)) => {
+                        match crate::cluster::forward(self, &leader, cmd.clone()).await {
+                            // The leader changed under us and did not apply it: try again.
+                            Err(Error::NotLeader { .. })
+                                if tokio::time::Instant::now() < deadline =>
+                            {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                continue;
+                            }
+                            other => other?,
+                        }
+                    }
+                },
+                other => other?,
+            };
+            if !resp.error.is_empty() {
+                return Err(Error::InvalidArgument(resp.error));
+            }
+            return Ok(resp);
         }
     }
 
-    fn not_leader(&self, f: ForwardToLeader<TypeConfig>) -> Error {
-        match f.leader_node {
-            Some(node) => Error::NotLeader {
-                leader_client_addr: Some(node.client_addr),
-            },
-            None => Error::Unavailable("no leader is known yet; retry shortly".into()),
+    /// Waits until reads here reflect every write acknowledged before this call: a read
+    /// index from the leader (asked over the peer port when this node follows), then the
+    /// local apply catching up to it.
+    pub(crate) async fn linearize(&self) -> Result<()> {
+        use openraft::error::LinearizableReadError as L;
+        let deadline = tokio::time::Instant::now() + self.config.request_wait;
+        loop {
+            match self
+                .raft
+                .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(L::ForwardToLeader(_))) => {}
+                Err(RaftError::APIError(e)) => return Err(Error::Unavailable(e.to_string())),
+                Err(RaftError::Fatal(f)) => return Err(fatal(f)),
+            }
+            let Some((_, leader)) = self.leader() else {
+                self.wait_for_leader().await?;
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Error::Unavailable("no leader to read through".into()));
+                }
+                continue;
+            };
+            let index = crate::cluster::read_index(self, &leader).await?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            return self
+                .raft
+                .wait(Some(left.max(Duration::from_millis(100))))
+                .applied_index_at_least(Some(index), "read index applied")
+                .await
+                .map(|_| ())
+                .map_err(|_| {
+                    Error::Unavailable(format!(
+                        "this member has not applied the leader's read index {index} in time; it is catching up"
+                    ))
+                });
         }
     }
+}
+
+/// Makes a fresh single member the voter of a new cluster of one.
+pub(crate) async fn initialize_alone(inner: &Inner, cluster_id: &str) -> Result<()> {
+    inner.data_dir.set_cluster_id(cluster_id)?;
+    let _ = inner.peer.cluster_id.set(cluster_id.to_string());
+    let me = crate::cluster::member_node(inner);
+    tracing::info!(member = %inner.identity.name, node_id = inner.node_id, cluster_id, "bootstrapping a new cluster");
+    inner
+        .raft
+        .initialize(BTreeMap::from([(inner.node_id, me)]))
+        .await
+        .map_err(|e| Error::Internal(format!("bootstrap: {e}")))
 }

@@ -57,11 +57,8 @@ fn span(limits: &Limits, start: &[u8], end: &[u8], prefix: &[u8], start_name: &s
     bounded(limits, start_name, start)?;
     bounded(limits, "end", end)?;
     bounded(limits, "prefix", prefix)?;
-    let has_bounds = !start.is_empty() || !end.is_empty();
-    if !prefix.is_empty() && has_bounds {
-        return invalid(format!(
-            "give either a prefix or {start_name}/end, not both"
-        ));
+    if !prefix.is_empty() && !end.is_empty() {
+        return invalid("give either a prefix or an end, not both");
     }
     if !end.is_empty() && end <= start {
         return invalid(format!("range end must be greater than its {start_name}"));
@@ -79,6 +76,9 @@ pub(crate) fn range(limits: &Limits, r: &pb::RangeRequest) -> Result<pb::Consist
 
 pub(crate) fn delete(limits: &Limits, d: &pb::DeleteRequest) -> Result<()> {
     span(limits, &d.key, &d.end, &d.prefix, "key")?;
+    if !d.key.is_empty() && !d.prefix.is_empty() {
+        return invalid("delete a key or a prefix, not both");
+    }
     if d.key.is_empty() && d.prefix.is_empty() {
         return invalid("delete needs a key, a key and an end, or a prefix");
     }
@@ -179,7 +179,9 @@ mod tests {
         assert!(range(&l(), &r(b"a", b"b", b"")).is_ok());
         assert!(range(&l(), &r(b"b", b"a", b"")).is_err());
         assert!(range(&l(), &r(b"a", b"a", b"")).is_err());
-        assert!(range(&l(), &r(b"a", b"", b"p")).is_err());
+        assert!(range(&l(), &r(b"", b"b", b"p")).is_err());
+        // A start inside a prefix continues a paginated scan.
+        assert!(range(&l(), &r(b"p3", b"", b"p")).is_ok());
         assert!(range(&l(), &r(b"", b"", b"")).is_ok());
     }
 

@@ -1,0 +1,251 @@
+//! The peer gRPC service: Raft RPCs into openraft, plus cluster info, join, forwarded writes
+//! and read index.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use openraft::ReadPolicy;
+use openraft::async_runtime::WatchReceiver;
+use ordkv_store::{SnapshotData, SnapshotMeta, TypeConfig, Vote};
+use tokio::io::AsyncWriteExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{NOT_A_MEMBER, decode, encode};
+use crate::node::Inner;
+use crate::pb;
+
+/// Implements `ordkv.v1.Peer` over a node.
+pub(crate) struct PeerService {
+    pub(crate) inner: Arc<Inner>,
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
+fn reply(payload: Vec<u8>) -> Result<Response<pb::PeerReply>, Status> {
+    Ok(Response::new(pb::PeerReply {
+        payload: payload.into(),
+    }))
+}
+
+impl PeerService {
+    /// Refuses requests for another cluster or another incarnation of this member.
+    fn admit(&self, req: &pb::PeerRequest) -> Result<(), Status> {
+        let peer = &self.inner.peer;
+        if peer.is_blocked(&req.from_name) {
+            return Err(Status::unavailable(format!(
+                "{} is cut off by fault injection",
+                req.from_name
+            )));
+        }
+        let cluster = peer.cluster_id();
+        if cluster.is_empty() {
+            return Err(Status::unavailable(format!(
+                "{} has not joined a cluster yet",
+                peer.name
+            )));
+        }
+        if req.cluster_id != cluster {
+            return Err(Status::failed_precondition(format!(
+                "cluster id mismatch: {} belongs to cluster {cluster}, the request is for {}",
+                peer.name, req.cluster_id
+            )));
+        }
+        if req.to_node != peer.node_id {
+            return Err(Status::failed_precondition(format!(
+                "node id mismatch: {} is node {} now, not node {} (its volume was replaced); \
+                 it answers for the new id once re-admitted",
+                peer.name, peer.node_id, req.to_node
+            )));
+        }
+        Ok(())
+    }
+
+    fn is_member(&self, node_id: u64) -> bool {
+        let m = self
+            .inner
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .clone();
+        m.membership().get_node(&node_id).is_some()
+    }
+}
+
+#[tonic::async_trait]
+impl pb::peer_server::Peer for PeerService {
+    async fn append(
+        &self,
+        req: Request<pb::PeerRequest>,
+    ) -> Result<Response<pb::PeerReply>, Status> {
+        let req = req.into_inner();
+        self.admit(&req)?;
+        let rpc = decode(&req.payload).map_err(Status::invalid_argument)?;
+        let resp = self
+            .inner
+            .raft
+            .append_entries(rpc)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        reply(encode(&resp).map_err(internal)?)
+    }
+
+    async fn vote(&self, req: Request<pb::PeerRequest>) -> Result<Response<pb::PeerReply>, Status> {
+        let req = req.into_inner();
+        self.admit(&req)?;
+        if !self.is_member(req.from_node) {
+            // A removed member (scale-down, then back on its old volume) must not disturb the
+            // cluster: refuse it, and tell it why so that it asks to rejoin as a learner.
+            return Err(Status::failed_precondition(format!(
+                "{} (node {}) is {NOT_A_MEMBER} of cluster {}; it must rejoin",
+                req.from_name,
+                req.from_node,
+                self.inner.peer.cluster_id()
+            )));
+        }
+        let (pre_vote, rpc): (bool, _) = decode(&req.payload).map_err(Status::invalid_argument)?;
+        let raft = &self.inner.raft;
+        let resp = if pre_vote {
+            raft.pre_vote(rpc).await
+        } else {
+            raft.vote(rpc).await
+        };
+        let resp = resp.map_err(|e| Status::unavailable(e.to_string()))?;
+        reply(encode(&resp).map_err(internal)?)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::PeerReply>, Status> {
+        let mut stream = req.into_inner();
+        let first = stream
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        let header = first
+            .header
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("the first snapshot chunk has no header"))?;
+        self.admit(&header)?;
+        let (vote, meta): (Vote, SnapshotMeta) =
+            decode(&header.payload).map_err(Status::invalid_argument)?;
+
+        let dir = self.inner.config.data_dir.join("snapshots");
+        let path = dir.join(format!("incoming-{}.part", uuid::Uuid::new_v4()));
+        let received = async {
+            let mut file = tokio::fs::File::create(&path).await.map_err(internal)?;
+            let mut crc = crc32fast::Hasher::new();
+            let mut chunk = Some(first);
+            loop {
+                let c = match chunk.take() {
+                    Some(c) => c,
+                    None => stream
+                        .next()
+                        .await
+                        .ok_or_else(|| Status::aborted("snapshot stream ended early"))??,
+                };
+                crc.update(&c.data);
+                file.write_all(&c.data).await.map_err(internal)?;
+                if let Some(want) = c.crc32 {
+                    if crc.finalize() != want {
+                        return Err(Status::data_loss("snapshot stream fails its checksum"));
+                    }
+                    file.sync_all().await.map_err(internal)?;
+                    return Ok(());
+                }
+            }
+        }
+        .await;
+        if let Err(e) = received {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(e);
+        }
+        let snapshot = openraft::type_config::alias::SnapshotOf::<TypeConfig, SnapshotData> {
+            meta,
+            snapshot: SnapshotData { path },
+        };
+        let resp = self
+            .inner
+            .raft
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        reply(encode(&resp).map_err(internal)?)
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::PeerRequest>,
+    ) -> Result<Response<pb::PeerReply>, Status> {
+        let req = req.into_inner();
+        self.admit(&req)?;
+        let rpc = decode(&req.payload).map_err(Status::invalid_argument)?;
+        let resp = self
+            .inner
+            .raft
+            .handle_transfer_leader(rpc)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        reply(encode(&resp).map_err(internal)?)
+    }
+
+    async fn forward(
+        &self,
+        req: Request<pb::ForwardRequest>,
+    ) -> Result<Response<pb::CommandResponse>, Status> {
+        let req = req.into_inner();
+        if req.cluster_id != self.inner.peer.cluster_id() {
+            return Err(Status::failed_precondition("cluster id mismatch"));
+        }
+        let cmd = req
+            .command
+            .ok_or_else(|| Status::invalid_argument("no command"))?;
+        let resp = self
+            .inner
+            .write_here(cmd)
+            .await
+            .map_err(crate::peer::to_status)?;
+        Ok(Response::new(resp))
+    }
+
+    async fn read_index(
+        &self,
+        req: Request<pb::PeerRequest>,
+    ) -> Result<Response<pb::PeerReply>, Status> {
+        let req = req.into_inner();
+        if req.cluster_id != self.inner.peer.cluster_id() {
+            return Err(Status::failed_precondition("cluster id mismatch"));
+        }
+        let linearizer = self
+            .inner
+            .raft
+            .get_read_linearizer(ReadPolicy::ReadIndex)
+            .await
+            .map_err(|e| Status::failed_precondition(format!("no read index here: {e}")))?;
+        reply(encode(linearizer.read_log_id()).map_err(internal)?)
+    }
+
+    async fn cluster_info(
+        &self,
+        _req: Request<pb::ClusterInfoRequest>,
+    ) -> Result<Response<pb::ClusterInfoReply>, Status> {
+        Ok(Response::new(crate::cluster::cluster_info(&self.inner)))
+    }
+
+    async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinReply>, Status> {
+        let req = req.into_inner();
+        if req.cluster_id != self.inner.peer.cluster_id() {
+            return Err(Status::failed_precondition("cluster id mismatch"));
+        }
+        let member = req
+            .member
+            .ok_or_else(|| Status::invalid_argument("no member"))?;
+        let outcome = crate::cluster::admit(&self.inner, member)
+            .await
+            .map_err(crate::peer::to_status)?;
+        Ok(Response::new(pb::JoinReply { outcome }))
+    }
+}
