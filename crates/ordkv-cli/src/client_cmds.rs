@@ -83,6 +83,17 @@ pub enum ClientCommand {
 pub enum ClusterCommand {
     /// Members, roles, leader, term, commit/applied index and lag.
     Status,
+    /// Removes the member with this ordinal now (scale-down without waiting for the
+    /// dead-member timeout). Refused when the remaining voters would lose their quorum.
+    Remove {
+        /// The member's StatefulSet ordinal.
+        ordinal: u32,
+    },
+    /// Hands leadership to the voter with this ordinal.
+    TransferLeader {
+        /// The voter's StatefulSet ordinal.
+        ordinal: u32,
+    },
 }
 
 /// `ordkv put`.
@@ -282,6 +293,12 @@ pub async fn run(
                 }))?,
             }
         }
+        ClientCommand::Cluster(ClusterCommand::Remove { ordinal }) => {
+            print_change(fmt, client.remove_member(ordinal).await?)?
+        }
+        ClientCommand::Cluster(ClusterCommand::TransferLeader { ordinal }) => {
+            print_change(fmt, client.transfer_leader(ordinal).await?)?
+        }
         ClientCommand::Cluster(ClusterCommand::Status) => {
             let status = client.status().await?;
             match fmt {
@@ -291,6 +308,17 @@ pub async fn run(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_change(fmt: Format, resp: ordkv_proto::v1::MemberChangeResponse) -> anyhow::Result<()> {
+    match fmt {
+        Format::Human => println!("{}", resp.outcome),
+        Format::Json => print_json(&json!({
+            "outcome": resp.outcome,
+            "revision": resp.header.map_or(0, |h| h.revision),
+        }))?,
+    }
+    Ok(())
 }
 
 fn print_json(v: &Value) -> anyhow::Result<()> {

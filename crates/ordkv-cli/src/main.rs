@@ -4,6 +4,7 @@
 //! missing key prints `not found` and exits 1; usage errors exit 2.
 
 mod client_cmds;
+mod dev_cluster;
 mod output;
 mod serve;
 
@@ -27,6 +28,8 @@ struct Cli {
 enum Command {
     /// Run a node (one replica per pod).
     Serve(serve::ServeArgs),
+    /// Run a local StatefulSet-shaped cluster (kv-0..N-1) on loopback.
+    DevCluster(dev_cluster::DevClusterArgs),
     #[command(flatten)]
     Client(client_cmds::ClientCommand),
 }
@@ -37,6 +40,7 @@ async fn main() -> ExitCode {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         Command::Serve(args) => serve::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::DevCluster(args) => dev_cluster::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Client(cmd) => client_cmds::run(cli.global, cmd, &matches).await,
     };
     match result {

@@ -72,6 +72,13 @@ pub struct ServeArgs {
     /// sled page cache in MiB.
     #[arg(long, env = "ORDKV_CACHE_MB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub cache_mb: u64,
+    /// Raft log entries between snapshots; the log is purged up to each snapshot.
+    #[arg(long, env = "ORDKV_SNAPSHOT_EVERY", default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub snapshot_every: u64,
+    /// Tests only: serve `POST /debug/partition?peers=a,b` on the HTTP port, which cuts this
+    /// member off from the named peers.
+    #[arg(long, env = "ORDKV_ENABLE_FAULT_INJECTION", hide = true)]
+    pub enable_fault_injection: bool,
     /// Log format.
     #[arg(long, env = "ORDKV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -205,6 +212,7 @@ fn resolve(args: &ServeArgs) -> anyhow::Result<Resolved> {
     node.reject_follower_writes = args.reject_follower_writes;
     node.max_voters = args.max_voters as usize;
     node.dead_member_timeout = args.dead_member_timeout;
+    node.snapshot_every_entries = args.snapshot_every;
     node.peers = if !args.peers.is_empty() {
         ordkv::Peers::Static(args.peers.iter().cloned().collect())
     } else if let Some(service) = &args.service {
@@ -231,7 +239,8 @@ fn resolve(args: &ServeArgs) -> anyhow::Result<Resolved> {
         }
     }
     node.validate()?;
-    let server = ordkv_server::ServerConfig::new(client_addr, http_addr, &node.limits);
+    let mut server = ordkv_server::ServerConfig::new(client_addr, http_addr, &node.limits);
+    server.fault_injection = args.enable_fault_injection;
     Ok(Resolved { node, server })
 }
 

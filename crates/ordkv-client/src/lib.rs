@@ -19,9 +19,9 @@ use bytes::Bytes;
 use futures::{StreamExt, stream::BoxStream};
 use ordkv_proto::v1::{
     CompactRequest, CompactResponse, DeleteRequest, DeleteResponse, GetRequest, GetResponse,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, StatusRequest, StatusResponse,
-    TxnRequest, TxnResponse, WatchRequest, WatchResponse, cluster_client::ClusterClient,
-    kv_client::KvClient,
+    MemberChangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    RemoveMemberRequest, StatusRequest, StatusResponse, TransferLeaderRequest, TxnRequest,
+    TxnResponse, WatchRequest, WatchResponse, cluster_client::ClusterClient, kv_client::KvClient,
 };
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -273,6 +273,40 @@ impl Client {
             Self::cluster(ch).status(r).await
         })
         .await
+    }
+
+    /// Removes the member with `ordinal` (runs on the leader; a follower's answer naming
+    /// the leader is followed once).
+    pub async fn remove_member(&self, ordinal: u32) -> Result<MemberChangeResponse> {
+        self.on_leader(RemoveMemberRequest { ordinal }, |ch, r| async move {
+            Self::cluster(ch).remove_member(r).await
+        })
+        .await
+    }
+
+    /// Hands leadership to the voter with `ordinal` (runs on the leader).
+    pub async fn transfer_leader(&self, ordinal: u32) -> Result<MemberChangeResponse> {
+        self.on_leader(TransferLeaderRequest { ordinal }, |ch, r| async move {
+            Self::cluster(ch).transfer_leader(r).await
+        })
+        .await
+    }
+
+    /// Calls `f` here, or once more at the leader a follower names in its refusal.
+    async fn on_leader<T, R, F, Fut>(&self, req: T, f: F) -> Result<R>
+    where
+        T: Clone,
+        F: Fn(Channel, tonic::Request<T>) -> Fut + Clone,
+        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
+    {
+        match self.call(req.clone(), f.clone()).await {
+            Err(e) if e.code() == Some(Code::FailedPrecondition) && e.leader().is_some() => {
+                let leader = e.leader().unwrap_or_default().to_string();
+                let at_leader = Client::connect(&[leader]).await?.with_timeout(self.timeout);
+                at_leader.call(req, f).await
+            }
+            other => other,
+        }
     }
 
     /// Sets `key` to `value` and returns the revision the write created.

@@ -1,4 +1,5 @@
-//! The `ordkv.v1.Cluster` gRPC service: cluster status as this member sees it.
+//! The `ordkv.v1.Cluster` gRPC service: cluster status as this member sees it, and the
+//! membership operations (remove a member, transfer leadership), which the leader runs.
 
 use ordkv::pb;
 use tonic::{Request, Response, Status};
@@ -28,5 +29,42 @@ impl pb::cluster_server::Cluster for ClusterService {
                 node.cluster_status().await
             })
             .await
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::MemberChangeResponse>, Status> {
+        self.ctx
+            .unary("RemoveMember", request, |node, req| async move {
+                let outcome = node.remove_member(req.ordinal).await?;
+                Ok(change(&node, outcome))
+            })
+            .await
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::MemberChangeResponse>, Status> {
+        self.ctx
+            .unary("TransferLeader", request, |node, req| async move {
+                let outcome = node.transfer_leader(req.ordinal).await?;
+                Ok(change(&node, outcome))
+            })
+            .await
+    }
+}
+
+fn change(node: &ordkv::Node, outcome: String) -> pb::MemberChangeResponse {
+    let s = node.status();
+    pb::MemberChangeResponse {
+        header: Some(pb::ResponseHeader {
+            revision: s.revision,
+            member: s.member,
+            raft_term: s.term,
+            cluster_id: node.cluster_id(),
+        }),
+        outcome,
     }
 }

@@ -9,7 +9,9 @@ pub const MESSAGE_SLACK_BYTES: usize = 64 * 1024;
 
 /// The largest request the client port decodes, whatever the limits say. A Txn of
 /// `max_txn_ops` full-size puts may exceed it (with the default limits: 128 × ~1 MiB); such a
-/// Txn is refused with `RESOURCE_EXHAUSTED` before it reaches the node — split it up. A single
+/// Txn is refused before it reaches the node — split it up. (tonic reports an oversized
+/// message as `OUT_OF_RANGE` with "decoded message length too large"; a compacted revision is
+/// also `OUT_OF_RANGE`, told apart by its message.) A single
 /// Put always fits, since the limit never drops below one full-size op.
 pub const MAX_DECODING_CAP_BYTES: usize = 64 * 1024 * 1024;
 
@@ -20,7 +22,7 @@ pub struct ServerConfig {
     pub client_addr: SocketAddr,
     /// HTTP address for `/livez`, `/readyz`, `/metrics` (`--http-addr`, port 7381).
     pub http_addr: SocketAddr,
-    /// Largest KV request message decoded; bigger ones fail with `RESOURCE_EXHAUSTED`.
+    /// Largest KV request message decoded; bigger ones fail (`OUT_OF_RANGE`, "too large").
     /// See [`max_decoding_for`].
     pub max_decoding_message_bytes: usize,
     /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` per connection (calls and watches at once).
@@ -38,6 +40,8 @@ pub struct ServerConfig {
     pub http2_keepalive_timeout: Duration,
     /// How often the gRPC health status is refreshed from the node's readiness.
     pub health_interval: Duration,
+    /// Serve `POST /debug/partition` (tests only: it cuts this member off from peers).
+    pub fault_injection: bool,
 }
 
 impl ServerConfig {
@@ -54,6 +58,7 @@ impl ServerConfig {
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(20),
             health_interval: Duration::from_secs(1),
+            fault_injection: false,
         }
     }
 }

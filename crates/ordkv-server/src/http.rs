@@ -1,18 +1,46 @@
-//! The HTTP server for probes and scraping: `/livez`, `/readyz`, `/metrics`.
+//! The HTTP server for probes and scraping: `/livez`, `/readyz`, `/metrics`, and, only
+//! when fault injection is enabled (tests), `POST /debug/partition?peers=kv-1,kv-2`.
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 /// The routes, serving `node`.
-pub(crate) fn router(node: ordkv::Node) -> Router {
-    Router::new()
+pub(crate) fn router(node: ordkv::Node, fault_injection: bool) -> Router {
+    let router = Router::new()
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(node)
+        .route("/metrics", get(metrics));
+    let router = if fault_injection {
+        router.route("/debug/partition", post(partition))
+    } else {
+        router
+    };
+    router.with_state(node)
+}
+
+#[derive(serde::Deserialize)]
+struct PartitionQuery {
+    /// Comma-separated member names to cut off; empty heals.
+    #[serde(default)]
+    peers: String,
+}
+
+/// Test fault injection: drop peer traffic to and from the named members.
+async fn partition(
+    State(node): State<ordkv::Node>,
+    Query(q): Query<PartitionQuery>,
+) -> (StatusCode, String) {
+    let peers: Vec<String> = q
+        .peers
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect();
+    node.set_partitioned_from(&peers);
+    (StatusCode::OK, format!("partitioned from {peers:?}\n"))
 }
 
 /// 200 `ok`, or 503 with the fatal error once the node hit one (restart the pod).

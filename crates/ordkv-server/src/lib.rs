@@ -161,7 +161,7 @@ pub async fn serve_with_listeners(
             stopping.clone().cancelled_owned(),
         );
     let mut grpc = tokio::spawn(grpc);
-    let http_server = axum::serve(http, http::router(node))
+    let http_server = axum::serve(http, http::router(node, config.fault_injection))
         .with_graceful_shutdown(stopping.clone().cancelled_owned())
         .into_future();
     let mut http = tokio::spawn(http_server);
