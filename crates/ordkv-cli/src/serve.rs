@@ -143,18 +143,6 @@ fn default_name() -> anyhow::Result<String> {
         .to_lowercase())
 }
 
-fn default_namespace() -> String {
-    std::env::var("POD_NAMESPACE")
-        .ok()
-        .filter(|n| !n.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-                .ok()
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| "default".into())
-}
-
 /// Everything `serve` needs, resolved from flags, environment and defaults.
 struct Resolved {
     node: ordkv::NodeConfig,
@@ -180,7 +168,7 @@ fn resolve(args: &ServeArgs) -> anyhow::Result<Resolved> {
     if client_addr == peer_addr || client_addr == http_addr || peer_addr == http_addr {
         bail!("--client-addr, --peer-addr and --http-addr must differ");
     }
-    let namespace = args.namespace.clone().unwrap_or_else(default_namespace);
+    let namespace = args.namespace.clone().unwrap_or_else(ordkv::pod_namespace);
     let advertise_host = match (&args.advertise_host, &args.service) {
         (Some(h), _) => h.clone(),
         (None, Some(svc)) => format!(

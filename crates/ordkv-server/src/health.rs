@@ -43,7 +43,7 @@ pub(crate) async fn run(
             if ready {
                 tracing::info!(node = %node.identity().name, "ready: health SERVING");
             } else {
-                let reason = crate::http::not_ready_reason(&node.status());
+                let reason = node.status().not_ready_reason();
                 tracing::info!(
                     node = %node.identity().name,
                     reason = reason.as_deref().unwrap_or("not ready"),

@@ -57,7 +57,10 @@ async fn readyz(State(node): State<ordkv::Node>) -> (StatusCode, String) {
         return (StatusCode::OK, "ok\n".to_string());
     }
     // Read again for the reason; if the node became ready in between, say so generically.
-    let reason = not_ready_reason(&node.status()).unwrap_or_else(|| "not ready".to_string());
+    let reason = node
+        .status()
+        .not_ready_reason()
+        .unwrap_or_else(|| "not ready".to_string());
     (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n"))
 }
 
@@ -73,28 +76,8 @@ async fn metrics(State(node): State<ordkv::Node>) -> impl IntoResponse {
     )
 }
 
-/// Why a node with this status is not ready, or `None` if it is (same rule as
-/// [`ordkv::Node::is_ready`]).
-pub(crate) fn not_ready_reason(s: &ordkv::NodeStatus) -> Option<String> {
-    if let Some(fatal) = &s.fatal {
-        Some(format!("fatal: {fatal}"))
-    } else if !s.is_member {
-        Some("not a member".to_string())
-    } else if !s.leader_known {
-        Some("no leader".to_string())
-    } else if s.applied_index < s.commit_index {
-        Some(format!(
-            "catching up: applied {} < commit {}",
-            s.applied_index, s.commit_index
-        ))
-    } else {
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
 
     #[test]
     fn readiness_reasons() {
@@ -105,7 +88,7 @@ mod tests {
             applied_index: 9,
             ..Default::default()
         };
-        assert_eq!(not_ready_reason(&ready), None);
+        assert_eq!(ready.not_ready_reason(), None);
         let cases = [
             (
                 ordkv::NodeStatus {
@@ -137,7 +120,7 @@ mod tests {
             ),
         ];
         for (status, reason) in cases {
-            assert_eq!(not_ready_reason(&status).as_deref(), Some(reason));
+            assert_eq!(status.not_ready_reason().as_deref(), Some(reason));
         }
     }
 }

@@ -8,11 +8,6 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::pb;
 
-/// Big-endian so that sled's byte order is numeric order.
-pub(crate) fn u64_key(n: u64) -> [u8; 8] {
-    n.to_be_bytes()
-}
-
 pub(crate) fn key_u64(k: &[u8]) -> io::Result<u64> {
     let arr: [u8; 8] = k
         .get(..8)
@@ -48,16 +43,6 @@ pub(crate) fn unseal<'a>(what: &str, sealed: &'a [u8]) -> io::Result<&'a [u8]> {
         return Err(corrupt(format!("{what} fails its checksum")));
     }
     Ok(payload)
-}
-
-/// Raft log entries: postcard (compact binary) inside a checksum.
-pub(crate) fn encode_entry<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
-    let payload = postcard::to_stdvec(v).map_err(io::Error::other)?;
-    Ok(seal(&payload))
-}
-
-pub(crate) fn decode_entry<T: DeserializeOwned>(what: &str, sealed: &[u8]) -> io::Result<T> {
-    postcard::from_bytes(unseal(what, sealed)?).map_err(|e| corrupt(format!("{what}: {e}")))
 }
 
 /// Small metadata (votes, membership): JSON, so an operator can read it, inside a checksum.

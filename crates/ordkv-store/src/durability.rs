@@ -1,15 +1,9 @@
-//! Group commit: one thread makes sled's writes durable for everyone waiting.
-//!
-//! sled 0.34's `flush` ends in `sync_file_range`, which survives a killed process but not a
-//! power loss (no metadata, no disk cache flush). After each flush this thread calls
-//! `fdatasync` on sled's data file. Callers that arrive while a flush runs share the next
-//! one, so N concurrent writers cost about one fsync, not N. A failed flush or fsync is
-//! fatal: every later request fails too, because after a failed fsync the kernel may have
-//! dropped the dirty pages and a retry could report success for lost data.
+//! Group commit: a thread makes writes durable for everyone waiting. Callers that arrive
+//! while a sync runs share the next one, so N concurrent writers cost about one fsync, not N.
+//! A failed sync is fatal: every later request fails too, because after a failed fsync the
+//! kernel may have dropped the dirty pages and a retry could report success for lost data.
 
-use std::fs::File;
 use std::io;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -43,13 +37,17 @@ pub(crate) struct Durability {
 }
 
 impl Durability {
-    pub(crate) fn start(db: sled::Db, sled_dir: &Path) -> io::Result<Durability> {
-        let data_file = File::open(sled_dir.join("db"))?;
+    /// Starts a flusher thread that makes writes durable with `sync`. Every flusher of a
+    /// store shares `failed`: after one failure, all refuse.
+    pub(crate) fn start(
+        name: &str,
+        failed: Arc<AtomicBool>,
+        sync: impl Fn() -> Result<(), String> + Send + 'static,
+    ) -> io::Result<Durability> {
         let (tx, rx) = mpsc::channel::<Waiter>();
-        let failed = Arc::new(AtomicBool::new(false));
         let flag = failed.clone();
         std::thread::Builder::new()
-            .name("ordkv-fsync".into())
+            .name(name.into())
             .spawn(move || {
                 // Ends when every sender (every store handle) is dropped.
                 while let Ok(first) = rx.recv() {
@@ -58,14 +56,7 @@ impl Durability {
                     let result = if flag.load(Ordering::SeqCst) {
                         Err("an earlier fsync failed; this node stopped accepting writes".into())
                     } else {
-                        let r = db
-                            .flush()
-                            .map_err(|e| format!("sled flush: {e}"))
-                            .and_then(|_| {
-                                data_file
-                                    .sync_data()
-                                    .map_err(|e| format!("fdatasync: {e}"))
-                            });
+                        let r = sync();
                         if let Err(e) = &r {
                             flag.store(true, Ordering::SeqCst);
                             tracing::error!(error = %e, "storage flush failed; the node stops accepting writes");

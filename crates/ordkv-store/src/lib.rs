@@ -1,9 +1,9 @@
 //! ordkv storage: the Raft log and the revisioned key-value state machine, both in one sled
 //! database, behind openraft's storage traits. This is the only crate that names sled.
 //!
-//! Durability: a log append is acknowledged to openraft only after sled's flush and an
-//! `fdatasync` of its data file (see [`durability`](crate::durability) for group commit).
-//! The state machine is never flushed on its own: it is rebuilt from the log after a crash.
+//! Durability: a log append is acknowledged to openraft only after an `fdatasync` of its
+//! segment file (see `wal` for the log and `durability` for group commit). The state machine
+//! is never synced on the write path: it is re-applied from the log after a crash.
 
 mod apply;
 mod codec;
@@ -12,9 +12,15 @@ mod log_store;
 mod snapshot;
 mod state_machine;
 mod types;
+mod wal;
 
+use std::fs::File;
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use durability::Durability;
 
 pub use log_store::LogStore;
 pub use ordkv_proto::v1 as pb;
@@ -36,7 +42,8 @@ pub struct StoreOptions {
     pub max_range_limit: usize,
 }
 
-/// Opens (or creates) the store in `dir`: `dir/sled` for the database and `dir/snapshots`.
+/// Opens (or creates) the store in `dir`: `dir/wal` for the Raft log, `dir/sled` for the
+/// vote and the state machine, and `dir/snapshots`.
 pub fn open(dir: &Path, opts: &StoreOptions) -> io::Result<(LogStore, StateMachine)> {
     let sled_dir = dir.join("sled");
     let db = sled::Config::new()
@@ -47,12 +54,29 @@ pub fn open(dir: &Path, opts: &StoreOptions) -> io::Result<(LogStore, StateMachi
         .segment_size(8 * 1024 * 1024)
         .open()
         .map_err(|e| io::Error::other(format!("opening sled in {}: {e}", sled_dir.display())))?;
-    let durability = durability::Durability::start(db.clone(), &sled_dir)?;
-    let log = LogStore::new(&db, durability.clone())?;
+    let failed = Arc::new(AtomicBool::new(false));
+    let db_file = File::open(sled_dir.join("db"))?;
+    let flushed = db.clone();
+    // sled's own flush ends in `sync_file_range` (survives a killed process, not a power
+    // loss); the `fdatasync` after it makes it durable.
+    let db_sync = Durability::start("ordkv-db-sync", failed.clone(), move || {
+        flushed.flush().map_err(|e| format!("sled flush: {e}"))?;
+        db_file
+            .sync_data()
+            .map_err(|e| format!("fdatasync of sled: {e}"))
+    })?;
+    let wal = wal::Wal::open(&dir.join("wal"))?;
+    let synced = wal.clone();
+    let wal_sync = Durability::start("ordkv-wal-sync", failed, move || {
+        synced
+            .sync()
+            .map_err(|e| format!("fdatasync of the raft log: {e}"))
+    })?;
+    let log = LogStore::new(&db, wal, wal_sync, db_sync.clone())?;
     let sm = StateMachine::open(
         &db,
         dir.join("snapshots"),
-        durability,
+        db_sync,
         opts.history_revisions,
         opts.max_range_limit,
     )?;

@@ -1,4 +1,5 @@
-//! The Raft log, vote and commit pointer in sled (`raft_log` and `raft_meta` trees).
+//! The Raft log (segment files, see [`crate::wal`]) and the vote, purge point and commit
+//! pointer (sled's `raft_meta` tree).
 
 use std::fmt::Debug;
 use std::io;
@@ -7,9 +8,10 @@ use std::ops::{Bound, RangeBounds};
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 
-use crate::codec::{decode_entry, decode_meta, encode_entry, encode_meta, key_u64, u64_key};
+use crate::codec::{decode_meta, encode_meta};
 use crate::durability::Durability;
 use crate::types::{Entry, LogId, TypeConfig, Vote};
+use crate::wal::Wal;
 
 const VOTE: &[u8] = b"vote";
 const LAST_PURGED: &[u8] = b"last_purged";
@@ -18,9 +20,12 @@ const COMMITTED: &[u8] = b"committed";
 /// The log store. Cloning shares the same trees.
 #[derive(Clone)]
 pub struct LogStore {
-    log: sled::Tree,
+    wal: Wal,
     meta: sled::Tree,
-    durability: Durability,
+    /// Group commit of log appends (`fdatasync` of the active segment).
+    wal_sync: Durability,
+    /// Durable sled writes (vote, purge point).
+    db_sync: Durability,
 }
 
 fn sled_err(e: sled::Error) -> io::Error {
@@ -28,12 +33,23 @@ fn sled_err(e: sled::Error) -> io::Error {
 }
 
 impl LogStore {
-    pub(crate) fn new(db: &sled::Db, durability: Durability) -> io::Result<LogStore> {
-        Ok(LogStore {
-            log: db.open_tree("raft_log").map_err(sled_err)?,
+    pub(crate) fn new(
+        db: &sled::Db,
+        wal: Wal,
+        wal_sync: Durability,
+        db_sync: Durability,
+    ) -> io::Result<LogStore> {
+        let store = LogStore {
+            wal,
             meta: db.open_tree("raft_meta").map_err(sled_err)?,
-            durability,
-        })
+            wal_sync,
+            db_sync,
+        };
+        // Segments may still hold entries below the purge point; they are not the log.
+        if let Some(purged) = store.get_meta::<LogId>(LAST_PURGED)? {
+            store.wal.purge(purged.index)?;
+        }
+        Ok(store)
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
@@ -64,23 +80,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(x) => x.saturating_add(1),
             Bound::Unbounded => 0,
         };
-        let mut out = Vec::new();
-        for item in self.log.range(u64_key(start)..) {
-            let (k, v) = item.map_err(sled_err)?;
-            let index = key_u64(&k)?;
-            if !range.contains(&index) {
-                break;
-            }
-            let entry: Entry = decode_entry("raft log entry", &v)?;
-            if entry.log_id.index != index {
-                return Err(crate::codec::corrupt(format!(
-                    "log entry at index {index} says it is {}",
-                    entry.log_id.index
-                )));
-            }
-            out.push(entry);
-        }
-        Ok(out)
+        let end = match range.end_bound() {
+            Bound::Included(x) => x.saturating_add(1),
+            Bound::Excluded(x) => *x,
+            Bound::Unbounded => u64::MAX,
+        };
+        self.wal.read(start, end)
     }
 
     async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
@@ -93,10 +98,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
         let last_purged_log_id: Option<LogId> = self.get_meta(LAST_PURGED)?;
-        let last = match self.log.last().map_err(sled_err)? {
-            None => None,
-            Some((_, v)) => Some(decode_entry::<Entry>("raft log entry", &v)?.log_id),
-        };
+        let last = self.wal.last();
         Ok(LogState {
             last_log_id: last.or(last_purged_log_id),
             last_purged_log_id,
@@ -109,7 +111,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
         self.put_meta(VOTE, vote)?;
-        self.durability.flush().await
+        self.db_sync.flush().await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
@@ -127,46 +129,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
-        for entry in entries {
-            batch.insert(&u64_key(entry.log_id.index), encode_entry(&entry)?);
-        }
-        self.log.apply_batch(batch).map_err(sled_err)?;
+        self.wal.append(entries)?;
         // Readable now; durable when the flusher calls back.
-        self.durability.flush_then(callback);
+        self.wal_sync.flush_then(callback);
         Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
-        let from = last_log_id.map(|l| l.index + 1).unwrap_or(0);
-        // Newest first, so a crash in between never leaves a hole.
-        let keys: Vec<_> = self
-            .log
-            .range(u64_key(from)..)
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(sled_err)?;
-        for k in keys.into_iter().rev() {
-            self.log.remove(k).map_err(sled_err)?;
-        }
-        Ok(())
+        self.wal.truncate_after(last_log_id.map(|l| l.index))
     }
 
     async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
-        // Record the purge point first: entries at or before it are ignored from then on, so
-        // removing them needs no transaction.
+        // The purge point is durable before any file goes: entries at or before it are
+        // ignored from then on, and a crash in between leaves no hole.
         self.put_meta(LAST_PURGED, &log_id)?;
-        let keys: Vec<_> = self
-            .log
-            .range(..=u64_key(log_id.index))
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(sled_err)?;
-        let mut batch = sled::Batch::default();
-        for k in keys {
-            batch.remove(k);
-        }
-        self.log.apply_batch(batch).map_err(sled_err)?;
-        Ok(())
+        self.db_sync.flush().await?;
+        self.wal.purge(log_id.index)
     }
 }

@@ -180,6 +180,11 @@ impl StateMachine {
         self.shared.db.size_on_disk().unwrap_or(0)
     }
 
+    /// Makes everything written so far durable (used at shutdown).
+    pub async fn flush(&self) -> io::Result<()> {
+        self.shared.durability.flush().await
+    }
+
     /// Whether a storage flush failed (the node must stop).
     pub fn storage_failed(&self) -> bool {
         self.shared.durability.has_failed()

@@ -174,6 +174,39 @@ impl NodeConfig {
         }
     }
 
+    /// A member of a StatefulSet, configured from the pod's environment: the name from
+    /// `$POD_NAME`, the namespace from `$POD_NAMESPACE` (else the service-account file, else
+    /// `default`), peers found through the headless `service` in `cluster.local`, listening
+    /// for peers on `0.0.0.0:peer_port`, advertised under the pod's stable DNS name.
+    pub fn from_pod_env(
+        data_dir: impl Into<PathBuf>,
+        service: &str,
+        peer_port: u16,
+        client_port: u16,
+    ) -> Result<NodeConfig> {
+        let name = std::env::var("POD_NAME")
+            .ok()
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| {
+                Error::InvalidArgument("$POD_NAME is not set (use the downward API)".into())
+            })?;
+        let namespace = pod_namespace();
+        let host = format!("{name}.{service}.{namespace}.svc.cluster.local");
+        let mut c = NodeConfig::new(data_dir);
+        c.name = name;
+        c.advertise_peer_addr = format!("{host}:{peer_port}");
+        c.advertise_client_addr = format!("{host}:{client_port}");
+        c.peers = Peers::Dns {
+            service: service.to_string(),
+            namespace,
+            cluster_domain: "cluster.local".to_string(),
+            peer_port,
+        };
+        c.peer_listen_addr = Some(SocketAddr::from(([0, 0, 0, 0], peer_port)));
+        c.validate()?;
+        Ok(c)
+    }
+
     /// Checks every field; the error names the field and the accepted range.
     pub fn validate(&self) -> Result<Identity> {
         let identity = Identity::parse(&self.name)?;
@@ -231,6 +264,20 @@ impl NodeConfig {
         }
         Ok(identity)
     }
+}
+
+/// The pod's namespace: `$POD_NAMESPACE`, else the service-account namespace file, else
+/// `default`.
+pub fn pod_namespace() -> String {
+    std::env::var("POD_NAMESPACE")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "default".into())
 }
 
 #[cfg(test)]

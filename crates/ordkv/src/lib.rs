@@ -23,7 +23,7 @@ mod peer;
 mod resolve;
 mod validate;
 
-pub use config::{Identity, Limits, NodeConfig, Peers};
+pub use config::{Identity, Limits, NodeConfig, Peers, pod_namespace};
 pub use error::{Error, Result};
 pub use kv::{Kv, WatchStream};
 pub use node::{Node, NodeStatus};

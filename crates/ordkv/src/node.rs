@@ -72,6 +72,26 @@ pub struct NodeStatus {
     pub fatal: Option<String>,
 }
 
+impl NodeStatus {
+    /// Why a node with this status is not ready, or `None` when it is.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if let Some(fatal) = &self.fatal {
+            Some(format!("fatal: {fatal}"))
+        } else if !self.is_member {
+            Some("not a member".to_string())
+        } else if !self.leader_known {
+            Some("no leader".to_string())
+        } else if self.applied_index < self.commit_index {
+            Some(format!(
+                "catching up: applied {} < commit {}",
+                self.applied_index, self.commit_index
+            ))
+        } else {
+            None
+        }
+    }
+}
+
 fn raft_config(config: &NodeConfig) -> Result<Arc<openraft::Config>> {
     let c = openraft::Config {
         cluster_name: "ordkv".into(),
@@ -183,8 +203,26 @@ impl Node {
 
     /// Ready = no fatal error, a member, a leader is known, and everything committed applied.
     pub fn is_ready(&self) -> bool {
-        let s = self.status();
-        s.fatal.is_none() && s.is_member && s.leader_known && s.applied_index >= s.commit_index
+        self.status().not_ready_reason().is_none()
+    }
+
+    /// Waits until [`Node::is_ready`] (a member that knows its leader and has applied what
+    /// is committed), up to `timeout`.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.is_ready() {
+            if let Some(fatal) = self.status().fatal {
+                return Err(Error::Unavailable(format!("the node stopped: {fatal}")));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let why = self.status().not_ready_reason().unwrap_or_default();
+                return Err(Error::Unavailable(format!(
+                    "not ready after {timeout:?}: {why}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
     }
 
     /// The `Cluster.Status` answer.
@@ -244,6 +282,11 @@ impl Node {
             .shutdown()
             .await
             .map_err(|e| Error::Internal(format!("raft shutdown: {e}")))?;
+        self.inner
+            .sm
+            .flush()
+            .await
+            .map_err(|e| Error::Storage(format!("final flush: {e}")))?;
         tracing::info!(member = %self.inner.identity.name, "node stopped");
         Ok(())
     }

@@ -1,0 +1,553 @@
+"""Offline validation of deploy/kubernetes/ (run through validate.sh, which provides the venv).
+
+1. Strict JSON-schema validation (kubernetes-validate's bundled schemas) of every manifest,
+   raw and as rendered from kustomization.yaml, for each Kubernetes version asked for.
+2. A renderer for exactly the kustomize subset kustomization.yaml uses (resources, labels,
+   commonLabels, images); anything else in the kustomization is an error here. When a real
+   kustomize (v5+, `kustomize` or `kubectl kustomize`) is on PATH, its output must match.
+3. ordkv's own invariants, on the raw files and on the rendered objects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import difflib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import yaml
+from kubernetes_validate import utils as kv
+
+KUSTOMIZATION_NAMES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
+
+
+class Failed(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML loading: safe, and duplicate keys are errors (PyYAML would keep the last one silently,
+# hiding e.g. a second `env:` that replaces the first).
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_docs(path: str) -> list:
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        return [d for d in yaml.load_all(text, Loader=_UniqueKeyLoader) if d is not None]
+    except yaml.YAMLError as e:
+        raise Failed(f"{os.path.basename(path)}: YAML: {e}") from None
+
+
+def describe(doc) -> str:
+    if not isinstance(doc, dict):
+        return "<not a mapping>"
+    name = (doc.get("metadata") or {}).get("name", "?")
+    return f"{doc.get('kind', '?')}/{name}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The kustomize subset. Field specs follow kustomize v5's built-in configuration
+# (api/internal/konfig/builtinpluginconsts: metadataLabelsFieldSpecs = template labels,
+# commonLabelFieldSpecs = selectors). A path segment that meets a list applies to every element
+# (kyaml's behaviour); `[]` marks a list that is never created.
+
+_AFFINITY = [
+    "spec/template/spec/affinity/podAffinity/preferredDuringSchedulingIgnoredDuringExecution/podAffinityTerm/labelSelector/matchLabels",
+    "spec/template/spec/affinity/podAffinity/requiredDuringSchedulingIgnoredDuringExecution/labelSelector/matchLabels",
+    "spec/template/spec/affinity/podAntiAffinity/preferredDuringSchedulingIgnoredDuringExecution/podAffinityTerm/labelSelector/matchLabels",
+    "spec/template/spec/affinity/podAntiAffinity/requiredDuringSchedulingIgnoredDuringExecution/labelSelector/matchLabels",
+    "spec/template/spec/topologySpreadConstraints/labelSelector/matchLabels",
+]
+
+# kind -> [(path, create)]: labels for templates (`includeTemplates`, implied by selectors).
+TEMPLATE_FIELDS = {
+    "ReplicationController": [("spec/template/metadata/labels", True)],
+    "Deployment": [("spec/template/metadata/labels", True)],
+    "ReplicaSet": [("spec/template/metadata/labels", True)],
+    "DaemonSet": [("spec/template/metadata/labels", True)],
+    "StatefulSet": [
+        ("spec/template/metadata/labels", True),
+        ("spec/volumeClaimTemplates[]/metadata/labels", True),
+    ],
+    "Job": [("spec/template/metadata/labels", True)],
+    "CronJob": [
+        ("spec/jobTemplate/metadata/labels", True),
+        ("spec/jobTemplate/spec/template/metadata/labels", True),
+    ],
+}
+
+# kind -> [(path, create)]: selectors (`includeSelectors: true` or `commonLabels`).
+SELECTOR_FIELDS = {
+    "Service": [("spec/selector", True)],
+    "ReplicationController": [("spec/selector", True)],
+    "Deployment": [("spec/selector/matchLabels", True)] + [(p, False) for p in _AFFINITY],
+    "ReplicaSet": [("spec/selector/matchLabels", True)],
+    "DaemonSet": [("spec/selector/matchLabels", True)],
+    "StatefulSet": [("spec/selector/matchLabels", True)] + [(p, False) for p in _AFFINITY],
+    "Job": [("spec/selector/matchLabels", False)],
+    "CronJob": [("spec/jobTemplate/spec/selector/matchLabels", False)],
+    "PodDisruptionBudget": [("spec/selector/matchLabels", False)],
+    "NetworkPolicy": [
+        ("spec/podSelector/matchLabels", False),
+        ("spec/ingress/from/podSelector/matchLabels", False),
+        ("spec/egress/to/podSelector/matchLabels", False),
+    ],
+}
+
+
+def _set_labels(node, parts: list, create: bool, pairs: dict) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _set_labels(item, parts, create, pairs)
+        return
+    if not isinstance(node, dict):
+        return
+    raw = parts[0]
+    key, is_list = raw.removesuffix("[]"), raw.endswith("[]")
+    last = len(parts) == 1
+    if node.get(key) is None:
+        if not create or is_list:
+            return
+        node[key] = {}
+    if last:
+        if isinstance(node[key], dict):
+            node[key].update(pairs)
+        return
+    _set_labels(node[key], parts[1:], create, pairs)
+
+
+def _split_image(image: str):
+    """`name[:tag][@digest]` -> (name, suffix) with suffix ':tag', '@digest', ... or ''."""
+    at = image.find("@")
+    head, digest = (image, "") if at < 0 else (image[:at], image[at:])
+    colon = head.rfind(":")
+    if colon > head.rfind("/"):
+        return head[:colon], head[colon:] + digest
+    return head, digest
+
+
+def _set_images(node, images: list) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _set_images(item, images)
+        return
+    if not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        if key in ("containers", "initContainers", "ephemeralContainers") and isinstance(value, list):
+            for c in value:
+                if isinstance(c, dict) and isinstance(c.get("image"), str):
+                    name, suffix = _split_image(c["image"])
+                    for img in images:
+                        if img["name"] == name:
+                            if img.get("digest"):
+                                suffix = "@" + img["digest"]
+                            elif img.get("newTag"):
+                                suffix = ":" + str(img["newTag"])
+                            c["image"] = (img.get("newName") or name) + suffix
+                            break
+        else:
+            _set_images(value, images)
+
+
+def render(directory: str):
+    """Renders the kustomization in `directory`; returns (kustomization, resource files, docs)."""
+    path = next(
+        (os.path.join(directory, n) for n in KUSTOMIZATION_NAMES if os.path.exists(os.path.join(directory, n))),
+        None,
+    )
+    if path is None:
+        raise Failed(f"{directory}: no kustomization.yaml")
+    docs = load_docs(path)
+    if len(docs) != 1 or not isinstance(docs[0], dict):
+        raise Failed("kustomization.yaml: expected one mapping")
+    k = docs[0]
+    supported = {"apiVersion", "kind", "resources", "labels", "commonLabels", "images"}
+    unknown = sorted(set(k) - supported)
+    if unknown:
+        raise Failed(
+            f"kustomization.yaml: field(s) {unknown} are not supported by validate.py's renderer "
+            f"(supported: {sorted(supported)}); extend render() to cover them"
+        )
+    if k.get("apiVersion", "kustomize.config.k8s.io/v1beta1") != "kustomize.config.k8s.io/v1beta1":
+        raise Failed(f"kustomization.yaml: unexpected apiVersion {k['apiVersion']!r}")
+    if k.get("kind", "Kustomization") != "Kustomization":
+        raise Failed(f"kustomization.yaml: unexpected kind {k['kind']!r}")
+
+    files, out = [], []
+    for res in k.get("resources") or []:
+        full = os.path.join(directory, res)
+        if not isinstance(res, str) or "://" in res or not os.path.isfile(full):
+            raise Failed(f"kustomization.yaml: resource {res!r} is not a file in {directory}")
+        files.append(res)
+        for doc in load_docs(full):
+            if not isinstance(doc, dict):
+                raise Failed(f"{res}: a document is not a mapping")
+            out.append(copy.deepcopy(doc))
+
+    label_sets = []  # (pairs, include_selectors, include_templates)
+    for i, entry in enumerate(k.get("labels") or []):
+        extra = sorted(set(entry) - {"pairs", "includeSelectors", "includeTemplates"})
+        if extra:
+            raise Failed(f"kustomization.yaml: labels[{i}]: unsupported field(s) {extra}")
+        pairs = entry.get("pairs") or {}
+        if not all(isinstance(v, str) for v in pairs.values()):
+            raise Failed(f"kustomization.yaml: labels[{i}].pairs: values must be strings")
+        label_sets.append((pairs, bool(entry.get("includeSelectors")), bool(entry.get("includeTemplates"))))
+    if k.get("commonLabels"):
+        label_sets.append((k["commonLabels"], True, True))
+
+    for pairs, selectors, templates in label_sets:
+        for doc in out:
+            kind = doc.get("kind")
+            specs = [("metadata/labels", True)]
+            if selectors or templates:
+                specs += TEMPLATE_FIELDS.get(kind, [])
+            if selectors:
+                specs += SELECTOR_FIELDS.get(kind, [])
+            for p, create in specs:
+                _set_labels(doc, p.split("/"), create, pairs)
+
+    images = k.get("images") or []
+    for i, img in enumerate(images):
+        extra = sorted(set(img) - {"name", "newName", "newTag", "digest"})
+        if extra or "name" not in img:
+            raise Failed(f"kustomization.yaml: images[{i}]: needs `name`; unsupported {extra}")
+    for doc in out:
+        _set_images(doc, images)
+    return k, files, out
+
+
+def real_kustomize(directory: str):
+    """(tool description, rendered docs) from a real kustomize v5+, or (reason, None)."""
+    if shutil.which("kustomize"):
+        cmd, tool = ["kustomize", "build", directory], "kustomize"
+        try:
+            ver = subprocess.run(["kustomize", "version"], capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            ver = ""
+    elif shutil.which("kubectl"):
+        try:
+            info = json.loads(
+                subprocess.run(
+                    ["kubectl", "version", "--client", "-o", "json"],
+                    capture_output=True, text=True, timeout=30,
+                ).stdout
+            )
+        except (OSError, subprocess.SubprocessError, ValueError):
+            return "kubectl did not report its version; skipped", None
+        ver = info.get("kustomizeVersion", "")
+        cmd, tool = ["kubectl", "kustomize", directory], "kubectl kustomize"
+    else:
+        return "no kustomize or kubectl on PATH; built-in renderer only", None
+    m = re.search(r"v?(\d+)\.", ver)
+    if ver and (not m or int(m.group(1)) < 5):
+        return f"{tool} is kustomize {ver} (< v5); skipped", None
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        raise Failed(f"{tool} failed: {proc.stderr.strip()}")
+    return f"{tool} {ver}".strip(), [d for d in yaml.safe_load_all(proc.stdout) if d is not None]
+
+
+def _by_key(docs) -> dict:
+    return {(d.get("apiVersion"), d.get("kind"), (d.get("metadata") or {}).get("name")): d for d in docs}
+
+
+def compare_renders(ours, theirs, tool: str) -> list:
+    a, b = _by_key(ours), _by_key(theirs)
+    problems = []
+    for key in sorted(set(a) | set(b), key=str):
+        if key not in a or key not in b:
+            problems.append(f"render: {key[1]}/{key[2]} only in {'ours' if key in a else tool}")
+            continue
+        ya = yaml.safe_dump(a[key], sort_keys=True).splitlines()
+        yb = yaml.safe_dump(b[key], sort_keys=True).splitlines()
+        if ya != yb:
+            diff = "\n".join(difflib.unified_diff(ya, yb, "validate.py", tool, lineterm="", n=2))
+            problems.append(f"render: {key[1]}/{key[2]} differs from {tool}:\n{diff}")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema validation.
+
+
+def schema_validate(label: str, doc, versions: list) -> list:
+    problems = []
+    for version in versions:
+        try:
+            kv.validate(doc, version, strict=True)
+        except kv.ValidationError as e:
+            where = ".".join(str(p) for p in e.absolute_path) or "<root>"
+            problems.append(f"{label}: {describe(doc)}: k8s {version} schema: {where}: {e.message}")
+        except kv.SchemaNotFoundError as e:
+            problems.append(f"{label}: {describe(doc)}: {e.message}")
+        except (kv.VersionNotSupportedError, kv.InvalidSchemaError) as e:
+            raise Failed(e.message) from None
+        except (KeyError, TypeError) as e:
+            problems.append(f"{label}: {describe(doc)}: not a Kubernetes object ({e})")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# ordkv's invariants.
+
+
+class Checker:
+    def __init__(self, label: str, verbose: bool):
+        self.label, self.verbose = label, verbose
+        self.problems: list = []
+        self.passed = 0
+
+    def check(self, ok: bool, what: str, detail: str = "") -> bool:
+        if ok:
+            self.passed += 1
+            if self.verbose:
+                print(f"  ok   [{self.label}] {what}")
+        else:
+            self.problems.append(f"{self.label}: invariant: {what}" + (f" ({detail})" if detail else ""))
+        return ok
+
+
+def _port_of(port, container) -> object:
+    """Resolves a probe/targetPort (number or name) against the container's ports."""
+    if isinstance(port, int):
+        return port
+    for p in container.get("ports") or []:
+        if p.get("name") == port:
+            return p.get("containerPort")
+    return port
+
+
+def _addr_port(value) -> int | None:
+    m = re.fullmatch(r".*:(\d+)", str(value or ""))
+    return int(m.group(1)) if m else None
+
+
+def check_invariants(c: Checker, docs: list, serve_rs: str | None) -> None:
+    by_kind: dict = {}
+    for d in docs:
+        by_kind.setdefault(d.get("kind"), []).append(d)
+    stss = by_kind.get("StatefulSet", [])
+    if not c.check(len(stss) == 1, "exactly one StatefulSet", f"found {len(stss)}"):
+        return
+    sts = stss[0]
+    spec = sts.get("spec") or {}
+    services = {s["metadata"]["name"]: s for s in by_kind.get("Service", [])}
+    pod = (spec.get("template") or {}).get("spec") or {}
+    pod_labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
+
+    def selects_pods(sel) -> bool:
+        return bool(sel) and all(pod_labels.get(k) == v for k, v in sel.items())
+
+    # Headless Service and StatefulSet wiring.
+    svc_name = spec.get("serviceName")
+    headless = services.get(svc_name)
+    c.check(headless is not None, "spec.serviceName names a Service in the set", repr(svc_name))
+    if headless:
+        hs = headless.get("spec") or {}
+        c.check(hs.get("clusterIP") == "None", f"Service {svc_name} is headless (clusterIP: None)")
+        c.check(hs.get("publishNotReadyAddresses") is True, f"Service {svc_name} publishNotReadyAddresses: true")
+        ports = {p.get("name"): p.get("port") for p in hs.get("ports") or []}
+        c.check(ports.get("client") == 7379 and ports.get("peer") == 7380,
+                f"Service {svc_name} ports client 7379 and peer 7380", str(ports))
+        c.check(selects_pods(hs.get("selector")), f"Service {svc_name} selector matches the pod labels")
+    reads = [s for n, s in services.items() if n != svc_name]
+    c.check(len(reads) == 1, "one read Service besides the headless one", str(sorted(services)))
+    for r in reads:
+        rs = r.get("spec") or {}
+        name = r["metadata"]["name"]
+        c.check(rs.get("clusterIP") != "None" and rs.get("type", "ClusterIP") == "ClusterIP",
+                f"Service {name} is a normal ClusterIP Service")
+        c.check(not rs.get("publishNotReadyAddresses"), f"Service {name} routes to Ready pods only")
+        c.check([p.get("port") for p in rs.get("ports") or []] == [7379], f"Service {name} exposes client port 7379 only")
+        c.check(selects_pods(rs.get("selector")), f"Service {name} selector matches the pod labels")
+    c.check(spec.get("podManagementPolicy") == "Parallel", "podManagementPolicy: Parallel")
+    c.check(selects_pods((spec.get("selector") or {}).get("matchLabels")),
+            "StatefulSet selector matches its pod template labels")
+    retention = spec.get("persistentVolumeClaimRetentionPolicy") or {}
+    c.check(retention.get("whenScaled") == "Retain" and retention.get("whenDeleted") == "Retain",
+            "persistentVolumeClaimRetentionPolicy keeps PVCs (Retain/Retain)", str(retention))
+
+    # The ordkv container.
+    containers = pod.get("containers") or []
+    ordkv = next((x for x in containers if x.get("name") == "ordkv"), None)
+    if not c.check(ordkv is not None, "a container named ordkv"):
+        return
+    c.check((ordkv.get("args") or [None])[0] == "serve" and not ordkv.get("command"),
+            "container runs the image's /ordkv with args [serve]")
+    env = {e.get("name"): e for e in ordkv.get("env") or []}
+    field = lambda n: ((env.get(n, {}).get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")  # noqa: E731
+    value = lambda n: env.get(n, {}).get("value")  # noqa: E731
+    c.check(field("POD_NAME") == "metadata.name", "POD_NAME from the downward API (metadata.name)")
+    c.check(field("POD_NAMESPACE") == "metadata.namespace", "POD_NAMESPACE from the downward API (metadata.namespace)")
+    c.check(value("ORDKV_SERVICE") == svc_name, "ORDKV_SERVICE equals spec.serviceName", f"{value('ORDKV_SERVICE')!r}")
+    cports = {p.get("name"): p.get("containerPort") for p in ordkv.get("ports") or []}
+    c.check(cports == {"client": 7379, "peer": 7380, "http": 7381}, "container ports client/peer/http = 7379/7380/7381", str(cports))
+    for var, port in (("ORDKV_CLIENT_ADDR", 7379), ("ORDKV_PEER_ADDR", 7380), ("ORDKV_HTTP_ADDR", 7381)):
+        c.check(_addr_port(value(var)) == port, f"{var} listens on :{port}", repr(value(var)))
+    for s in services.values():
+        for p in (s.get("spec") or {}).get("ports") or []:
+            tp = p.get("targetPort", p.get("port"))
+            c.check(_port_of(tp, ordkv) in cports.values(),
+                    f"Service {s['metadata']['name']} port {p.get('name')} targets a container port", repr(tp))
+    if serve_rs is not None:
+        declared = set(re.findall(r'env\s*=\s*"(ORDKV_[A-Z0-9_]+)"', serve_rs))
+        unknown = sorted(n for n in env if n.startswith("ORDKV_") and n not in declared)
+        c.check(not unknown, "every ORDKV_* variable is a flag twin declared in crates/ordkv-cli/src/serve.rs", str(unknown))
+
+    # Probes: readiness on /readyz, liveness (and startup) on /livez, all on the HTTP port.
+    def probe(kind, path):
+        get = (ordkv.get(kind) or {}).get("httpGet") or {}
+        c.check(get.get("path") == path and _port_of(get.get("port"), ordkv) == 7381,
+                f"{kind} is httpGet {path} on port 7381", str(get))
+    probe("readinessProbe", "/readyz")
+    probe("livenessProbe", "/livez")
+    if ordkv.get("startupProbe"):
+        probe("startupProbe", "/livez")  # never /readyz: a node catching up must not be killed
+    prestop = ((ordkv.get("lifecycle") or {}).get("preStop") or {}).get("exec")
+    c.check(not prestop or (prestop.get("command") or [""])[0] == "/ordkv",
+            "no preStop exec of a binary the FROM-scratch image lacks", str(prestop))
+
+    # Security.
+    psc, csc = pod.get("securityContext") or {}, ordkv.get("securityContext") or {}
+    c.check(csc.get("readOnlyRootFilesystem") is True, "readOnlyRootFilesystem: true")
+    c.check(csc.get("allowPrivilegeEscalation") is False, "allowPrivilegeEscalation: false")
+    c.check("ALL" in ((csc.get("capabilities") or {}).get("drop") or []), "capabilities drop ALL")
+    c.check(csc.get("runAsNonRoot", psc.get("runAsNonRoot")) is True, "runAsNonRoot: true")
+    uid = csc.get("runAsUser", psc.get("runAsUser"))
+    c.check(isinstance(uid, int) and uid != 0, "numeric non-zero runAsUser (the scratch image has no /etc/passwd)", repr(uid))
+    seccomp = (csc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
+    c.check(seccomp == "RuntimeDefault", "seccompProfile RuntimeDefault", repr(seccomp))
+    c.check(isinstance(psc.get("fsGroup"), int), "pod fsGroup set (the PVC is writable by the non-root user)")
+
+    # Storage: the volumeClaimTemplate is what is mounted at ORDKV_DATA_DIR.
+    vcts = spec.get("volumeClaimTemplates") or []
+    vct_names = [(v.get("metadata") or {}).get("name") for v in vcts]
+    mounts = {m.get("name"): m.get("mountPath") for m in ordkv.get("volumeMounts") or []}
+    data_dir = value("ORDKV_DATA_DIR")
+    c.check(len(vcts) == 1, "one volumeClaimTemplate", str(vct_names))
+    for v in vcts:
+        n = (v.get("metadata") or {}).get("name")
+        c.check(n in mounts, f"volumeClaimTemplate {n!r} is mounted by the ordkv container", str(mounts))
+        c.check(mounts.get(n) == data_dir, f"volumeClaimTemplate {n!r} is mounted at ORDKV_DATA_DIR", f"{mounts.get(n)!r} vs {data_dir!r}")
+        c.check("ReadWriteOnce" in ((v.get("spec") or {}).get("accessModes") or []), f"volumeClaimTemplate {n!r} is ReadWriteOnce")
+        c.check(not any(vol.get("name") == n for vol in pod.get("volumes") or []),
+                f"no pod volume shadows volumeClaimTemplate {n!r}")
+
+    # Disruption budget.
+    pdbs = by_kind.get("PodDisruptionBudget", [])
+    c.check(len(pdbs) == 1, "one PodDisruptionBudget")
+    for p in pdbs:
+        ps = p.get("spec") or {}
+        c.check(ps.get("maxUnavailable") == 1 and "minAvailable" not in ps, "PodDisruptionBudget maxUnavailable: 1")
+        c.check(selects_pods((ps.get("selector") or {}).get("matchLabels")), "PodDisruptionBudget selector matches the pods")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("directory")
+    ap.add_argument("-v", "--verbose", action="store_true", help="list every check")
+    args = ap.parse_args()
+    directory = os.path.abspath(args.directory)
+
+    latest = kv.latest_version()
+    wanted = os.environ.get("ORDKV_KUBE_VERSIONS", f"1.30.0 {latest}").split()
+    versions = list(dict.fromkeys(wanted))
+    problems: list = []
+    try:
+        kustomization, files, rendered = render(directory)
+    except Failed as e:
+        print(f"validate: {e}", file=sys.stderr)
+        print(f"ordkv manifests: INVALID, cannot render the kustomization: {str(e).splitlines()[0]}")
+        return 1
+
+    # Every manifest in the directory must be part of the kustomization.
+    here = sorted(
+        f for f in os.listdir(directory)
+        if f.endswith((".yaml", ".yml")) and f not in KUSTOMIZATION_NAMES
+    )
+    for f in sorted(set(here) - set(files)):
+        problems.append(f"{f}: not listed in kustomization.yaml resources")
+
+    serve_rs_path = os.path.join(directory, "..", "..", "crates", "ordkv-cli", "src", "serve.rs")
+    serve_rs = open(serve_rs_path, encoding="utf-8").read() if os.path.exists(serve_rs_path) else None
+
+    # 1. Raw files: schemas (strict) and invariants.
+    raw = []
+    for f in here:
+        try:
+            docs = load_docs(os.path.join(directory, f))
+        except Failed as e:
+            problems.append(str(e))
+            continue
+        for d in docs:
+            problems += schema_validate(f, d, versions)
+            raw.append(d)
+    raw_check = Checker("files", args.verbose)
+    check_invariants(raw_check, raw, serve_rs)
+    problems += raw_check.problems
+
+    # 2. Rendered kustomization: schemas, invariants, and agreement with a real kustomize.
+    for d in rendered:
+        problems += schema_validate("kustomize", d, versions)
+    rendered_check = Checker("kustomize", args.verbose)
+    check_invariants(rendered_check, rendered, serve_rs)
+    images = [c.get("image") for d in rendered for c in _containers(d)]
+    for img in kustomization.get("images") or []:
+        want = img.get("newName") or img["name"]
+        rendered_check.check(any(i and _split_image(i)[0] == want for i in images),
+                             f"images: {img['name']} is used by a container", str(images))
+    problems += rendered_check.problems
+    try:
+        tool, theirs = real_kustomize(directory)
+    except (Failed, OSError, subprocess.SubprocessError) as e:
+        tool, theirs = None, None
+        problems.append(f"kustomize: {e}")
+    if theirs is not None:
+        problems += compare_renders(rendered, theirs, tool)
+
+    schema_versions = ", ".join(kv.major_minor(v) for v in versions)
+    if problems:
+        for p in problems:
+            print(f"validate: {p}", file=sys.stderr)
+        print(f"ordkv manifests: INVALID, {len(problems)} problem(s) (strict schemas k8s {schema_versions})")
+        return 1
+    compared = f"identical to {tool}" if theirs is not None else f"not compared: {tool}"
+    print(
+        f"ordkv manifests: OK: {len(here)} files / {len(raw)} objects and the kustomize render "
+        f"({len(rendered)} objects, {compared}) pass strict schemas for k8s {schema_versions} "
+        f"and {raw_check.passed + rendered_check.passed} invariant checks"
+    )
+    return 0
+
+
+def _containers(doc):
+    spec = ((doc.get("spec") or {}).get("template") or {}).get("spec") or {}
+    return spec.get("containers") or []
+
+
+if __name__ == "__main__":
+    sys.exit(main())
