@@ -94,3 +94,46 @@ impl Durability {
         self.failed.load(Ordering::SeqCst)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failed_sync_fails_every_later_request_and_is_never_retried() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let failed = Arc::new(AtomicBool::new(false));
+        let d = Durability::start("test-sync", failed.clone(), move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Err("EIO".into())
+        })
+        .unwrap();
+        let first = d.flush().await.unwrap_err().to_string();
+        assert!(first.contains("EIO"), "{first}");
+        assert!(d.has_failed() && failed.load(Ordering::SeqCst));
+        let later = d.flush().await.unwrap_err().to_string();
+        assert!(later.contains("earlier fsync failed"), "{later}");
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "a failed sync is not retried");
+    }
+
+    #[tokio::test]
+    async fn concurrent_waiters_share_syncs() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let d = Durability::start("test-sync", Arc::new(AtomicBool::new(false)), move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            Ok(())
+        })
+        .unwrap();
+        let waiters: Vec<_> = (0..32).map(|_| d.flush()).collect();
+        for r in futures::future::join_all(waiters).await {
+            r.unwrap();
+        }
+        let syncs = calls.load(Ordering::SeqCst);
+        assert!(syncs <= 8, "32 waiters took {syncs} syncs: no group commit");
+    }
+}
