@@ -7,6 +7,7 @@ mod client_cmds;
 mod dev_cluster;
 mod output;
 mod serve;
+mod snapshot_cmds;
 
 use std::process::ExitCode;
 
@@ -30,6 +31,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Run a local StatefulSet-shaped cluster (kv-0..N-1) on loopback.
     DevCluster(dev_cluster::DevClusterArgs),
+    /// Back up a member, or restore a backup into a new data dir.
+    #[command(subcommand)]
+    Snapshot(snapshot_cmds::SnapshotCommand),
     #[command(flatten)]
     Client(client_cmds::ClientCommand),
 }
@@ -41,6 +45,14 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::DevCluster(args) => dev_cluster::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Snapshot(snapshot_cmds::SnapshotCommand::Save { file }) => {
+            snapshot_save(cli.global, file).await
+        }
+        Command::Snapshot(snapshot_cmds::SnapshotCommand::Restore { file, serve }) => {
+            snapshot_cmds::restore(file, &serve)
+                .await
+                .map(|()| ExitCode::SUCCESS)
+        }
         Command::Client(cmd) => client_cmds::run(cli.global, cmd, &matches).await,
     };
     match result {
@@ -57,6 +69,16 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn snapshot_save(
+    global: client_cmds::GlobalArgs,
+    file: std::path::PathBuf,
+) -> anyhow::Result<ExitCode> {
+    // A backup of a large store takes longer than a request deadline.
+    let client = ordkv_client::Client::connect(&global.endpoints).await?;
+    snapshot_cmds::save(&client, file).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

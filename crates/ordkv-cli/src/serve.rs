@@ -144,12 +144,12 @@ fn default_name() -> anyhow::Result<String> {
 }
 
 /// Everything `serve` needs, resolved from flags, environment and defaults.
-struct Resolved {
-    node: ordkv::NodeConfig,
-    server: ordkv_server::ServerConfig,
+pub(crate) struct Resolved {
+    pub(crate) node: ordkv::NodeConfig,
+    pub(crate) server: ordkv_server::ServerConfig,
 }
 
-fn resolve(args: &ServeArgs) -> anyhow::Result<Resolved> {
+pub(crate) fn resolve(args: &ServeArgs) -> anyhow::Result<Resolved> {
     let name = match &args.name {
         Some(n) => n.clone(),
         None => default_name()?,

@@ -18,8 +18,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{StreamExt, stream::BoxStream};
 use ordkv_proto::v1::{
-    CompactRequest, CompactResponse, DeleteRequest, DeleteResponse, GetRequest, GetResponse,
-    MemberChangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    BackupRequest, CompactRequest, CompactResponse, DeleteRequest, DeleteResponse, GetRequest,
+    GetResponse, MemberChangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
     RemoveMemberRequest, StatusRequest, StatusResponse, TransferLeaderRequest, TxnRequest,
     TxnResponse, WatchRequest, WatchResponse, cluster_client::ClusterClient, kv_client::KvClient,
 };
@@ -265,6 +265,18 @@ impl Client {
     pub async fn compact(&self, req: CompactRequest) -> Result<CompactResponse> {
         self.call(req, |ch, r| async move { Self::kv(ch).compact(r).await })
             .await
+    }
+
+    /// A consistent backup of the answering member: its snapshot file's bytes, in order.
+    pub async fn backup(&self) -> Result<BoxStream<'static, Result<Bytes>>> {
+        let stream = self
+            .call(BackupRequest {}, |ch, r| async move {
+                Self::cluster(ch).backup(r).await
+            })
+            .await?;
+        Ok(stream
+            .map(|item| item.map(|c| c.data).map_err(Error::from))
+            .boxed())
     }
 
     /// Describes the cluster as the answering member sees it.

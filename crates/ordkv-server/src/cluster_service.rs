@@ -18,8 +18,36 @@ impl ClusterService {
     }
 }
 
+/// The chunks of a backup.
+pub type BackupStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::BackupChunk, Status>> + Send>>;
+
+/// Bytes per backup chunk.
+const BACKUP_CHUNK_BYTES: usize = 1024 * 1024;
+
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterService {
+    type BackupStream = BackupStream;
+
+    async fn backup(
+        &self,
+        _request: Request<pb::BackupRequest>,
+    ) -> Result<Response<BackupStream>, Status> {
+        use futures::StreamExt;
+        let node = self.ctx.node.clone();
+        let (summary, file) = node.backup().await.map_err(crate::status_from_error)?;
+        tracing::info!(node = %node.identity().name, revision = summary.revision, "streaming a backup");
+        let reader = tokio_util::io::ReaderStream::with_capacity(
+            tokio::fs::File::from_std(file),
+            BACKUP_CHUNK_BYTES,
+        );
+        let chunks = reader.map(|r| {
+            r.map(|data| pb::BackupChunk { data })
+                .map_err(|e| Status::internal(format!("reading the snapshot: {e}")))
+        });
+        Ok(Response::new(Box::pin(chunks)))
+    }
+
     async fn status(
         &self,
         request: Request<pb::StatusRequest>,

@@ -116,7 +116,11 @@ mod tests {
         assert!(d.has_failed() && failed.load(Ordering::SeqCst));
         let later = d.flush().await.unwrap_err().to_string();
         assert!(later.contains("earlier fsync failed"), "{later}");
-        assert_eq!(calls.load(Ordering::SeqCst), 1, "a failed sync is not retried");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "a failed sync is not retried"
+        );
     }
 
     #[tokio::test]

@@ -87,3 +87,65 @@ pub fn open(dir: &Path, opts: &StoreOptions) -> io::Result<(LogStore, StateMachi
 mod conformance;
 #[cfg(test)]
 mod tests;
+
+/// What a snapshot file holds, from its header (after checking the whole file).
+#[derive(Debug, Clone)]
+pub struct SnapshotSummary {
+    /// The last log entry it covers.
+    pub last_log_id: Option<LogId>,
+    /// The store revision it holds.
+    pub revision: u64,
+}
+
+/// Checks a snapshot file (format and checksum) and describes it.
+pub fn verify_snapshot(path: &Path) -> io::Result<SnapshotSummary> {
+    let header = snapshot::verify(path)?;
+    Ok(SnapshotSummary {
+        last_log_id: header.meta.last_log_id,
+        revision: header.revision,
+    })
+}
+
+/// Seeds an empty store in `dir` from a snapshot file (backup restore): the keys and the
+/// revision of the snapshot, a Raft log that starts after it, and a membership of this one
+/// member as the only voter. Started, the member leads a new cluster of one; others join it.
+pub async fn restore(
+    dir: &Path,
+    opts: &StoreOptions,
+    snapshot_file: &Path,
+    node_id: NodeId,
+    member: MemberNode,
+) -> io::Result<SnapshotSummary> {
+    use openraft::storage::RaftStateMachine;
+    let summary = verify_snapshot(snapshot_file)?;
+    let last = summary
+        .last_log_id
+        .ok_or_else(|| io::Error::other("the snapshot covers no log entry"))?;
+    let (log, mut sm) = open(dir, opts)?;
+    let incoming = dir.join("snapshots").join("restore.incoming");
+    std::fs::copy(snapshot_file, &incoming)?;
+    let header = snapshot::verify(&incoming)?;
+    sm.install_snapshot(&header.meta, SnapshotData { path: incoming })
+        .await?;
+    let membership = openraft::Membership::new(
+        vec![std::collections::BTreeSet::from([node_id])],
+        std::collections::BTreeMap::from([(node_id, member)]),
+    )
+    .map_err(io::Error::other)?;
+    sm.replace_state(|sh, current| {
+        let mut st = current.clone();
+        st.membership = StoredMembership::new(Some(last), membership);
+        for (k, v) in StateMachine::state_rows(&st)? {
+            sh.meta.insert(k, v).map_err(state_machine::sled_err)?;
+        }
+        Ok(st)
+    })?;
+    // The current snapshot must carry the new membership too: followers get it from there.
+    let sm2 = sm.clone();
+    tokio::task::spawn_blocking(move || snapshot::build(&sm2))
+        .await
+        .map_err(io::Error::other)??;
+    log.set_purged(last).await?;
+    sm.flush().await?;
+    Ok(summary)
+}

@@ -64,6 +64,13 @@ impl LogStore {
         Ok(())
     }
 
+    /// Marks the log as purged up to `log_id` (a store restored from a snapshot starts its
+    /// log there), durably.
+    pub(crate) async fn set_purged(&self, log_id: LogId) -> io::Result<()> {
+        self.put_meta(LAST_PURGED, &log_id)?;
+        self.db_sync.flush().await
+    }
+
     /// The vote as stored, for status and for refusing to start on a corrupt store.
     pub fn stored_vote(&self) -> io::Result<Option<Vote>> {
         self.get_meta(VOTE)

@@ -31,9 +31,9 @@ pub struct SnapshotData {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Header {
-    meta: SnapshotMeta,
-    revision: u64,
+pub(crate) struct Header {
+    pub(crate) meta: SnapshotMeta,
+    pub(crate) revision: u64,
 }
 
 /// Snapshot file names sort by the log index they cover.
@@ -128,7 +128,7 @@ fn remove_others(dir: &Path, keep: &Path) -> io::Result<()> {
 }
 
 /// Reads and checks a snapshot's header, and verifies the whole file's checksum.
-fn verify(path: &Path) -> io::Result<Header> {
+pub(crate) fn verify(path: &Path) -> io::Result<Header> {
     let mut r = BufReader::new(File::open(path)?);
     let mut crc = crc32fast::Hasher::new();
     let mut magic = [0u8; 8];
@@ -227,7 +227,7 @@ pub(crate) fn install(
     }
     remove_others(&dir, &path)?;
 
-    sm.replace_state(|sh| {
+    sm.replace_state(|sh, _| {
         sh.meta.insert(INSTALLING, &[1u8][..]).map_err(sled_err)?;
         sh.db.flush().map_err(sled_err)?;
         sh.kv.clear().map_err(sled_err)?;

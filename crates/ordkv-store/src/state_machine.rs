@@ -180,6 +180,11 @@ impl StateMachine {
         self.shared.db.size_on_disk().unwrap_or(0)
     }
 
+    /// The current snapshot file, if one was built.
+    pub fn current_snapshot_file(&self) -> io::Result<Option<std::path::PathBuf>> {
+        Ok(snapshot::current(&self.shared.snapshot_dir)?.map(|s| s.snapshot.path))
+    }
+
     /// Makes everything written so far durable (used at shutdown).
     pub async fn flush(&self) -> io::Result<()> {
         self.shared.durability.flush().await
@@ -390,11 +395,11 @@ impl StateMachine {
     /// Replaces the whole state with a snapshot's (see [`snapshot::install`]).
     pub(crate) fn replace_state(
         &self,
-        f: impl FnOnce(&Shared) -> io::Result<SmState>,
+        f: impl FnOnce(&Shared, &SmState) -> io::Result<SmState>,
     ) -> io::Result<()> {
         let sh = &*self.shared;
         let mut st = sh.state.write().unwrap_or_else(|p| p.into_inner());
-        let new = f(sh)?;
+        let new = f(sh, &st)?;
         let revision = new.revision;
         *st = new;
         sh.revision_tx.send_replace(revision);

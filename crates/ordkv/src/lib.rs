@@ -26,6 +26,7 @@ mod validate;
 pub use config::{Identity, Limits, NodeConfig, Peers, pod_namespace};
 pub use error::{Error, Result};
 pub use kv::{Kv, WatchStream};
-pub use node::{Node, NodeStatus};
+pub use node::{Node, NodeStatus, restore_snapshot};
 /// The request and response types shared with the gRPC API.
 pub use ordkv_store::pb;
+pub use ordkv_store::{SnapshotSummary, verify_snapshot};

@@ -8,7 +8,7 @@ use std::time::Duration;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Raft, RaftMetrics, ServerState, SnapshotPolicy};
-use ordkv_store::{Command, MemberNode, StateMachine, StoreOptions, TypeConfig};
+use ordkv_store::{Command, MemberNode, SnapshotSummary, StateMachine, StoreOptions, TypeConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Identity, Limits, NodeConfig, Peers};
@@ -241,6 +241,42 @@ impl Node {
         crate::cluster::transfer_to_ordinal(&self.inner, ordinal).await
     }
 
+    /// A consistent backup: builds a fresh snapshot of everything applied here and opens it.
+    /// The file is ordkv's checksummed snapshot format (`ordkv snapshot restore` reads it).
+    pub async fn backup(&self) -> Result<(SnapshotSummary, std::fs::File)> {
+        let inner = &self.inner;
+        let applied = inner.status().applied_index;
+        inner
+            .raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        inner
+            .raft
+            .wait(Some(Duration::from_secs(120)))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= applied),
+                "a snapshot covering the applied state",
+            )
+            .await
+            .map_err(|e| Error::Unavailable(format!("building the snapshot: {e}")))?;
+        // A newer snapshot may replace the file between finding and opening it: retry.
+        for _ in 0..3 {
+            let storage = |e: std::io::Error| Error::Storage(e.to_string());
+            let Some(path) = inner.sm.current_snapshot_file().map_err(storage)? else {
+                continue;
+            };
+            if let Ok(file) = std::fs::File::open(&path) {
+                let summary = ordkv_store::verify_snapshot(&path).map_err(storage)?;
+                return Ok((summary, file));
+            }
+        }
+        Err(Error::Unavailable(
+            "the snapshot file kept changing; retry".into(),
+        ))
+    }
+
     /// Test fault injection: act as if the named peers were unreachable (both directions).
     pub fn set_partitioned_from(&self, peers: &[String]) {
         let mut blocked = self
@@ -445,6 +481,40 @@ impl Inner {
                 });
         }
     }
+}
+
+/// Creates `config.data_dir` from a backup (`ordkv snapshot restore`): a new cluster whose
+/// only voter is this member, holding the snapshot's keys and revision. The data dir must
+/// not hold a store yet. Other members join the restored one with empty data dirs.
+pub async fn restore_snapshot(
+    file: &std::path::Path,
+    config: NodeConfig,
+) -> Result<SnapshotSummary> {
+    let identity = config.validate()?;
+    let data_dir = DataDir::open(&config.data_dir, &identity)?;
+    let dir_err = |reason: String| Error::DataDir {
+        path: data_dir.path.display().to_string(),
+        reason,
+    };
+    if data_dir.path.join("sled").exists() || !data_dir.record.cluster_id.is_empty() {
+        return Err(dir_err(
+            "it already holds a store; restore into an empty data dir".into(),
+        ));
+    }
+    data_dir.set_cluster_id(&uuid::Uuid::new_v4().to_string())?;
+    let opts = StoreOptions {
+        cache_capacity_bytes: config.cache_capacity_bytes,
+        history_revisions: config.watch_history_revisions,
+        max_range_limit: config.limits.max_range_limit,
+    };
+    let me = MemberNode {
+        name: identity.name.clone(),
+        peer_addr: config.advertise_peer_addr.clone(),
+        client_addr: config.advertise_client_addr.clone(),
+    };
+    ordkv_store::restore(&data_dir.path, &opts, file, data_dir.record.node_id, me)
+        .await
+        .map_err(|e| dir_err(format!("restoring {}: {e}", file.display())))
 }
 
 /// Makes a fresh single member the voter of a new cluster of one.
