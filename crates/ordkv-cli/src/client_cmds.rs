@@ -300,7 +300,7 @@ pub async fn run(
             print_change(fmt, client.transfer_leader(ordinal).await?)?
         }
         ClientCommand::Cluster(ClusterCommand::Status) => {
-            let status = client.status().await?;
+            let status = leader_view(&client, client.status().await?).await;
             match fmt {
                 Format::Human => print!("{}", output::status_table(&status)),
                 Format::Json => print_json(&output::status_json(&status))?,
@@ -308,6 +308,24 @@ pub async fn run(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A follower knows only itself and the leader; the leader knows every member's progress.
+/// Ask the leader when the answering member is not it (keep the first answer if it fails).
+async fn leader_view(
+    client: &Client,
+    status: ordkv_proto::v1::StatusResponse,
+) -> ordkv_proto::v1::StatusResponse {
+    let leader = status
+        .members
+        .iter()
+        .find(|m| Some(m.ordinal) == status.leader && m.name != status.member);
+    let Some(leader) = leader else { return status };
+    let Ok(at_leader) = Client::connect(std::slice::from_ref(&leader.client_addr)).await else {
+        return status;
+    };
+    let at_leader = at_leader.with_timeout(client.timeout());
+    at_leader.status().await.unwrap_or(status)
 }
 
 fn print_change(fmt: Format, resp: ordkv_proto::v1::MemberChangeResponse) -> anyhow::Result<()> {

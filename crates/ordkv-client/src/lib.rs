@@ -168,6 +168,11 @@ impl Client {
         self
     }
 
+    /// The deadline set with [`Client::with_timeout`].
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
     /// Sends `req` with `f` to the preferred endpoint, moving on to the next one while the
     /// answer is `UNAVAILABLE`.
     async fn call<T, R, F, Fut>(&self, req: T, f: F) -> Result<R>
