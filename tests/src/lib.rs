@@ -25,6 +25,9 @@ use ordkv_proto::v1::{
 };
 use tonic::transport::{Channel, Endpoint};
 
+pub mod cluster;
+pub mod linearizability;
+
 /// How long a node may take to become ready.
 pub const READY_DEADLINE: Duration = Duration::from_secs(20);
 /// How long a one-shot command (`ordkv put`, a failing `ordkv serve`) may run.
@@ -116,6 +119,28 @@ pub fn ordkv_command() -> Command {
     }
     cmd.env("ORDKV_LOG", "info").env("NO_COLOR", "1");
     cmd
+}
+
+/// The three loopback ports of one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    /// Client gRPC.
+    pub client: u16,
+    /// Peer gRPC.
+    pub peer: u16,
+    /// HTTP (probes, metrics, fault injection).
+    pub http: u16,
+}
+
+impl Ports {
+    /// Three ports that were free a moment ago.
+    pub fn free() -> Ports {
+        Ports {
+            client: free_port(),
+            peer: free_port(),
+            http: free_port(),
+        }
+    }
 }
 
 /// A loopback port that was free a moment ago (bind to port 0, read it, release it).
@@ -253,26 +278,33 @@ impl NodeProcess {
 
     /// Like [`NodeProcess::start`] with extra `serve` flags (kept across restarts).
     pub async fn start_with(name: &str, extra_args: &[&str]) -> NodeProcess {
+        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let mut node = NodeProcess::new(name, Ports::free(), &extra_args);
+        node.spawn();
+        node.wait_ready().await;
+        node
+    }
+
+    /// A node on `ports` and a new temp data dir, not started yet: [`NodeProcess::spawn`]
+    /// starts it (for members that must know each other's ports before any of them runs).
+    pub fn new(name: &str, ports: Ports, extra_args: &[String]) -> NodeProcess {
         let root = tempfile::Builder::new()
             .prefix("ordkv-test-")
             .tempdir()
             .expect("temp dir");
         let data_dir = root.path().join("data");
-        let mut node = NodeProcess {
+        NodeProcess {
             name: name.to_string(),
             data_dir,
             root,
-            client_port: free_port(),
-            peer_port: free_port(),
-            http_port: free_port(),
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            client_port: ports.client,
+            peer_port: ports.peer,
+            http_port: ports.http,
+            extra_args: extra_args.to_vec(),
             child: None,
             starts: 0,
             logs_shown: Default::default(),
-        };
-        node.spawn();
-        node.wait_ready().await;
-        node
+        }
     }
 
     /// The `serve` arguments of this node.
@@ -298,7 +330,8 @@ impl NodeProcess {
         self.root.path().join(format!("serve-{start}.stderr.log"))
     }
 
-    fn spawn(&mut self) {
+    /// Starts the process without waiting for it (see [`NodeProcess::wait_ready`]).
+    pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "{} is already running", self.name);
         self.starts += 1;
         let log = std::fs::File::create(self.log_path(self.starts)).expect("create log file");
@@ -367,6 +400,42 @@ impl NodeProcess {
         }
         self.spawn();
         self.wait_ready().await;
+    }
+
+    /// Deletes the data dir (the node must be stopped): the next start is a lost volume.
+    pub fn wipe_data_dir(&mut self) {
+        assert!(self.child.is_none(), "{} is running", self.name);
+        if self.data_dir.exists() {
+            std::fs::remove_dir_all(&self.data_dir).expect("remove the data dir");
+        }
+    }
+
+    /// Whether a process was started and not killed since (it may have exited by itself).
+    pub fn is_started(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// The stderr of the latest start only.
+    pub fn current_log(&self) -> String {
+        std::fs::read_to_string(self.log_path(self.starts)).unwrap_or_default()
+    }
+
+    /// A minimal HTTP/1.0 POST with an empty body on the HTTP port: `(status code, body)`.
+    pub async fn http_post(&self, path: &str) -> std::io::Result<(u16, String)> {
+        let addr = self.http_addr();
+        let path = path.to_string();
+        tokio::task::spawn_blocking(move || http_request(addr, "POST", &path))
+            .await
+            .expect("http thread panicked")
+    }
+
+    /// The ports of this node.
+    pub fn ports(&self) -> Ports {
+        Ports {
+            client: self.client_port,
+            peer: self.peer_port,
+            http: self.http_port,
+        }
     }
 
     /// Whether the process is still running.
@@ -484,10 +553,16 @@ impl Drop for NodeProcess {
 }
 
 fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(addr, "GET", path)
+}
+
+fn http_request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
     let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
     conn.set_write_timeout(Some(Duration::from_secs(5)))?;
-    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
+    conn.write_all(
+        format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+    )?;
     let mut response = Vec::new();
     conn.read_to_end(&mut response)?;
     let text = String::from_utf8_lossy(&response);

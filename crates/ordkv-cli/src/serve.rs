@@ -72,7 +72,8 @@ pub struct ServeArgs {
     /// sled page cache in MiB.
     #[arg(long, env = "ORDKV_CACHE_MB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub cache_mb: u64,
-    /// Raft log entries between snapshots; the log is purged up to each snapshot.
+    /// Raft log entries between snapshots; the log is then purged up to the snapshot, less
+    /// the last min(this, 1000) entries (kept for followers that lag a little).
     #[arg(long, env = "ORDKV_SNAPSHOT_EVERY", default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(100..))]
     pub snapshot_every: u64,
     /// Tests only: serve `POST /debug/partition?peers=a,b` on the HTTP port, which cuts this

@@ -304,6 +304,9 @@ async fn tick(
         return Ok(());
     }
     let status = inner.status();
+    if !status.is_leader && !inner.peer.removed.load(std::sync::atomic::Ordering::SeqCst) {
+        check_still_member(inner).await;
+    }
     if inner.peer.removed.load(std::sync::atomic::Ordering::SeqCst) {
         // Removed while away (scale-down, then back on the retained volume): ask to be
         // admitted again, as a learner first.
@@ -319,6 +322,30 @@ async fn tick(
         autopilot(inner, dead_since).await?;
     }
     Ok(())
+}
+
+/// A member that was removed while it was away learns it from the leader's membership: a
+/// voter would also learn it from refused votes, but a learner never asks for votes.
+async fn check_still_member(inner: &Inner) {
+    let answers: Vec<Answer> = match inner.leader() {
+        Some((id, node)) if id != inner.node_id => vec![ask(inner, &node.peer_addr).await],
+        _ => ask_all(inner)
+            .await
+            .into_iter()
+            .map(|(_, _, a)| a)
+            .collect(),
+    };
+    for a in answers {
+        if let Answer::Info(i) = a
+            && i.cluster_id == inner.peer.cluster_id()
+            && i.leader_id != 0
+            && i.leader_id == i.node_id
+            && !i.members.iter().any(|m| m.node_id == inner.node_id)
+        {
+            inner.peer.mark_removed();
+            return;
+        }
+    }
 }
 
 fn adopt_cluster(inner: &Inner, cluster_id: &str) -> Result<()> {

@@ -101,7 +101,9 @@ fn raft_config(config: &NodeConfig) -> Result<Arc<openraft::Config>> {
         // Bounds one append message: 64 entries of the largest values.
         max_payload_entries: 64,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
-        max_in_snapshot_log_to_keep: 1000,
+        // Entries kept behind a snapshot, so a briefly lagging follower catches up from the
+        // log rather than a whole snapshot.
+        max_in_snapshot_log_to_keep: config.snapshot_every_entries.min(1000),
         // A member that was cut off must not raise the term and depose a healthy leader
         // when it comes back.
         enable_pre_vote: Some(true),
@@ -328,6 +330,12 @@ impl Node {
     }
 }
 
+fn no_leader_accepted(waited: Duration) -> Error {
+    Error::Unavailable(format!(
+        "no leader accepted the write within {waited:?}; the cluster may be partitioned or electing"
+    ))
+}
+
 fn fatal(e: impl std::fmt::Display) -> Error {
     Error::Unavailable(format!("the node stopped: {e}"))
 }
@@ -357,7 +365,9 @@ impl Inner {
             compact_revision: sm.compact_revision(),
             is_leader: m.state == ServerState::Leader,
             leader_known: m.current_leader.is_some(),
-            is_member: membership.get_node(&self.node_id).is_some(),
+            // A member told it was removed is not one until re-admitted.
+            is_member: membership.get_node(&self.node_id).is_some()
+                && !self.peer.removed.load(std::sync::atomic::Ordering::SeqCst),
             is_voter: membership.voter_ids().any(|id| id == self.node_id),
             db_size_bytes: sm.size_on_disk(),
             fatal,
@@ -411,7 +421,7 @@ impl Inner {
                     None => {
                         self.wait_for_leader().await?;
                         if tokio::time::Instant::now() >= deadline {
-                            return Err(Error::Unavailable("no leader accepted the write".into()));
+                            return Err(no_leader_accepted(self.config.request_wait));
                         }
                         continue;
                     }
@@ -420,12 +430,22 @@ impl Inner {
                             leader_client_addr: Some(leader.client_addr),
                         });
                     }
+                    // Metrics still name this node, but it no longer leads (it lost its
+                    // quorum): wait for the cluster to settle instead of asking itself.
+                    Some((id, _)) if id == self.node_id => {
+                        if tokio::time::Instant::now() >= deadline {
+                            return Err(no_leader_accepted(self.config.request_wait));
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
                     Some((_, leader)) => {
                         match crate::cluster::forward(self, &leader, cmd.clone()).await {
                             // The leader changed under us and did not apply it: try again.
-                            Err(Error::NotLeader { .. })
-                                if tokio::time::Instant::now() < deadline =>
-                            {
+                            Err(Error::NotLeader { .. }) => {
+                                if tokio::time::Instant::now() >= deadline {
+                                    return Err(no_leader_accepted(self.config.request_wait));
+                                }
                                 tokio::time::sleep(Duration::from_millis(50)).await;
                                 continue;
                             }

@@ -123,7 +123,9 @@ pub(crate) fn from_status(s: tonic::Status) -> crate::Error {
         },
         tonic::Code::InvalidArgument => E::InvalidArgument(s.message().to_string()),
         tonic::Code::DeadlineExceeded => E::DeadlineExceeded(s.message().to_string()),
-        tonic::Code::Unavailable | tonic::Code::Cancelled => {
+        // `Unknown` is how tonic reports a dropped connection: the outcome is unknown, and
+        // the caller may retry elsewhere.
+        tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown => {
             E::Unavailable(format!("peer unavailable: {}", s.message()))
         }
         _ => E::Internal(format!("peer answered {:?}: {}", s.code(), s.message())),
