@@ -1,10 +1,16 @@
 //! The state machine: keys (`kv`), watch history (`history`) and its own metadata
 //! (`sm_meta`: applied log id, membership, revision, compaction point), all in sled.
 //!
-//! A batch of log entries is applied in one sled transaction together with the applied log
-//! id, so the data and the log id that describes it can never disagree. Nothing is flushed
-//! here: the Raft log already made every applied entry durable, and a state machine that
-//! lost its tail in a crash is re-applied from the log at start-up.
+//! A batch of log entries is written with plain sled inserts, in an order that makes a crash
+//! at any point recoverable: first the batch's watch events (each carries the key's previous
+//! value: an undo record), then the keys, then one `state` row holding the applied log id,
+//! membership and revision, and last the compaction point and the history it drops. sled recovers a
+//! prefix of its writes, so at open any history row newer than `state`'s revision belongs to
+//! a batch that did not finish: it is undone (newest first) and the log id in `state` again
+//! describes the data exactly; openraft re-applies the rest from the log. (sled transactions
+//! and batches would give atomicity too, but each one writes and `sync_file_range`s two log
+//! buffers, which cost more than the whole rest of a write.) Nothing is flushed here: the
+//! Raft log already made every applied entry durable.
 
 use std::io;
 use std::path::PathBuf;
@@ -14,8 +20,6 @@ use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 use prost::Message;
-use sled::Transactional;
-use sled::transaction::ConflictableTransactionError;
 use tokio::sync::{broadcast, watch};
 
 use crate::apply::{self, Effects, Overlay};
@@ -25,9 +29,8 @@ use crate::pb;
 use crate::snapshot::{self, SnapshotData};
 use crate::types::{Applied, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 
-const APPLIED: &[u8] = b"applied";
-const MEMBERSHIP: &[u8] = b"membership";
-const REVISION: &[u8] = b"revision";
+/// `(applied log id, membership, revision)`, written last for each batch.
+pub(crate) const STATE: &[u8] = b"state";
 const COMPACT_REVISION: &[u8] = b"compact_revision";
 /// Present while a snapshot is being installed: the keys are then half-replaced.
 pub(crate) const INSTALLING: &[u8] = b"installing";
@@ -120,18 +123,17 @@ impl StateMachine {
             meta.clear().map_err(sled_err)?;
             db.flush().map_err(sled_err)?;
         }
+        let (applied, membership, revision) = match meta.get(STATE).map_err(sled_err)? {
+            Some(v) => decode_meta("state machine state", &v)?,
+            None => (None, StoredMembership::default(), 0),
+        };
         let state = SmState {
-            applied: match meta.get(APPLIED).map_err(sled_err)? {
-                Some(v) => decode_meta("applied log id", &v)?,
-                None => None,
-            },
-            membership: match meta.get(MEMBERSHIP).map_err(sled_err)? {
-                Some(v) => decode_meta("membership", &v)?,
-                None => StoredMembership::default(),
-            },
-            revision: read_u64(&meta, REVISION)?,
+            applied,
+            membership,
+            revision,
             compact_revision: read_u64(&meta, COMPACT_REVISION)?,
         };
+        undo_unfinished_batch(&kv, &history, state.revision)?;
         let (revision_tx, _) = watch::channel(state.revision);
         let (events_tx, _) = broadcast::channel(1024);
         Ok(StateMachine {
@@ -322,38 +324,39 @@ impl StateMachine {
             next.compact_revision = target;
         }
 
-        let applied = encode_meta(&next.applied)?;
-        let membership = encode_meta(&next.membership)?;
-        let mut history_rows = Vec::with_capacity(events.len());
         let mut seq = 0u32;
         let mut last_rev = 0;
         for ev in &events {
             let rev = ev.kv.as_ref().map_or(0, |kv| kv.mod_revision);
             seq = if rev == last_rev { seq + 1 } else { 0 };
             last_rev = rev;
-            history_rows.push((history_key(rev, seq), ev.encode_to_vec()));
+            sh.history
+                .insert(history_key(rev, seq), ev.encode_to_vec())
+                .map_err(sled_err)?;
         }
-        (&sh.kv, &sh.history, &sh.meta)
-            .transaction(|(kv, history, meta)| {
-                for (k, change) in &ov.changes {
-                    match change {
-                        Some(v) => kv.insert(k.as_ref(), crate::codec::encode_kv(v))?,
-                        None => kv.remove(k.as_ref())?,
-                    };
-                }
-                for (k, v) in &history_rows {
-                    history.insert(&k[..], v.as_slice())?;
-                }
-                for k in &dropped_history {
-                    history.remove(k)?;
-                }
-                meta.insert(APPLIED, applied.as_slice())?;
-                meta.insert(MEMBERSHIP, membership.as_slice())?;
-                meta.insert(REVISION, &next.revision.to_be_bytes())?;
-                meta.insert(COMPACT_REVISION, &next.compact_revision.to_be_bytes())?;
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| io::Error::other(format!("sled transaction: {e:?}")))?;
+        for (k, change) in &ov.changes {
+            match change {
+                Some(v) => sh.kv.insert(k.as_ref(), crate::codec::encode_kv(v)),
+                None => sh.kv.remove(k.as_ref()),
+            }
+            .map_err(sled_err)?;
+        }
+        sh.meta
+            .insert(
+                STATE,
+                encode_meta(&(next.applied, &next.membership, next.revision))?,
+            )
+            .map_err(sled_err)?;
+        // After `state`: the dropped rows may include this batch's undo records. A crash
+        // before these writes only leaves more history than asked for.
+        if next.compact_revision != st.compact_revision {
+            sh.meta
+                .insert(COMPACT_REVISION, &next.compact_revision.to_be_bytes())
+                .map_err(sled_err)?;
+            for k in &dropped_history {
+                sh.history.remove(k).map_err(sled_err)?;
+            }
+        }
 
         let revision = next.revision;
         *st = next;
@@ -408,12 +411,42 @@ impl StateMachine {
 
     pub(crate) fn state_rows(st: &SmState) -> io::Result<Vec<(&'static [u8], Vec<u8>)>> {
         Ok(vec![
-            (APPLIED, encode_meta(&st.applied)?),
-            (MEMBERSHIP, encode_meta(&st.membership)?),
-            (REVISION, st.revision.to_be_bytes().to_vec()),
             (COMPACT_REVISION, st.compact_revision.to_be_bytes().to_vec()),
+            (
+                STATE,
+                encode_meta(&(st.applied, &st.membership, st.revision))?,
+            ),
         ])
     }
+}
+
+/// Undoes the writes of a batch that a crash interrupted: history rows newer than the
+/// recorded revision, newest first, restoring each key's previous value.
+fn undo_unfinished_batch(kv: &sled::Tree, history: &sled::Tree, revision: u64) -> io::Result<()> {
+    let rows: Vec<(sled::IVec, sled::IVec)> = history
+        .range(history_key(revision.saturating_add(1), 0)..)
+        .collect::<Result<_, _>>()
+        .map_err(sled_err)?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    tracing::warn!(
+        events = rows.len(),
+        revision,
+        "undoing a batch that a crash interrupted"
+    );
+    for (k, v) in rows.iter().rev() {
+        let event = pb::Event::decode(v.as_ref())
+            .map_err(|e| crate::codec::corrupt(format!("history event: {e}")))?;
+        let key = event.kv.map(|kv| kv.key).unwrap_or_default();
+        match event.prev_kv {
+            Some(prev) => kv.insert(key.as_ref(), crate::codec::encode_kv(&prev)),
+            None => kv.remove(key.as_ref()),
+        }
+        .map_err(sled_err)?;
+        history.remove(k).map_err(sled_err)?;
+    }
+    Ok(())
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {

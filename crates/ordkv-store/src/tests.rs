@@ -1573,3 +1573,38 @@ proptest! {
         run_against_model(&steps)?;
     }
 }
+
+/// A crash after a batch wrote its events and keys but before its `state` row: the reopened
+/// store undoes the batch, so the applied log id describes the data exactly again.
+#[test]
+fn an_interrupted_batch_is_undone_at_open() {
+    let mut s = Store::new();
+    s.apply_all(vec![put("a", "1"), put("b", "1")]);
+    let committed =
+        s.sm.shared
+            .meta
+            .get(super::state_machine::STATE)
+            .unwrap()
+            .unwrap();
+    let before = (s.all(), s.sm.revision(), s.sm.applied_index());
+    // The next batch: overwrite a, delete b, create c, all applied in memory and on disk...
+    s.apply_all(vec![
+        put("a", "2"),
+        del(del_key("b")),
+        put("c", "1"),
+        put("a", "3"),
+    ]);
+    assert_eq!(s.sm.revision(), 6);
+    // ...but its `state` row never reached the disk.
+    s.sm.shared
+        .meta
+        .insert(super::state_machine::STATE, committed)
+        .unwrap();
+    let s = s.reopen();
+    assert_eq!((s.all(), s.sm.revision(), s.sm.applied_index()), before);
+    assert!(
+        s.history(3, u64::MAX).is_empty(),
+        "the batch's events are gone too"
+    );
+    assert_eq!(s.get("a").unwrap().version, 1);
+}
