@@ -249,6 +249,9 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// How long shutdown waits for clients to finish before closing their connections.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
 /// Resolves on SIGTERM or SIGINT.
 async fn signal() {
     use tokio::signal::unix::{SignalKind, signal};
@@ -281,12 +284,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         signal().await;
         on_signal.cancel();
     });
-    let served = ordkv_server::serve(
-        node.clone(),
-        resolved.server,
-        stop.clone().cancelled_owned(),
-    )
-    .await;
+    let served = {
+        let serving =
+            ordkv_server::serve(node.clone(), resolved.server, stop.clone().cancelled_owned());
+        // Draining waits for clients to close their connections; an idle or stuck client must
+        // not hold up the leadership hand-off and the flush past the pod's grace period.
+        let drain_limit = async {
+            stop.cancelled().await;
+            tokio::time::sleep(DRAIN_LIMIT).await;
+        };
+        tokio::select! {
+            served = serving => served,
+            () = drain_limit => {
+                tracing::warn!(limit = ?DRAIN_LIMIT, "clients still connected; closing them");
+                Ok(())
+            }
+        }
+    };
     stop.cancel();
     if fatal.is_finished() {
         let why = fatal.await.unwrap_or_else(|e| e.to_string());

@@ -39,6 +39,9 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
 const TICK: Duration = Duration::from_millis(500);
 /// A learner this close to the leader's last log index counts as caught up.
 const CAUGHT_UP_ENTRIES: u64 = 100;
+/// A member that acknowledged the leader within this time counts as reachable (three times
+/// the longest election timeout).
+const REACHABLE_WITHIN: Duration = Duration::from_secs(3);
 
 /// This member as the cluster records it.
 pub(crate) fn member_node(inner: &Inner) -> MemberNode {
@@ -547,6 +550,18 @@ fn ids_of_ordinal(inner: &Inner, ordinal: u32) -> BTreeSet<u64> {
         .collect()
 }
 
+/// The members that acknowledged the leader's heartbeats or appends recently (only the
+/// leader knows; elsewhere this is empty).
+fn recently_acked(m: &openraft::RaftMetrics<ordkv_store::TypeConfig>) -> BTreeSet<u64> {
+    use openraft::Instant as _;
+    m.heartbeat
+        .iter()
+        .flatten()
+        .filter(|(_, at)| at.as_ref().is_some_and(|at| at.elapsed() < REACHABLE_WITHIN))
+        .map(|(id, _)| *id)
+        .collect()
+}
+
 /// Whether removing `ids` leaves the remaining voters able to form a quorum among the
 /// members the leader currently reaches.
 fn keeps_quorum(inner: &Inner, ids: &BTreeSet<u64>) -> bool {
@@ -557,10 +572,10 @@ fn keeps_quorum(inner: &Inner, ids: &BTreeSet<u64>) -> bool {
         .voter_ids()
         .filter(|id| !ids.contains(id))
         .collect();
-    let reached = m.replication.clone().unwrap_or_default();
+    let reached = recently_acked(&m);
     let alive = remaining
         .iter()
-        .filter(|id| **id == inner.node_id || reached.get(id).is_some_and(|l| l.is_some()))
+        .filter(|id| **id == inner.node_id || reached.contains(id))
         .count();
     !remaining.is_empty() && alive > remaining.len() / 2
 }
@@ -633,13 +648,14 @@ pub(crate) async fn hand_off_leadership(inner: &Inner) {
     if m.current_leader != Some(inner.node_id) {
         return;
     }
-    let reached = m.replication.clone().unwrap_or_default();
+    let matched = m.replication.clone().unwrap_or_default();
+    let reached = recently_acked(&m);
     let best = m
         .membership_config
         .membership()
         .voter_ids()
-        .filter(|id| *id != inner.node_id)
-        .filter_map(|id| reached.get(&id).cloned().flatten().map(|l| (l.index, id)))
+        .filter(|id| *id != inner.node_id && reached.contains(id))
+        .filter_map(|id| matched.get(&id).cloned().flatten().map(|l| (l.index, id)))
         .max();
     let Some((_, target)) = best else { return };
     if inner.raft.trigger().transfer_leader(target).await.is_ok() {
@@ -765,6 +781,7 @@ pub(crate) fn status(inner: &Inner) -> pb::StatusResponse {
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
     let last_index = m.last_log_index.unwrap_or(0);
     let matched = m.replication.clone().unwrap_or_default();
+    let reached = recently_acked(&m);
     let mut members = Vec::new();
     let mut leader = None;
     for (id, node) in membership.nodes() {
@@ -776,7 +793,7 @@ pub(crate) fn status(inner: &Inner) -> pb::StatusResponse {
             (m.last_applied.as_ref().map_or(0, |l| l.index), true)
         } else {
             match matched.get(id) {
-                Some(Some(l)) => (l.index, true),
+                Some(Some(l)) => (l.index, reached.contains(id)),
                 // Followers see the leader through its heartbeats.
                 _ if m.current_leader == Some(*id) && m.state != openraft::ServerState::Leader => {
                     (0, true)
