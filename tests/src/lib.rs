@@ -26,6 +26,7 @@ use ordkv_proto::v1::{
 use tonic::transport::{Channel, Endpoint};
 
 pub mod cluster;
+pub mod containers;
 pub mod linearizability;
 
 /// How long a node may take to become ready.
