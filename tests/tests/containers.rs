@@ -475,7 +475,10 @@ fn scale_down_by_a_majority_at_once_stops_writes_until_the_pods_return() {
     sts.scale_to(2);
     assert_eq!(sts.pods(), vec![0, 1]);
     let refused = sts.try_put(0, "during", "1");
-    assert!(refused.is_err(), "two of five voters acknowledged a write: {refused:?}");
+    assert!(
+        refused.is_err(),
+        "two of five voters acknowledged a write: {refused:?}"
+    );
     let t = Instant::now();
     sts.scale_to(5);
     let mut n = 0;
@@ -483,7 +486,10 @@ fn scale_down_by_a_majority_at_once_stops_writes_until_the_pods_return() {
         n += 1;
         sts.try_put(0, &format!("after-{n}"), "1").map(|_| ())
     });
-    sts.say(&format!("writable again {} after the pods returned", secs(t.elapsed())));
+    sts.say(&format!(
+        "writable again {} after the pods returned",
+        secs(t.elapsed())
+    ));
     let mut expected = BTreeMap::new();
     expected.insert("before".to_string(), "1".to_string());
     wait_serves(&sts, 4, "before", &expected);

@@ -285,8 +285,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         on_signal.cancel();
     });
     let served = {
-        let serving =
-            ordkv_server::serve(node.clone(), resolved.server, stop.clone().cancelled_owned());
+        let serving = ordkv_server::serve(
+            node.clone(),
+            resolved.server,
+            stop.clone().cancelled_owned(),
+        );
         // Draining waits for clients to close their connections; an idle or stuck client must
         // not hold up the leadership hand-off and the flush past the pod's grace period.
         let drain_limit = async {

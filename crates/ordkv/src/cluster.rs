@@ -88,11 +88,7 @@ pub(crate) async fn bootstrap_alone(inner: &Inner) -> Result<()> {
         .await
         .map_err(|e| Error::Storage(e.to_string()))?
     {
-        let id = match inner.peer.cluster_id() {
-            "" => uuid::Uuid::new_v4().to_string(),
-            known => known.to_string(),
-        };
-        initialize_alone(inner, &id).await?;
+        initialize_alone(inner).await?;
     }
     inner
         .raft
@@ -280,13 +276,7 @@ async fn tick(
             .map(|(n, _, a)| (n.clone(), a.clone()))
             .collect();
         match decide(inner.peer.cluster_id(), inner.identity.ordinal, &named) {
-            Decision::Bootstrap => {
-                let id = match inner.peer.cluster_id() {
-                    "" => uuid::Uuid::new_v4().to_string(),
-                    known => known.to_string(),
-                };
-                initialize_alone(inner, &id).await?;
-            }
+            Decision::Bootstrap => initialize_alone(inner).await?,
             Decision::Join { cluster_id } => {
                 adopt_cluster(inner, &cluster_id)?;
                 join(inner, &answers).await?;
@@ -557,7 +547,10 @@ fn recently_acked(m: &openraft::RaftMetrics<ordkv_store::TypeConfig>) -> BTreeSe
     m.heartbeat
         .iter()
         .flatten()
-        .filter(|(_, at)| at.as_ref().is_some_and(|at| at.elapsed() < REACHABLE_WITHIN))
+        .filter(|(_, at)| {
+            at.as_ref()
+                .is_some_and(|at| at.elapsed() < REACHABLE_WITHIN)
+        })
         .map(|(id, _)| *id)
         .collect()
 }

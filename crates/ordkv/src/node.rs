@@ -537,8 +537,14 @@ pub async fn restore_snapshot(
         .map_err(|e| dir_err(format!("restoring {}: {e}", file.display())))
 }
 
-/// Makes a fresh single member the voter of a new cluster of one.
-pub(crate) async fn initialize_alone(inner: &Inner, cluster_id: &str) -> Result<()> {
+/// Makes a fresh single member the voter of a new cluster of one (under the cluster id it
+/// recorded before a crash, if any).
+pub(crate) async fn initialize_alone(inner: &Inner) -> Result<()> {
+    let cluster_id = match inner.peer.cluster_id() {
+        "" => uuid::Uuid::new_v4().to_string(),
+        known => known.to_string(),
+    };
+    let cluster_id = cluster_id.as_str();
     inner.data_dir.set_cluster_id(cluster_id)?;
     let _ = inner.peer.cluster_id.set(cluster_id.to_string());
     let me = crate::cluster::member_node(inner);
