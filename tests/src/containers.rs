@@ -43,8 +43,8 @@
 //! `docker volume ls -q` and `docker network ls -q` with that filter.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -52,6 +52,8 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+
+use crate::http_get;
 use ordkv_proto::v1::cluster_client::ClusterClient;
 use ordkv_proto::v1::kv_client::KvClient;
 use ordkv_proto::v1::{
@@ -1324,27 +1326,6 @@ pub fn channel_to(addr: SocketAddr, timeout: Duration) -> Channel {
         .connect_timeout(Duration::from_millis(500))
         .timeout(timeout)
         .connect_lazy()
-}
-
-/// A minimal HTTP/1.0 GET: `(status code, body)`.
-pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    conn.set_read_timeout(Some(Duration::from_secs(3)))?;
-    conn.set_write_timeout(Some(Duration::from_secs(3)))?;
-    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
-    let mut response = Vec::new();
-    conn.read_to_end(&mut response)?;
-    let text = String::from_utf8_lossy(&response);
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad HTTP response: {text:?}")))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((code, body))
 }
 
 // ---------------------------------------------------------------------------------------

@@ -553,7 +553,8 @@ impl Drop for NodeProcess {
     }
 }
 
-fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+/// A minimal HTTP/1.0 GET: `(status code, body)`.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     http_request(addr, "GET", path)
 }
 

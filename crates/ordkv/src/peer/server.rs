@@ -62,6 +62,27 @@ impl PeerService {
         Ok(())
     }
 
+    /// An admitted Raft RPC: decode the openraft request, run it, encode the answer.
+    async fn raft_call<Req, Resp, E, Fut>(
+        &self,
+        req: Request<pb::PeerRequest>,
+        call: impl FnOnce(Req) -> Fut,
+    ) -> Result<Response<pb::PeerReply>, Status>
+    where
+        Req: serde::de::DeserializeOwned,
+        Resp: serde::Serialize,
+        E: std::fmt::Display,
+        Fut: Future<Output = Result<Resp, E>>,
+    {
+        let req = req.into_inner();
+        self.admit(&req)?;
+        let rpc = decode(&req.payload).map_err(Status::invalid_argument)?;
+        let resp = call(rpc)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        reply(encode(&resp).map_err(internal)?)
+    }
+
     fn is_member(&self, node_id: u64) -> bool {
         let m = self
             .inner
@@ -80,16 +101,8 @@ impl pb::peer_server::Peer for PeerService {
         &self,
         req: Request<pb::PeerRequest>,
     ) -> Result<Response<pb::PeerReply>, Status> {
-        let req = req.into_inner();
-        self.admit(&req)?;
-        let rpc = decode(&req.payload).map_err(Status::invalid_argument)?;
-        let resp = self
-            .inner
-            .raft
-            .append_entries(rpc)
+        self.raft_call(req, |rpc| self.inner.raft.append_entries(rpc))
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        reply(encode(&resp).map_err(internal)?)
     }
 
     async fn vote(&self, req: Request<pb::PeerRequest>) -> Result<Response<pb::PeerReply>, Status> {
@@ -180,16 +193,8 @@ impl pb::peer_server::Peer for PeerService {
         &self,
         req: Request<pb::PeerRequest>,
     ) -> Result<Response<pb::PeerReply>, Status> {
-        let req = req.into_inner();
-        self.admit(&req)?;
-        let rpc = decode(&req.payload).map_err(Status::invalid_argument)?;
-        let resp = self
-            .inner
-            .raft
-            .handle_transfer_leader(rpc)
+        self.raft_call(req, |rpc| self.inner.raft.handle_transfer_leader(rpc))
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        reply(encode(&resp).map_err(internal)?)
     }
 
     async fn forward(
