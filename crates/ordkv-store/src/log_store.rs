@@ -70,11 +70,6 @@ impl LogStore {
         self.put_meta(LAST_PURGED, &log_id)?;
         self.db_sync.flush().await
     }
-
-    /// The vote as stored, for status and for refusing to start on a corrupt store.
-    pub fn stored_vote(&self) -> io::Result<Option<Vote>> {
-        self.get_meta(VOTE)
-    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
