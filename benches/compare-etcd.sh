@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Runs the same workloads against a 3-node ordkv and a 3-member etcd on loopback, alternating,
+# each on a fresh cluster with its data on the same disk, and writes target/bench/compare.json,
+# compare.md (ratio table) and compare.png. Both systems fdatasync before acknowledging a write.
+#
+#   benches/compare-etcd.sh            # full: 3 repeats x 10 s, plus 1 M keys for memory
+#   benches/compare-etcd.sh --quick    # every workload once, briefly (checks that it works)
+#
+# Options: --repeats N, --duration S, --memory-keys N (0 skips the memory comparison).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=$ROOT/target/bench
+QUICK=0 REPEATS=3 DURATION=10 WARMUP=2 KEYS=10000 MEMORY_KEYS=1000000
+while [ $# -gt 0 ]; do
+    case $1 in
+        --quick) QUICK=1; REPEATS=1 DURATION=2 WARMUP=1 KEYS=2000 MEMORY_KEYS=0 ;;
+        --repeats) REPEATS=$2; shift ;;
+        --duration) DURATION=$2; shift ;;
+        --memory-keys) MEMORY_KEYS=$2; shift ;;
+        *) echo "unknown option $1 (see the comment at the top of $0)" >&2; exit 2 ;;
+    esac
+    shift
+done
+if [ $QUICK = 1 ]; then
+    WORKLOADS=("put 1" "put 64" "get-linearizable 64" "get-serializable 64" "range 16" "mixed 64" "watch 100")
+else
+    WORKLOADS=("put 1" "put 16" "put 64" "put 256" "get-linearizable 256" "get-serializable 256"
+               "range 64" "mixed 64" "watch 100")
+fi
+
+log() { printf '%s  %s\n' "$(date +%T)" "$*" >&2; }
+
+# --- what it needs -------------------------------------------------------------------------
+if ! command -v etcd >/dev/null; then
+    log "installing etcd-server from Debian"
+    SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq etcd-server >/dev/null
+fi
+command -v curl >/dev/null || { echo "curl is needed to probe readiness" >&2; exit 1; }
+log "building ordkv and kvbench (release)"
+cargo build --quiet --release --locked -p ordkv-cli -p kvbench --manifest-path "$ROOT/Cargo.toml"
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+ORDKV=$BIN/ordkv KVBENCH=$BIN/kvbench
+
+mkdir -p "$OUT"
+DATA=$OUT/data LOGS=$OUT/logs RESULTS=$OUT/results.jsonl
+rm -rf "$DATA" "$LOGS" "$RESULTS"
+mkdir -p "$DATA" "$LOGS"
+
+# --- processes: every one started is remembered and stopped by pid --------------------------
+PIDS=()
+stop_all() {
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    PIDS=()
+}
+trap stop_all EXIT
+trap 'exit 130' INT TERM
+
+wait_ready() { # url...
+    for url in "$@"; do
+        for _ in $(seq 300); do curl -sf -o /dev/null "$url" && continue 2; sleep 0.1; done
+        echo "$url did not become ready; logs in $LOGS" >&2; exit 1
+    done
+}
+
+start_ordkv() { # tag
+    local peers= i
+    for i in 0 1 2; do peers+="${peers:+,}kv-$i=127.0.0.1:$((7502 + 10 * i))"; done
+    for i in 0 1 2; do
+        "$ORDKV" serve --name "kv-$i" --data-dir "$DATA/ordkv-$1-$i" --peers "$peers" \
+            --client-addr "127.0.0.1:$((7501 + 10 * i))" --peer-addr "127.0.0.1:$((7502 + 10 * i))" \
+            --http-addr "127.0.0.1:$((7503 + 10 * i))" 2>"$LOGS/ordkv-$1-$i.log" &
+        PIDS+=($!)
+    done
+    ENDPOINTS=127.0.0.1:7501,127.0.0.1:7511,127.0.0.1:7521
+    wait_ready http://127.0.0.1:7503/readyz http://127.0.0.1:7513/readyz http://127.0.0.1:7523/readyz
+}
+
+start_etcd() { # tag
+    local cluster= i
+    for i in 0 1 2; do cluster+="${cluster:+,}e$i=http://127.0.0.1:$((12380 + 10 * i))"; done
+    for i in 0 1 2; do
+        etcd --name "e$i" --data-dir "$DATA/etcd-$1-$i" \
+            --listen-client-urls "http://127.0.0.1:$((12379 + 10 * i))" \
+            --advertise-client-urls "http://127.0.0.1:$((12379 + 10 * i))" \
+            --listen-peer-urls "http://127.0.0.1:$((12380 + 10 * i))" \
+            --initial-advertise-peer-urls "http://127.0.0.1:$((12380 + 10 * i))" \
+            --initial-cluster "$cluster" --initial-cluster-state new \
+            --initial-cluster-token "bench-$1" >"$LOGS/etcd-$1-$i.log" 2>&1 &
+        PIDS+=($!)
+    done
+    ENDPOINTS=127.0.0.1:12379,127.0.0.1:12389,127.0.0.1:12399
+    wait_ready http://127.0.0.1:12379/health http://127.0.0.1:12389/health http://127.0.0.1:12399/health
+}
+
+# bench backend tag kvbench-args...: a fresh cluster, one run, the cluster stopped and removed.
+bench() {
+    local backend=$1 tag=$2; shift 2
+    "start_$backend" "$tag"
+    local pids; pids=$(IFS=,; echo "${PIDS[*]}")
+    "$KVBENCH" run --backend "$backend" --endpoints "$ENDPOINTS" --server-pids "$pids" \
+        --out "$RESULTS" "$@" >/dev/null
+    stop_all
+    rm -rf "$DATA"/"$backend"-"$tag"-*
+}
+
+# --- the physical limits ---------------------------------------------------------------------
+log "measuring fdatasync in $DATA and the loopback round trip"
+"$KVBENCH" fsync --dir "$DATA" --count $((QUICK ? 200 : 1000)) --out "$RESULTS" >/dev/null
+"$KVBENCH" rtt --out "$RESULTS" >/dev/null
+
+# --- the workloads, alternating which system goes first ---------------------------------------
+for rep in $(seq "$REPEATS"); do
+    for w in "${WORKLOADS[@]}"; do
+        read -r workload clients <<<"$w"
+        order=(ordkv etcd); [ $((rep % 2)) = 0 ] && order=(etcd ordkv)
+        for backend in "${order[@]}"; do
+            log "repeat $rep/$REPEATS: $backend $workload x$clients"
+            bench "$backend" "$rep-$workload-$clients" --workload "$workload" --clients "$clients" \
+                --duration "${DURATION}s" --warmup "${WARMUP}s" --keys "$KEYS"
+        done
+    done
+    if [ "$MEMORY_KEYS" -gt 0 ] && [ "$rep" = 1 ]; then
+        for backend in "${order[@]}"; do
+            log "$backend: resident memory after loading $MEMORY_KEYS keys"
+            bench "$backend" memory --workload memory --keys "$MEMORY_KEYS" --clients 64 --quiet
+        done
+    fi
+done
+
+"$KVBENCH" report --input "$RESULTS" --json "$OUT/compare.json" --markdown "$OUT/compare.md" \
+    --chart "$OUT/compare.png"
+log "wrote $OUT/compare.json, compare.md and compare.png"

@@ -1,0 +1,287 @@
+//! The two systems under test behind one interface. Both speak gRPC over tonic channels opened
+//! the same way, so the comparison measures the servers, not two different client stacks.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::etcd;
+
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Ordkv,
+    Etcd,
+}
+
+/// Connections to one cluster: `leader` for writes, `spread` over every member for reads.
+#[derive(Clone)]
+pub struct Backend {
+    kind: Kind,
+    leader: Vec<Channel>,
+    spread: Vec<Channel>,
+}
+
+/// One change seen by a watcher: the value carries the writer's timestamp.
+pub type Events = std::pin::Pin<Box<dyn Stream<Item = anyhow::Result<Vec<Bytes>>> + Send>>;
+
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+fn channel(endpoint: &str) -> anyhow::Result<Channel> {
+    let uri = if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    };
+    Ok(Endpoint::from_shared(uri)
+        .with_context(|| format!("bad endpoint {endpoint}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+impl Backend {
+    /// Opens `connections` channels to the leader and `connections` spread over `endpoints`.
+    pub async fn connect(
+        kind: Kind,
+        endpoints: &[String],
+        connections: usize,
+    ) -> anyhow::Result<Self> {
+        let leader = find_leader(kind, endpoints).await?;
+        let connections = connections.max(1);
+        let leader = (0..connections)
+            .map(|_| channel(&leader))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let spread = (0..connections)
+            .map(|i| channel(&endpoints[i % endpoints.len()]))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Backend {
+            kind,
+            leader,
+            spread,
+        })
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub async fn put(&self, client: usize, key: Bytes, value: Bytes) -> anyhow::Result<()> {
+        let ch = self.leader[client % self.leader.len()].clone();
+        match self.kind {
+            Kind::Ordkv => {
+                ordkv_proto::kv_client::KvClient::new(ch)
+                    .put(ordkv_proto::PutRequest {
+                        key,
+                        value,
+                        prev_kv: false,
+                    })
+                    .await?;
+            }
+            Kind::Etcd => {
+                etcd::kv_client::KvClient::new(ch)
+                    .put(etcd::PutRequest { key, value })
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one key; returns whether it was found.
+    pub async fn get(&self, client: usize, key: Bytes, linearizable: bool) -> anyhow::Result<bool> {
+        let ch = self.spread[client % self.spread.len()].clone();
+        Ok(match self.kind {
+            Kind::Ordkv => {
+                let consistency = if linearizable {
+                    ordkv_proto::Consistency::Linearizable
+                } else {
+                    ordkv_proto::Consistency::Serializable
+                };
+                ordkv_proto::kv_client::KvClient::new(ch)
+                    .max_decoding_message_size(MAX_MESSAGE)
+                    .get(ordkv_proto::GetRequest {
+                        key,
+                        consistency: consistency as i32,
+                        min_revision: 0,
+                    })
+                    .await?
+                    .into_inner()
+                    .kv
+                    .is_some()
+            }
+            Kind::Etcd => !etcd::kv_client::KvClient::new(ch)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .range(etcd::RangeRequest {
+                    key,
+                    serializable: !linearizable,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .kvs
+                .is_empty(),
+        })
+    }
+
+    /// Reads up to `limit` keys in `[start, end)` (linearizable); returns how many came back.
+    pub async fn range(
+        &self,
+        client: usize,
+        start: Bytes,
+        end: Bytes,
+        limit: u64,
+    ) -> anyhow::Result<usize> {
+        let ch = self.spread[client % self.spread.len()].clone();
+        Ok(match self.kind {
+            Kind::Ordkv => ordkv_proto::kv_client::KvClient::new(ch)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .range(ordkv_proto::RangeRequest {
+                    start,
+                    end,
+                    limit,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .kvs
+                .len(),
+            Kind::Etcd => etcd::kv_client::KvClient::new(ch)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .range(etcd::RangeRequest {
+                    key: start,
+                    range_end: end,
+                    limit: limit as i64,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .kvs
+                .len(),
+        })
+    }
+
+    /// Watches every key with `prefix`; resolves once the watch is established.
+    pub async fn watch(&self, client: usize, prefix: Bytes) -> anyhow::Result<Events> {
+        let ch = self.spread[client % self.spread.len()].clone();
+        match self.kind {
+            Kind::Ordkv => {
+                let mut stream = ordkv_proto::kv_client::KvClient::new(ch)
+                    .max_decoding_message_size(MAX_MESSAGE)
+                    .watch(ordkv_proto::WatchRequest {
+                        prefix,
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                match stream.next().await {
+                    Some(Ok(first)) if first.created => {}
+                    other => bail!("ordkv watch was not established: {other:?}"),
+                }
+                Ok(Box::pin(stream.map(|r| {
+                    let r = r?;
+                    Ok(r.events
+                        .into_iter()
+                        .filter_map(|e| e.kv.map(|kv| kv.value))
+                        .collect())
+                })))
+            }
+            Kind::Etcd => {
+                let (tx, rx) = mpsc::channel(1);
+                tx.send(etcd::WatchRequest {
+                    request_union: Some(etcd::watch_request::RequestUnion::CreateRequest(
+                        etcd::WatchCreateRequest {
+                            range_end: prefix_end(&prefix),
+                            key: prefix,
+                            start_revision: 0,
+                        },
+                    )),
+                })
+                .await?;
+                let mut stream = etcd::watch_client::WatchClient::new(ch)
+                    .max_decoding_message_size(MAX_MESSAGE)
+                    .watch(ReceiverStream::new(rx))
+                    .await?
+                    .into_inner();
+                match stream.next().await {
+                    Some(Ok(first)) if first.created => {}
+                    other => bail!("etcd watch was not established: {other:?}"),
+                }
+                Ok(Box::pin(stream.map(move |r| {
+                    // Keeps the request side open: closing it ends the watch.
+                    let _keep = &tx;
+                    let r = r?;
+                    if r.canceled {
+                        bail!("etcd cancelled the watch: {}", r.cancel_reason);
+                    }
+                    Ok(r.events
+                        .into_iter()
+                        .filter_map(|e| e.kv.map(|kv| kv.value))
+                        .collect())
+                })))
+            }
+        }
+    }
+}
+
+/// The smallest key greater than every key with `prefix` (etcd's `range_end` for a prefix).
+pub fn prefix_end(prefix: &[u8]) -> Bytes {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end.into();
+        }
+    }
+    Bytes::from_static(&[0])
+}
+
+/// Asks every endpoint who leads and returns the leader's endpoint; waits up to 30 s for one.
+async fn find_leader(kind: Kind, endpoints: &[String]) -> anyhow::Result<String> {
+    if endpoints.is_empty() {
+        bail!("no endpoints given");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        for endpoint in endpoints {
+            if is_leader(kind, endpoint).await.unwrap_or(false) {
+                return Ok(endpoint.clone());
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("no leader among {endpoints:?} after 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn is_leader(kind: Kind, endpoint: &str) -> anyhow::Result<bool> {
+    let ch = channel(endpoint)?;
+    Ok(match kind {
+        Kind::Ordkv => {
+            let s = ordkv_proto::cluster_client::ClusterClient::new(ch)
+                .status(ordkv_proto::StatusRequest::default())
+                .await?
+                .into_inner();
+            let ordinal = s
+                .member
+                .rsplit('-')
+                .next()
+                .and_then(|o| o.parse::<u32>().ok());
+            s.leader.is_some() && s.leader == ordinal
+        }
+        Kind::Etcd => {
+            let s = etcd::maintenance_client::MaintenanceClient::new(ch)
+                .status(etcd::StatusRequest {})
+                .await?
+                .into_inner();
+            s.leader != 0 && s.header.map(|h| h.member_id) == Some(s.leader)
+        }
+    })
+}
