@@ -2,7 +2,7 @@
 
 /// What went wrong with a request or with the node. `ordkv-server` maps each case to a gRPC
 /// status; embedded users match on it directly.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The request is malformed or over a limit; nothing was changed. Fix the request.
     #[error("invalid argument: {0}")]

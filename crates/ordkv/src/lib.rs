@@ -20,6 +20,7 @@ mod error;
 mod kv;
 mod node;
 mod peer;
+mod read_index;
 mod resolve;
 mod validate;
 

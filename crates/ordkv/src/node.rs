@@ -33,6 +33,8 @@ pub(crate) struct Inner {
     pub(crate) stop: CancellationToken,
     /// Set when the node cannot go on (e.g. its data belongs to another cluster).
     pub(crate) fatal: OnceLock<String>,
+    /// Concurrent linearizable reads share read indexes.
+    pub(crate) reads: Arc<crate::read_index::ReadBatcher>,
 }
 
 /// An open replica. Cloning is cheap; every clone is the same node.
@@ -151,6 +153,7 @@ impl Node {
             data_dir,
             stop: CancellationToken::new(),
             fatal: OnceLock::new(),
+            reads: Default::default(),
             config,
         });
         let node = Node { inner };
@@ -296,7 +299,9 @@ impl Node {
     pub async fn fatal(&self) -> String {
         let mut rx = self.inner.raft.metrics();
         loop {
-            if let Some(f) = self.status().fatal {
+            // Not `status()`: metrics change on every write, and the status reads sled's
+            // directory for its size.
+            if let Some(f) = self.inner.fatal_reason(&self.inner.metrics()) {
                 return f;
             }
             tokio::select! {
@@ -336,7 +341,7 @@ fn no_leader_accepted(waited: Duration) -> Error {
     ))
 }
 
-fn fatal(e: impl std::fmt::Display) -> Error {
+pub(crate) fn fatal(e: impl std::fmt::Display) -> Error {
     Error::Unavailable(format!("the node stopped: {e}"))
 }
 
@@ -345,15 +350,20 @@ impl Inner {
         self.raft.metrics().borrow_watched().clone()
     }
 
-    pub(crate) fn status(&self) -> NodeStatus {
-        let m = self.metrics();
-        let sm = &self.sm;
-        let fatal = match (&m.running_state, sm.storage_failed(), self.fatal.get()) {
+    /// Why the node must stop, if it must.
+    fn fatal_reason(&self, m: &RaftMetrics<TypeConfig>) -> Option<String> {
+        match (&m.running_state, self.sm.storage_failed(), self.fatal.get()) {
             (Err(e), _, _) => Some(e.to_string()),
             (_, true, _) => Some("a storage flush failed".into()),
             (_, _, Some(f)) => Some(f.clone()),
             _ => None,
-        };
+        }
+    }
+
+    pub(crate) fn status(&self) -> NodeStatus {
+        let m = self.metrics();
+        let sm = &self.sm;
+        let fatal = self.fatal_reason(&m);
         let membership = m.membership_config.membership();
         NodeStatus {
             member: self.identity.name.clone(),
@@ -383,7 +393,7 @@ impl Inner {
     }
 
     /// Waits (up to the request wait) until some leader is known.
-    async fn wait_for_leader(&self) -> Result<()> {
+    pub(crate) async fn wait_for_leader(&self) -> Result<()> {
         self.raft
             .wait(Some(self.config.request_wait))
             .metrics(|m| m.current_leader.is_some(), "a leader is known")
@@ -459,46 +469,6 @@ impl Inner {
                 return Err(Error::InvalidArgument(resp.error));
             }
             return Ok(resp);
-        }
-    }
-
-    /// Waits until reads here reflect every write acknowledged before this call: a read
-    /// index from the leader (asked over the peer port when this node follows), then the
-    /// local apply catching up to it.
-    pub(crate) async fn linearize(&self) -> Result<()> {
-        use openraft::error::LinearizableReadError as L;
-        let deadline = tokio::time::Instant::now() + self.config.request_wait;
-        loop {
-            match self
-                .raft
-                .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(RaftError::APIError(L::ForwardToLeader(_))) => {}
-                Err(RaftError::APIError(e)) => return Err(Error::Unavailable(e.to_string())),
-                Err(RaftError::Fatal(f)) => return Err(fatal(f)),
-            }
-            let Some((_, leader)) = self.leader() else {
-                self.wait_for_leader().await?;
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(Error::Unavailable("no leader to read through".into()));
-                }
-                continue;
-            };
-            let index = crate::cluster::read_index(self, &leader).await?;
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            return self
-                .raft
-                .wait(Some(left.max(Duration::from_millis(100))))
-                .applied_index_at_least(Some(index), "read index applied")
-                .await
-                .map(|_| ())
-                .map_err(|_| {
-                    Error::Unavailable(format!(
-                        "this member has not applied the leader's read index {index} in time; it is catching up"
-                    ))
-                });
         }
     }
 }

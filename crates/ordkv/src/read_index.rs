@@ -1,0 +1,179 @@
+//! Linearizable reads share read indexes. Asking the leader for a read index costs a round of
+//! heartbeats to a quorum (plus a peer RPC on a follower); under many concurrent readers that
+//! round, not the read, is the cost. So readers queue, and one fetch serves everyone queued
+//! when it *started*: a fetch already in flight may predate a write the reader saw
+//! acknowledged, so late arrivals wait for the next one (etcd batches its ReadIndex the same
+//! way).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{LinearizableReadError as L, RaftError};
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+use crate::node::{Inner, fatal};
+
+#[derive(Default)]
+pub(crate) struct ReadBatcher {
+    state: Mutex<Queue>,
+}
+
+#[derive(Default)]
+struct Queue {
+    /// Whether a fetch task is running (it drains `waiting` until empty).
+    fetching: bool,
+    waiting: Vec<oneshot::Sender<Result<u64>>>,
+}
+
+impl ReadBatcher {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The result of a `fetch` that started after this call, shared with every caller
+    /// queued when it started.
+    pub(crate) async fn join<F, Fut>(self: &Arc<Self>, fetch: F) -> Result<u64>
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<u64>> + Send,
+    {
+        let (tx, rx) = oneshot::channel();
+        let start_fetching = {
+            let mut q = self.queue();
+            q.waiting.push(tx);
+            !std::mem::replace(&mut q.fetching, true)
+        };
+        if start_fetching {
+            let batcher = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    let batch = {
+                        let mut q = batcher.queue();
+                        if q.waiting.is_empty() {
+                            q.fetching = false;
+                            return;
+                        }
+                        std::mem::take(&mut q.waiting)
+                    };
+                    let result = fetch().await;
+                    for waiter in batch {
+                        let _ = waiter.send(result.clone());
+                    }
+                }
+            });
+        }
+        rx.await
+            .map_err(|_| Error::Unavailable("the node is shutting down".into()))?
+    }
+}
+
+impl Inner {
+    /// Waits until reads here reflect every write acknowledged before this call: a read
+    /// index from the leader (asked over the peer port when this node follows), shared with
+    /// concurrent readers, then the local apply catching up to it.
+    pub(crate) async fn linearize(self: &Arc<Self>) -> Result<()> {
+        let inner = self.clone();
+        let index = self
+            .reads
+            .join(move || {
+                let inner = inner.clone();
+                async move { inner.read_index().await }
+            })
+            .await?;
+        self.raft
+            .wait(Some(self.config.request_wait.max(Duration::from_millis(100))))
+            .applied_index_at_least(Some(index), "read index applied")
+            .await
+            .map(|_| ())
+            .map_err(|_| {
+                Error::Unavailable(format!(
+                    "this member has not applied the leader's read index {index} in time; it is catching up"
+                ))
+            })
+    }
+
+    /// One read index, from this node when it leads, else from the leader.
+    async fn read_index(&self) -> Result<u64> {
+        let deadline = tokio::time::Instant::now() + self.config.request_wait;
+        loop {
+            match self
+                .raft
+                .get_read_linearizer(openraft::ReadPolicy::ReadIndex)
+                .await
+            {
+                Ok(linearizer) => return Ok(linearizer.read_log_id().index()),
+                Err(RaftError::APIError(L::ForwardToLeader(_))) => {}
+                Err(RaftError::APIError(e)) => return Err(Error::Unavailable(e.to_string())),
+                Err(RaftError::Fatal(f)) => return Err(fatal(f)),
+            }
+            if let Some((_, leader)) = self.leader() {
+                return crate::cluster::read_index(self, &leader).await;
+            }
+            self.wait_for_leader().await?;
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Unavailable("no leader to read through".into()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+
+    /// Every reader gets the result of a fetch that started after it asked, and concurrent
+    /// readers share fetches.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readers_share_fetches_that_started_after_them() {
+        let batcher = Arc::new(ReadBatcher::default());
+        let started = Arc::new(AtomicU64::new(0));
+        let readers: Vec<_> = (0..200u64)
+            .map(|i| {
+                let (batcher, started) = (batcher.clone(), started.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_micros(i * 150)).await;
+                    let before = started.load(Ordering::SeqCst);
+                    let fetch_started = started.clone();
+                    let got = batcher
+                        .join(move || {
+                            // The fetch's number: how many fetches started up to this one.
+                            let n = fetch_started.fetch_add(1, Ordering::SeqCst) + 1;
+                            async move {
+                                tokio::time::sleep(Duration::from_millis(2)).await;
+                                Ok(n)
+                            }
+                        })
+                        .await
+                        .unwrap();
+                    (before, got)
+                })
+            })
+            .collect();
+        for r in readers {
+            let (before, got) = r.await.unwrap();
+            assert!(
+                got > before,
+                "served by fetch {got}, which started before the read (fetches started then: {before})"
+            );
+        }
+        let fetches = started.load(Ordering::SeqCst);
+        assert!(
+            fetches < 100,
+            "{fetches} fetches for 200 readers: reads were not shared"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_error_reaches_every_reader_of_that_fetch() {
+        let batcher = Arc::new(ReadBatcher::default());
+        let got = batcher
+            .join(|| async { Err(Error::Unavailable("no leader".into())) })
+            .await;
+        assert!(matches!(got, Err(Error::Unavailable(m)) if m == "no leader"));
+        // The batcher keeps working after a failed fetch.
+        assert_eq!(batcher.join(|| async { Ok(7) }).await.unwrap(), 7);
+    }
+}
