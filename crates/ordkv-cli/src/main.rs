@@ -38,6 +38,11 @@ enum Command {
     Client(client_cmds::ClientCommand),
 }
 
+// glibc's allocator showed up as ~15% of a loaded leader's CPU (many small gRPC and sled
+// allocations across threads); mimalloc cut it (see benches/README.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
