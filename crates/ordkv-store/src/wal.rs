@@ -1,4 +1,4 @@
-//! The Raft log as append-only segment files (`<data-dir>/wal/{first-index:020}.wal`).
+//! The Raft log as segment files (`<data-dir>/wal/{first-index:020}.wal`).
 //!
 //! Why not in sled: an acknowledged write must be on disk, and making sled durable costs a
 //! `flush` that writes and `sync_file_range`s several of sled's buffers per write (measured:
@@ -7,31 +7,44 @@
 //! state machine stays in sled and is never synced on the write path: after a crash it is
 //! re-applied from this log.
 //!
+//! Segments are preallocated: a new segment is a spare file already filled with zeros and
+//! synced, renamed into place. Appends then overwrite written blocks instead of growing the
+//! file, so their `fdatasync` has no size or extent change to journal (measured on ext4: about
+//! 110 µs instead of 170 µs). `fallocate` would not do: on ext4 it leaves unwritten extents,
+//! and the first write into each block still changes them. The spare for the next segment is
+//! filled by a background thread once the active segment is half full.
+//!
 //! Record: `u32 length, u32 crc32(payload), payload` where the payload is a postcard
-//! [`Entry`]. At open every record is checked; an incomplete or failing record at the very
-//! end of the last segment is a torn write that was never acknowledged and is cut off; any
-//! other failure is corruption and the store refuses to open.
+//! [`Entry`], never empty, so a length of 0 is not a record: the records of a segment end
+//! where only zeros follow (or at the end of the file). At open every record is checked; a
+//! failing record in the last segment with only zeros after it is a torn write that was never
+//! acknowledged and is cut off; any other failure is corruption and the store refuses to open.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use crate::codec::corrupt;
 use crate::types::{Entry, LogId};
 
-/// A segment is closed and a new one started past this size.
+/// A segment is closed and a new one started past this size (also its preallocated size).
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 const HEADER: usize = 8;
 /// No single record is larger (a log entry holds at most one request of bounded size).
 const MAX_RECORD: usize = 512 * 1024 * 1024;
+/// The next segment while it is being zero-filled; renamed to its segment name when used. Not
+/// a `.wal` file, so a crash while filling it leaves nothing that reads as log.
+const SPARE: &str = "spare.tmp";
 
 struct Segment {
     first_index: u64,
     path: PathBuf,
     file: Arc<File>,
+    /// Where its records end; the file goes on with preallocated zeros.
     len: u64,
 }
 
@@ -49,6 +62,18 @@ struct Inner {
     segments: Vec<Segment>,
     /// Entries in index order, contiguous: `locs[i]` has index `locs[0].log_id.index + i`.
     locs: VecDeque<Loc>,
+    /// The background fill of [`SPARE`], once started; `Ok` when it is complete and synced.
+    spare: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // A fill outliving the log could still be writing zeros into the spare after the
+        // directory is opened again and the spare renamed into a segment.
+        if let Some(fill) = self.spare.take() {
+            let _ = fill.join();
+        }
+    }
 }
 
 /// The log files. Cloning shares them.
@@ -63,6 +88,39 @@ fn segment_name(first_index: u64) -> String {
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+fn all_zero(bytes: &[u8]) -> bool {
+    const ZEROS: [u8; 4096] = [0; 4096];
+    bytes.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
+}
+
+fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
+    let zeros = vec![0u8; 1024 * 1024];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(zeros.len() as u64);
+        file.write_all_at(&zeros[..n as usize], at)?;
+        at += n;
+    }
+    Ok(())
+}
+
+/// Writes the spare from scratch (a leftover may be half filled): zeros, then synced, so
+/// that appends into it overwrite blocks that are allocated and written.
+fn fill_spare(path: &Path) -> io::Result<()> {
+    // Synced in steps: one sync of 64 MiB of dirty pages stalls the appends' syncs of the
+    // active segment for tens of milliseconds.
+    const STEP: u64 = 4 * 1024 * 1024;
+    let file = File::create(path)?;
+    let mut at = 0;
+    while at < SEGMENT_BYTES {
+        let to = (at + STEP).min(SEGMENT_BYTES);
+        write_zeros(&file, at, to)?;
+        file.sync_data()?;
+        at = to;
+    }
+    file.sync_all()
 }
 
 fn encode(entry: &Entry, out: &mut Vec<u8>) -> io::Result<u32> {
@@ -83,6 +141,36 @@ fn decode(what: &str, record: &[u8]) -> io::Result<Entry> {
     postcard::from_bytes(payload).map_err(|e| corrupt(format!("{what}: {e}")))
 }
 
+/// What a segment holds at an offset.
+enum Scan {
+    /// A valid record and its length with the header.
+    Record(Entry, usize),
+    /// Only zeros from here on: the records ended.
+    End,
+    /// A record that fails, and the offset where it claims to end.
+    Bad(io::Error, usize),
+}
+
+fn scan(bytes: &[u8], offset: usize) -> Scan {
+    let rest = &bytes[offset..];
+    // A record's length is never 0, so only a zero length can start the zeros.
+    if rest.get(..4).is_none_or(|l| l == [0; 4]) && all_zero(rest) {
+        return Scan::End;
+    }
+    let len = match rest.get(..4) {
+        Some(l) => u32::from_le_bytes(l.try_into().expect("4 bytes")) as usize,
+        None => usize::MAX,
+    };
+    if len > MAX_RECORD || HEADER + len > rest.len() {
+        return Scan::Bad(corrupt("log record is incomplete"), bytes.len());
+    }
+    let end = offset + HEADER + len;
+    match decode("log record", &bytes[offset..end]) {
+        Ok(entry) => Scan::Record(entry, HEADER + len),
+        Err(e) => Scan::Bad(e, end),
+    }
+}
+
 impl Wal {
     /// Opens (or creates) the log in `dir`, checking every record.
     pub(crate) fn open(dir: &Path) -> io::Result<Wal> {
@@ -101,10 +189,16 @@ impl Wal {
             }
         }
         names.sort();
+        // A spare left by the last run may be half filled; the next one is filled afresh.
+        match fs::remove_file(dir.join(SPARE)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         let mut inner = Inner {
             dir: dir.to_path_buf(),
             segments: Vec::new(),
             locs: VecDeque::new(),
+            spare: None,
         };
         let count = names.len();
         for (n, (first_index, path)) in names.into_iter().enumerate() {
@@ -114,22 +208,8 @@ impl Wal {
             let mut offset = 0usize;
             let segment = inner.segments.len();
             while offset < bytes.len() {
-                let rest = bytes.len() - offset;
-                let len = if rest >= HEADER {
-                    u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("4 bytes"))
-                        as usize
-                } else {
-                    usize::MAX
-                };
-                let whole = len != usize::MAX && len <= MAX_RECORD && HEADER + len <= rest;
-                let entry = if whole {
-                    decode("log record", &bytes[offset..offset + HEADER + len])
-                } else {
-                    Err(corrupt("log record is incomplete"))
-                };
-                let at_end = !whole || offset + HEADER + len == bytes.len();
-                match entry {
-                    Ok(entry) => {
+                match scan(&bytes, offset) {
+                    Scan::Record(entry, len) => {
                         if let Some(prev) = inner.locs.back()
                             && entry.log_id.index > prev.log_id.index + 1
                         {
@@ -157,19 +237,21 @@ impl Wal {
                             log_id: entry.log_id,
                             segment,
                             offset: offset as u64,
-                            len: len as u32,
+                            len: (len - HEADER) as u32,
                         });
-                        offset += HEADER + len;
+                        offset += len;
                     }
-                    Err(_) if last_segment && at_end => {
+                    Scan::End => break,
+                    Scan::Bad(_, end) if last_segment && all_zero(&bytes[end..]) => {
                         tracing::warn!(path = %path.display(), offset, "cutting off a torn write at the end of the log");
+                        // Zeroed rather than shortened, so the segment stays preallocated,
+                        // and synced before anything is appended over it.
                         let f = OpenOptions::new().write(true).open(&path)?;
-                        f.set_len(offset as u64)?;
-                        f.sync_all()?;
-                        bytes.truncate(offset);
+                        write_zeros(&f, offset as u64, end as u64)?;
+                        f.sync_data()?;
                         break;
                     }
-                    Err(e) => {
+                    Scan::Bad(e, _) => {
                         return Err(corrupt(format!(
                             "{} at offset {offset}: {e}",
                             path.display()
@@ -177,12 +259,17 @@ impl Wal {
                     }
                 }
             }
-            let file = OpenOptions::new().read(true).append(true).open(&path)?;
+            let file = OpenOptions::new().read(true).write(true).open(&path)?;
+            if last_segment {
+                // Records a killed process wrote but never synced are served from now on:
+                // make them durable before anyone relies on them.
+                file.sync_data()?;
+            }
             inner.segments.push(Segment {
                 first_index,
                 path,
                 file: Arc::new(file),
-                len: bytes.len() as u64,
+                len: offset as u64,
             });
         }
         Ok(Wal {
@@ -270,11 +357,21 @@ impl Wal {
         };
         inner.locs.truncate(keep);
         // Drop whole segments after the cut, then shorten the one that holds it.
+        let mut removed = false;
         while inner.segments.len() > cut.segment + 1 {
             let s = inner.segments.pop().expect("non-empty");
             fs::remove_file(&s.path)?;
+            removed = true;
+        }
+        if removed {
+            // Durable now rather than with some later journal commit (an append that overwrites
+            // preallocated blocks commits none): a removed segment back after a crash would put
+            // stale entries after newer ones.
+            sync_dir(&inner.dir)?;
         }
         let seg = &mut inner.segments[cut.segment];
+        // Shortened, not zeroed: one size change cannot leave part of the old records behind
+        // new ones after a crash. Appends grow this segment again until the next rotation.
         seg.file.set_len(cut.offset)?;
         seg.len = cut.offset;
         Ok(())
@@ -315,14 +412,23 @@ impl Inner {
             // Appends acknowledged later must not depend on a file we stop syncing.
             last.file.sync_data()?;
         }
+        // Zero-filled in the background (see `write`) or, if that did not happen, now.
+        let filled = match self.spare.take().map(JoinHandle::join) {
+            Some(Ok(Ok(()))) => true,
+            Some(Ok(Err(e))) => {
+                tracing::warn!(error = %e, "zero-filling the next log segment failed; retrying");
+                false
+            }
+            Some(Err(_)) | None => false,
+        };
+        let spare = self.dir.join(SPARE);
+        if !filled {
+            fill_spare(&spare)?;
+        }
         let path = self.dir.join(segment_name(first_index));
-        let file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&path)?;
-        file.set_len(0)?;
+        fs::rename(&spare, &path)?;
         sync_dir(&self.dir)?;
+        let file = OpenOptions::new().read(true).write(true).open(&path)?;
         self.segments.push(Segment {
             first_index,
             path,
@@ -362,9 +468,19 @@ impl Inner {
             });
         }
         let seg = &mut self.segments[segment];
-        (&*seg.file).write_all(&buf)?;
+        seg.file.write_all_at(&buf, base)?;
         seg.len += buf.len() as u64;
+        let half_full = seg.len >= SEGMENT_BYTES / 2;
         self.locs.extend(new);
+        // Zero-filling a segment takes tens of ms (more on a busy disk): done ahead, it does
+        // not stall the appends at the rotation. If the thread cannot start, `rotate` fills.
+        if half_full && self.spare.is_none() {
+            let spare = self.dir.join(SPARE);
+            self.spare = std::thread::Builder::new()
+                .name("ordkv-wal-spare".into())
+                .spawn(move || fill_spare(&spare))
+                .ok();
+        }
         Ok(())
     }
 }
@@ -398,6 +514,43 @@ mod tests {
         files.pop().unwrap()
     }
 
+    /// Where the records of the last segment end.
+    fn records_end(wal: &Wal) -> usize {
+        wal.lock().segments.last().unwrap().len as usize
+    }
+
+    /// Offsets of the records of the only segment, from reading it back.
+    fn record_offsets(path: &Path) -> Vec<usize> {
+        let bytes = fs::read(path).unwrap();
+        let mut offsets = vec![];
+        let mut at = 0;
+        while let Scan::Record(_, len) = scan(&bytes, at) {
+            offsets.push(at);
+            at += len;
+        }
+        offsets
+    }
+
+    fn overwrite(path: &Path, offset: usize, bytes: &[u8]) {
+        let f = OpenOptions::new().write(true).open(path).unwrap();
+        f.write_all_at(bytes, offset as u64).unwrap();
+    }
+
+    /// An entry of about `bytes` bytes.
+    fn big_entry(index: u64, bytes: usize) -> Entry {
+        let put = crate::pb::PutRequest {
+            key: b"k".to_vec().into(),
+            value: vec![7u8; bytes].into(),
+            prev_kv: false,
+        };
+        Entry {
+            log_id: openraft::testing::log_id::<crate::TypeConfig>(1, 1, index),
+            payload: EntryPayload::Normal(crate::Command(crate::pb::Command {
+                op: Some(crate::pb::command::Op::Put(put)),
+            })),
+        }
+    }
+
     #[test]
     fn appends_survive_reopen_and_reads_are_exact() {
         let dir = tempfile::tempdir().unwrap();
@@ -425,14 +578,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wal = Wal::open(dir.path()).unwrap();
         wal.append((1..=3).map(entry)).unwrap();
+        let end = records_end(&wal);
         drop(wal);
+        // The file ends inside the last record, as a segment written before preallocation
+        // could.
         let path = only_segment(dir.path());
-        let len = fs::metadata(&path).unwrap().len();
         OpenOptions::new()
             .write(true)
             .open(&path)
             .unwrap()
-            .set_len(len - 3)
+            .set_len(end as u64 - 3)
             .unwrap();
         let wal = Wal::open(dir.path()).unwrap();
         assert_eq!(indexes(&wal), vec![1, 2]);
@@ -458,6 +613,140 @@ mod tests {
             .to_string();
         assert!(err.contains("checksum"), "{err}");
         assert_eq!(fs::read(&path).unwrap(), bytes, "nothing was changed");
+    }
+
+    #[test]
+    fn a_preallocated_segment_ends_in_zeros_and_appends_do_not_grow_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path()).unwrap();
+        wal.append((1..=3).map(entry)).unwrap();
+        wal.sync().unwrap();
+        let end = records_end(&wal);
+        drop(wal);
+        let path = only_segment(dir.path());
+        assert_eq!(fs::metadata(&path).unwrap().len(), SEGMENT_BYTES);
+        let bytes = fs::read(&path).unwrap();
+        assert!(all_zero(&bytes[end..]), "zeros after the records");
+
+        let wal = Wal::open(dir.path()).unwrap();
+        assert_eq!(indexes(&wal), vec![1, 2, 3]);
+        assert_eq!(records_end(&wal), end, "the zeros are not records");
+        wal.append((4..=5).map(entry)).unwrap();
+        drop(wal);
+        assert_eq!(fs::metadata(&path).unwrap().len(), SEGMENT_BYTES);
+        assert_eq!(
+            indexes(&Wal::open(dir.path()).unwrap()),
+            vec![1, 2, 3, 4, 5]
+        );
+    }
+
+    #[test]
+    fn a_torn_record_followed_by_zeros_is_cut_off() {
+        // What of the last record reached the disk: its header and part of its payload, or
+        // its header alone.
+        for kept in [HEADER + 2, HEADER] {
+            let dir = tempfile::tempdir().unwrap();
+            let wal = Wal::open(dir.path()).unwrap();
+            wal.append((1..=3).map(entry)).unwrap();
+            let end = records_end(&wal);
+            drop(wal);
+            let path = only_segment(dir.path());
+            let last = record_offsets(&path)[2];
+            overwrite(&path, last + kept, &vec![0; end - last - kept]);
+
+            let wal = Wal::open(dir.path()).unwrap();
+            assert_eq!(indexes(&wal), vec![1, 2], "kept {kept}");
+            let bytes = fs::read(&path).unwrap();
+            assert!(all_zero(&bytes[last..]), "the torn record was zeroed");
+            assert_eq!(
+                bytes.len() as u64,
+                SEGMENT_BYTES,
+                "and the file not shortened"
+            );
+            // The log goes on after the cut.
+            wal.append([entry(3)]).unwrap();
+            drop(wal);
+            assert_eq!(indexes(&Wal::open(dir.path()).unwrap()), vec![1, 2, 3]);
+        }
+    }
+
+    #[test]
+    fn a_bad_record_followed_by_a_valid_one_is_refused() {
+        // The middle record torn (payload zeroed) or its header lost (zero length): either
+        // way a valid record follows, so it is not the end of the log.
+        for header_lost in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let wal = Wal::open(dir.path()).unwrap();
+            wal.append((1..=3).map(entry)).unwrap();
+            drop(wal);
+            let path = only_segment(dir.path());
+            let offsets = record_offsets(&path);
+            let (from, to) = match header_lost {
+                false => (offsets[1] + HEADER + 2, offsets[2]),
+                true => (offsets[1], offsets[1] + HEADER),
+            };
+            overwrite(&path, from, &vec![0; to - from]);
+            let bytes = fs::read(&path).unwrap();
+            let err = Wal::open(dir.path())
+                .err()
+                .expect("corruption refused")
+                .to_string();
+            assert!(err.contains("corrupt"), "{err}");
+            assert_eq!(fs::read(&path).unwrap(), bytes, "nothing was changed");
+        }
+    }
+
+    #[test]
+    fn a_spare_present_at_reopen_is_not_log_and_is_filled_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path()).unwrap();
+        wal.append((1..=3).map(entry)).unwrap();
+        // Past half the segment, the next one is zero-filled in the background.
+        wal.append((4..=20).map(|i| big_entry(i, 2 * 1024 * 1024)))
+            .unwrap();
+        assert!(wal.lock().spare.is_some(), "the spare is being filled");
+        drop(wal); // waits for the fill
+        let spare = dir.path().join(SPARE);
+        assert_eq!(fs::metadata(&spare).unwrap().len(), SEGMENT_BYTES);
+
+        let wal = Wal::open(dir.path()).unwrap();
+        assert_eq!(indexes(&wal), (1..=20).collect::<Vec<_>>());
+        assert!(!spare.exists(), "a leftover spare is not trusted");
+        // Rotating without a ready spare fills one on the spot.
+        wal.lock().rotate(21).unwrap();
+        wal.append((21..=22).map(entry)).unwrap();
+        let second = dir.path().join(segment_name(21));
+        assert_eq!(fs::metadata(&second).unwrap().len(), SEGMENT_BYTES);
+        drop(wal);
+        assert_eq!(
+            indexes(&Wal::open(dir.path()).unwrap()),
+            (1..=22).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_half_filled_spare_from_a_crash_is_never_used_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path()).unwrap();
+        wal.append((1..=3).map(entry)).unwrap();
+        drop(wal);
+        // A crash in the middle of the fill: short, and not zeros where it was not synced.
+        let spare = dir.path().join(SPARE);
+        fs::write(&spare, vec![0xab; SEGMENT_BYTES as usize / 2]).unwrap();
+
+        let wal = Wal::open(dir.path()).unwrap();
+        assert_eq!(indexes(&wal), vec![1, 2, 3]);
+        wal.lock().rotate(4).unwrap();
+        wal.append((4..=6).map(entry)).unwrap();
+        let end = records_end(&wal);
+        drop(wal);
+        let bytes = fs::read(dir.path().join(segment_name(4))).unwrap();
+        assert_eq!(bytes.len() as u64, SEGMENT_BYTES);
+        assert!(all_zero(&bytes[end..]), "filled again from scratch");
+        assert_eq!(
+            indexes(&Wal::open(dir.path()).unwrap()),
+            vec![1, 2, 3, 4, 5, 6]
+        );
     }
 
     #[test]
