@@ -65,10 +65,12 @@ pub(crate) async fn serve_peers(inner: Arc<Inner>, addr: SocketAddr) -> Result<(
     })
     .max_decoding_message_size(crate::peer::MAX_MESSAGE_BYTES)
     .max_encoding_message_size(crate::peer::MAX_MESSAGE_BYTES);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // `Server::tcp_nodelay` only reaches listeners tonic binds itself; without TCP_NODELAY
+    // on the accepted sockets, Nagle held append replies for the leader's delayed ACK
+    // (~40 ms stalls, once every few hundred writes).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
             .await;
