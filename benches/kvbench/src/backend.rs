@@ -29,7 +29,8 @@ pub struct Backend {
     spread: Vec<Channel>,
 }
 
-/// One change seen by a watcher: the value carries the writer's timestamp.
+/// What a watcher receives: per message, the values of its events (each starts with the
+/// writer's timestamp).
 pub type Events = std::pin::Pin<Box<dyn Stream<Item = anyhow::Result<Vec<Bytes>>> + Send>>;
 
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
