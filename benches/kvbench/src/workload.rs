@@ -288,10 +288,7 @@ pub async fn run(backend: Backend, spec: Spec) -> anyhow::Result<Record> {
     }
     ticker.abort();
     bar.finish_and_clear();
-    let cpu_before = cpu_at_start.await?;
-    let ops = done.load(Ordering::Relaxed);
-    let tally = std::mem::take(&mut *tally.lock().await);
-    Ok(record(&backend, &spec, ops, tally, cpu_before))
+    Ok(record(&backend, &spec, &done, &tally, cpu_at_start.await?).await)
 }
 
 async fn run_watch(backend: Backend, spec: Spec) -> anyhow::Result<Record> {
@@ -371,10 +368,7 @@ async fn run_watch(backend: Backend, spec: Spec) -> anyhow::Result<Record> {
     }
     ticker.abort();
     bar.finish_and_clear();
-    let cpu_before = cpu_at_start.await?;
-    let ops = done.load(Ordering::Relaxed);
-    let tally = std::mem::take(&mut *tally.lock().await);
-    Ok(record(&backend, &spec, ops, tally, cpu_before))
+    Ok(record(&backend, &spec, &done, &tally, cpu_at_start.await?).await)
 }
 
 async fn run_memory(backend: Backend, spec: Spec) -> anyhow::Result<Record> {
@@ -416,13 +410,15 @@ fn tick(bar: ProgressBar, start: Instant, done: Arc<AtomicU64>) -> tokio::task::
     })
 }
 
-fn record(
+async fn record(
     backend: &Backend,
     spec: &Spec,
-    ops: u64,
-    tally: Tally,
+    done: &AtomicU64,
+    tally: &Mutex<Tally>,
     cpu_before: Option<f64>,
 ) -> Record {
+    let ops = done.load(Ordering::Relaxed);
+    let tally = std::mem::take(&mut *tally.lock().await);
     let hist = tally.hist.unwrap_or_else(histogram);
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     let cpu_after = procstat::cpu_seconds(&spec.server_pids);
