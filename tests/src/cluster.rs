@@ -87,7 +87,33 @@ impl Cluster {
     pub async fn start_planned(members: usize, planned: usize, args: &[&str]) -> Cluster {
         let mut cluster = Cluster::launch(members, planned, args);
         cluster.wait_ready_all().await;
+        // Ready means serving, which a learner already does; the scenarios assume the first
+        // members vote (a partition right after start must leave a majority that can elect).
+        cluster.wait_voters(members).await;
         cluster
+    }
+
+    /// Waits until the leader counts `n` voters.
+    pub async fn wait_voters(&self, n: usize) {
+        let leader = self.leader().await;
+        self.wait_until(
+            &format!("{n} voters"),
+            Duration::from_secs(30),
+            || async move {
+                let s = self.try_status(leader).await?;
+                let voters = s
+                    .members
+                    .iter()
+                    .filter(|m| m.role == ordkv_proto::v1::Role::Voter as i32)
+                    .count();
+                if voters >= n {
+                    Ok(())
+                } else {
+                    Err(format!("kv-{leader} counts {voters} voters"))
+                }
+            },
+        )
+        .await
     }
 
     /// Spawns the first `members` members without waiting for them.
