@@ -231,8 +231,9 @@ impl Backend {
     }
 }
 
-/// The smallest key greater than every key with `prefix` (etcd's `range_end` for a prefix).
-pub fn prefix_end(prefix: &[u8]) -> Bytes {
+/// etcd's `range_end` for a prefix: the smallest key above every key with `prefix`, or `\0`
+/// ("to the end") when there is none. ordkv's store has its own (it takes `prefix` directly).
+fn prefix_end(prefix: &[u8]) -> Bytes {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {
