@@ -1,14 +1,18 @@
 //! The Raft network over gRPC: one client per target node, plus the non-Raft peer calls.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures::{FutureExt, Stream, StreamExt, stream};
+use openraft::OptionalSend;
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::v2::RaftNetworkV2;
-use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::network::{RPCOption, RaftNetworkFactory, stream_append_sequential};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use ordkv_store::{MemberNode, NodeId, SnapshotData, TypeConfig, Vote};
 use tokio::io::AsyncReadExt;
@@ -36,6 +40,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             target_name: node.name.clone(),
             grpc: self.shared.client(&node.peer_addr),
             shared: self.shared.clone(),
+            append_stream_unsupported: false,
         }
     }
 }
@@ -46,6 +51,9 @@ pub(crate) struct RaftPeer {
     target_name: String,
     grpc: Result<PeerClient<Channel>, String>,
     shared: Arc<PeerShared>,
+    /// Set when the target runs a version without `AppendStream` (during a rolling upgrade):
+    /// appends then go one call at a time.
+    append_stream_unsupported: bool,
 }
 
 type RpcErr = RPCError<TypeConfig>;
@@ -75,23 +83,66 @@ impl RaftPeer {
         self.grpc.clone().map_err(unreachable)
     }
 
-    /// Maps a failed call: transport trouble is "unreachable" (openraft backs off), a refusal
-    /// by the peer is a network error that names the reason.
     fn status(&self, s: tonic::Status) -> RpcErr {
-        match s.code() {
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                RPCError::Unreachable(unreachable(format!(
-                    "{}: {}",
-                    self.target_name,
-                    s.message()
-                )))
+        status_error(&self.target_name, s)
+    }
+
+    /// Streams appends to the target over one gRPC stream, without waiting for answers
+    /// between them; the target answers each in order once it is on its disk.
+    async fn open_append_stream(
+        &mut self,
+        requests: impl Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<BoxStream<'static, Result<StreamAppendResult<TypeConfig>, RpcErr>>, RpcErr> {
+        let mut grpc = self.grpc()?;
+        let template = self.request(Vec::new());
+        let sent = Arc::new(AtomicU64::new(0));
+        let counted = sent.clone();
+        // An append that cannot be encoded ends the stream (openraft resends from there).
+        let requests = requests.scan((), move |_, rpc| {
+            let msg = match encode(&rpc) {
+                Ok(payload) => Some(pb::PeerRequest {
+                    payload: payload.into(),
+                    ..template.clone()
+                }),
+                Err(e) => {
+                    tracing::error!(error = %e, "append not sent");
+                    None
+                }
+            };
+            counted.fetch_add(msg.is_some() as u64, Ordering::Relaxed);
+            std::future::ready(msg)
+        });
+        let ttl = option.hard_ttl();
+        let answers = match tokio::time::timeout(ttl, grpc.append_stream(requests)).await {
+            Err(_) => {
+                return Err(RPCError::Unreachable(unreachable(format!(
+                    "{}: append stream not opened within {ttl:?}",
+                    self.target_name
+                ))));
             }
-            _ => RPCError::Network(NetworkError::from_string(format!(
-                "{} refused: {}",
-                self.target_name,
-                s.message()
-            ))),
-        }
+            Ok(Err(s)) => {
+                if s.code() == tonic::Code::Unimplemented {
+                    self.append_stream_unsupported = true;
+                }
+                return Err(self.status(s));
+            }
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        let stream = AnswerStream {
+            answers,
+            sent,
+            received: 0,
+            ttl,
+            target_name: self.target_name.clone(),
+            shared: self.shared.clone(),
+        };
+        Ok(Box::pin(stream::unfold(Some(stream), |st| async move {
+            let mut st = st?;
+            let item = st.next().await?;
+            let go_on = item.as_ref().is_ok_and(|r| r.is_ok());
+            Some((item, go_on.then_some(st)))
+        })))
     }
 
     async fn unary<F, Fut>(
@@ -121,6 +172,66 @@ fn net(e: String) -> RpcErr {
     RPCError::Network(NetworkError::from_string(e))
 }
 
+/// Maps a failed call: transport trouble is "unreachable" (openraft backs off), a refusal by
+/// the peer is a network error that names the reason.
+fn status_error(target_name: &str, s: tonic::Status) -> RpcErr {
+    match s.code() {
+        // `Unknown` is how tonic reports a dropped connection.
+        tonic::Code::Unavailable
+        | tonic::Code::DeadlineExceeded
+        | tonic::Code::Cancelled
+        | tonic::Code::Unknown => {
+            RPCError::Unreachable(unreachable(format!("{target_name}: {}", s.message())))
+        }
+        _ => RPCError::Network(NetworkError::from_string(format!(
+            "{target_name} refused: {}",
+            s.message()
+        ))),
+    }
+}
+
+/// The target's answers on an append stream, one per append sent, in order.
+struct AnswerStream {
+    answers: tonic::Streaming<pb::PeerReply>,
+    /// Appends handed to the transport so far.
+    sent: Arc<AtomicU64>,
+    received: u64,
+    ttl: Duration,
+    target_name: String,
+    shared: Arc<PeerShared>,
+}
+
+impl AnswerStream {
+    /// The next answer; `None` when the stream ended cleanly (the leader stopped sending).
+    async fn next(&mut self) -> Option<Result<StreamAppendResult<TypeConfig>, RpcErr>> {
+        loop {
+            // Appends already sent when the wait began must be answered within `ttl`, or the
+            // target counts as unreachable (a stopped or cut-off process keeps its socket).
+            let waiting_for = self.sent.load(Ordering::Relaxed);
+            let answer = match tokio::time::timeout(self.ttl, self.answers.message()).await {
+                Err(_) if waiting_for > self.received => {
+                    return Some(Err(RPCError::Unreachable(unreachable(format!(
+                        "{}: no answer within {:?}",
+                        self.target_name, self.ttl
+                    )))));
+                }
+                Err(_) => continue,
+                Ok(Err(s)) => return Some(Err(status_error(&self.target_name, s))),
+                Ok(Ok(None)) => return None,
+                Ok(Ok(Some(answer))) => answer,
+            };
+            if self.shared.is_blocked(&self.target_name) {
+                return Some(Err(RPCError::Unreachable(unreachable(format!(
+                    "{} is cut off by fault injection",
+                    self.target_name
+                )))));
+            }
+            self.received += 1;
+            return Some(decode(&answer.payload).map_err(net));
+        }
+    }
+}
+
 impl RaftNetworkV2<TypeConfig> for RaftPeer {
     type SnapshotData = SnapshotData;
 
@@ -137,6 +248,35 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
             )
             .await?;
         decode(&reply).map_err(net)
+    }
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        mut input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RpcErr>>, RpcErr>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        Box::pin(async move {
+            let Some(first) = input.next().await else {
+                return Ok(Box::pin(stream::empty()) as BoxStream<'s, _>);
+            };
+            if self.append_stream_unsupported {
+                let requests = stream::iter([first]).chain(input);
+                return stream_append_sequential(self, requests, option).await;
+            }
+            // A heartbeat is a stream of one request: a unary call costs less than a stream.
+            let second = match input.next().now_or_never() {
+                Some(None) => {
+                    return stream_append_sequential(self, stream::iter([first]), option).await;
+                }
+                Some(Some(second)) => Some(second),
+                None => None,
+            };
+            let requests = stream::iter(std::iter::once(first).chain(second)).chain(input);
+            self.open_append_stream(requests, option).await
+        })
     }
 
     async fn vote(

@@ -1,16 +1,17 @@
 //! The peer gRPC service: Raft RPCs into openraft, plus cluster info, join, forwarded writes
 //! and read index.
 
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use openraft::ReadPolicy;
 use openraft::async_runtime::WatchReceiver;
 use ordkv_store::{SnapshotData, SnapshotMeta, TypeConfig, Vote};
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{NOT_A_MEMBER, decode, encode};
+use super::{NOT_A_MEMBER, PeerShared, decode, encode};
 use crate::node::Inner;
 use crate::pb;
 
@@ -29,37 +30,40 @@ fn reply(payload: Vec<u8>) -> Result<Response<pb::PeerReply>, Status> {
     }))
 }
 
+/// Refuses requests for another cluster or another incarnation of this member.
+fn admit(peer: &PeerShared, req: &pb::PeerRequest) -> Result<(), Status> {
+    if peer.is_blocked(&req.from_name) {
+        return Err(Status::unavailable(format!(
+            "{} is cut off by fault injection",
+            req.from_name
+        )));
+    }
+    let cluster = peer.cluster_id();
+    if cluster.is_empty() {
+        return Err(Status::unavailable(format!(
+            "{} has not joined a cluster yet",
+            peer.name
+        )));
+    }
+    if req.cluster_id != cluster {
+        return Err(Status::failed_precondition(format!(
+            "cluster id mismatch: {} belongs to cluster {cluster}, the request is for {}",
+            peer.name, req.cluster_id
+        )));
+    }
+    if req.to_node != peer.node_id {
+        return Err(Status::failed_precondition(format!(
+            "node id mismatch: {} is node {} now, not node {} (its volume was replaced); \
+             it answers for the new id once re-admitted",
+            peer.name, peer.node_id, req.to_node
+        )));
+    }
+    Ok(())
+}
+
 impl PeerService {
-    /// Refuses requests for another cluster or another incarnation of this member.
     fn admit(&self, req: &pb::PeerRequest) -> Result<(), Status> {
-        let peer = &self.inner.peer;
-        if peer.is_blocked(&req.from_name) {
-            return Err(Status::unavailable(format!(
-                "{} is cut off by fault injection",
-                req.from_name
-            )));
-        }
-        let cluster = peer.cluster_id();
-        if cluster.is_empty() {
-            return Err(Status::unavailable(format!(
-                "{} has not joined a cluster yet",
-                peer.name
-            )));
-        }
-        if req.cluster_id != cluster {
-            return Err(Status::failed_precondition(format!(
-                "cluster id mismatch: {} belongs to cluster {cluster}, the request is for {}",
-                peer.name, req.cluster_id
-            )));
-        }
-        if req.to_node != peer.node_id {
-            return Err(Status::failed_precondition(format!(
-                "node id mismatch: {} is node {} now, not node {} (its volume was replaced); \
-                 it answers for the new id once re-admitted",
-                peer.name, peer.node_id, req.to_node
-            )));
-        }
-        Ok(())
+        admit(&self.inner.peer, req)
     }
 
     /// An admitted Raft RPC: decode the openraft request, run it, encode the answer.
@@ -95,8 +99,46 @@ impl PeerService {
     }
 }
 
+type Answers = Pin<Box<dyn Stream<Item = Result<pb::PeerReply, Status>> + Send + 'static>>;
+
 #[tonic::async_trait]
 impl pb::peer_server::Peer for PeerService {
+    type AppendStreamStream = Answers;
+
+    async fn append_stream(
+        &self,
+        req: Request<Streaming<pb::PeerRequest>>,
+    ) -> Result<Response<Answers>, Status> {
+        // Appends are taken until one is refused or unreadable; the answers to those before it
+        // come first, then why the stream stopped.
+        let refused = Arc::new(Mutex::new(None::<Status>));
+        let (inner, why) = (self.inner.clone(), refused.clone());
+        let appends = req.into_inner().scan((), move |_, msg| {
+            let rpc = msg.and_then(|m| {
+                admit(&inner.peer, &m)?;
+                decode(&m.payload).map_err(Status::invalid_argument)
+            });
+            std::future::ready(match rpc {
+                Ok(rpc) => Some(rpc),
+                Err(status) => {
+                    *why.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+                    None
+                }
+            })
+        });
+        let answers = self.inner.raft.stream_append(appends).map(|r| match r {
+            Ok(result) => Ok(pb::PeerReply {
+                payload: encode(&result).map_err(internal)?.into(),
+            }),
+            Err(fatal) => Err(Status::unavailable(fatal.to_string())),
+        });
+        let why = futures::stream::once(async move {
+            refused.lock().unwrap_or_else(|p| p.into_inner()).take()
+        })
+        .filter_map(|s| std::future::ready(s.map(Err)));
+        Ok(Response::new(Box::pin(answers.chain(why))))
+    }
+
     async fn append(
         &self,
         req: Request<pb::PeerRequest>,
