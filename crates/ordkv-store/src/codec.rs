@@ -69,13 +69,13 @@ pub(crate) fn decode_kv(key: &[u8], stored: &[u8]) -> io::Result<pb::KeyValue> {
     Ok(kv)
 }
 
-/// History keys: `revision || sequence within the revision`.
-pub(crate) fn history_key(revision: u64, seq: u32) -> [u8; 12] {
-    let mut k = [0u8; 12];
-    k[..8].copy_from_slice(&revision.to_be_bytes());
-    k[8..].copy_from_slice(&seq.to_be_bytes());
-    k
+/// History rows are keyed by the revision of their last event (see `pb::HistoryRow`).
+pub(crate) fn history_key(revision: u64) -> [u8; 8] {
+    revision.to_be_bytes()
 }
+
+/// Rows written before history was batched: `revision || sequence`, one event each.
+pub(crate) const OLD_HISTORY_KEY_LEN: usize = 12;
 
 /// The smallest key greater than every key starting with `prefix`, or `None` when there is
 /// none (an empty prefix or one of all 0xff bytes).

@@ -2,11 +2,13 @@
 //! (`sm_meta`: applied log id, membership, revision, compaction point), all in sled.
 //!
 //! A batch of log entries is written with plain sled inserts, in an order that makes a crash
-//! at any point recoverable: first the batch's watch events (each carries the key's previous
-//! value: an undo record), then the keys, then one `state` row holding the applied log id,
-//! membership and revision, and last the compaction point and the history it drops. sled recovers a
-//! prefix of its writes, so at open any history row newer than `state`'s revision belongs to
-//! a batch that did not finish: it is undone (newest first) and the log id in `state` again
+//! at any point recoverable: first one history row with the batch's watch events (each carries
+//! the key's previous value: an undo record), then the keys, then one `state` row holding the
+//! applied log id, membership and revision, and last the compaction point and the history it
+//! drops. One row per batch rather than per event: sled copies a whole tree node on every
+//! insert, and under load a batch holds tens of events. sled recovers a prefix of its writes,
+//! so at open a history row newer than `state`'s revision belongs to a batch that did not
+//! finish: it is undone (newest first) and the log id in `state` again
 //! describes the data exactly; openraft re-applies the rest from the log. (sled transactions
 //! and batches would give atomicity too, but each one writes and `sync_file_range`s two log
 //! buffers, which cost more than the whole rest of a write.) Nothing is flushed here: the
@@ -23,7 +25,7 @@ use prost::Message;
 use tokio::sync::{broadcast, watch};
 
 use crate::apply::{self, Effects, Overlay};
-use crate::codec::{decode_meta, encode_meta, history_key, key_u64};
+use crate::codec::{OLD_HISTORY_KEY_LEN, decode_meta, encode_meta, history_key, key_u64};
 use crate::durability::Durability;
 use crate::pb;
 use crate::snapshot::{self, SnapshotData};
@@ -133,6 +135,7 @@ impl StateMachine {
             revision,
             compact_revision: read_u64(&meta, COMPACT_REVISION)?,
         };
+        batch_old_history_rows(&history)?;
         undo_unfinished_batch(&kv, &history, state.revision)?;
         let (revision_tx, _) = watch::channel(state.revision);
         let (events_tx, _) = broadcast::channel(1024);
@@ -236,23 +239,20 @@ impl StateMachine {
             });
         }
         let mut out: Vec<pb::Event> = Vec::new();
-        for item in self
-            .shared
-            .history
-            .range(history_key(from, 0)..history_key(to.saturating_add(1), 0))
-        {
-            let (k, v) = item.map_err(sled_err)?;
-            let rev = key_u64(&k)?;
-            let last_rev = out
-                .last()
-                .and_then(|e| e.kv.as_ref())
-                .map(|kv| kv.mod_revision);
-            if out.len() >= max_events && last_rev != Some(rev) {
-                break;
+        // The first row whose last event is at or after `from` may start before it.
+        'rows: for item in self.shared.history.range(history_key(from)..) {
+            let (_, row) = item.map_err(sled_err)?;
+            for event in decode_history_row(&row)? {
+                let rev = event_revision(&event);
+                if rev < from {
+                    continue;
+                }
+                let last_rev = out.last().map(event_revision);
+                if rev > to || (out.len() >= max_events && last_rev != Some(rev)) {
+                    break 'rows;
+                }
+                out.push(event);
             }
-            let event = pb::Event::decode(v.as_ref())
-                .map_err(|e| crate::codec::corrupt(format!("history event: {e}")))?;
-            out.push(event);
         }
         Ok(out)
     }
@@ -316,7 +316,7 @@ impl StateMachine {
         if target > next.compact_revision {
             for k in sh
                 .history
-                .range(history_key(next.compact_revision, 0)..history_key(target, 0))
+                .range(history_key(next.compact_revision)..history_key(target))
                 .keys()
             {
                 dropped_history.push(k.map_err(sled_err)?);
@@ -324,14 +324,14 @@ impl StateMachine {
             next.compact_revision = target;
         }
 
-        let mut seq = 0u32;
-        let mut last_rev = 0;
-        for ev in &events {
-            let rev = ev.kv.as_ref().map_or(0, |kv| kv.mod_revision);
-            seq = if rev == last_rev { seq + 1 } else { 0 };
-            last_rev = rev;
+        if let Some(last) = events.last() {
+            // Encoded in place as a `pb::HistoryRow`: the events are still needed for the watchers.
+            let mut row = Vec::new();
+            for ev in &events {
+                prost::encoding::message::encode(1, ev, &mut row);
+            }
             sh.history
-                .insert(history_key(rev, seq), ev.encode_to_vec())
+                .insert(history_key(event_revision(last)), row)
                 .map_err(sled_err)?;
         }
         for (k, change) in &ov.changes {
@@ -420,31 +420,76 @@ impl StateMachine {
     }
 }
 
+fn event_revision(event: &pb::Event) -> u64 {
+    event.kv.as_ref().map_or(0, |kv| kv.mod_revision)
+}
+
+fn decode_history_row(row: &[u8]) -> io::Result<Vec<pb::Event>> {
+    pb::HistoryRow::decode(row)
+        .map(|r| r.events)
+        .map_err(|e| crate::codec::corrupt(format!("history row: {e}")))
+}
+
 /// Undoes the writes of a batch that a crash interrupted: history rows newer than the
-/// recorded revision, newest first, restoring each key's previous value.
+/// recorded revision, newest event first, restoring each key's previous value.
 fn undo_unfinished_batch(kv: &sled::Tree, history: &sled::Tree, revision: u64) -> io::Result<()> {
     let rows: Vec<(sled::IVec, sled::IVec)> = history
-        .range(history_key(revision.saturating_add(1), 0)..)
+        .range(history_key(revision.saturating_add(1))..)
         .collect::<Result<_, _>>()
         .map_err(sled_err)?;
     if rows.is_empty() {
         return Ok(());
     }
     tracing::warn!(
-        events = rows.len(),
+        rows = rows.len(),
         revision,
         "undoing a batch that a crash interrupted"
     );
-    for (k, v) in rows.iter().rev() {
+    for (k, row) in rows.iter().rev() {
+        for event in decode_history_row(row)?.into_iter().rev() {
+            let key = event.kv.map(|kv| kv.key).unwrap_or_default();
+            match event.prev_kv {
+                Some(prev) => kv.insert(key.as_ref(), crate::codec::encode_kv(&prev)),
+                None => kv.remove(key.as_ref()),
+            }
+            .map_err(sled_err)?;
+        }
+        history.remove(k).map_err(sled_err)?;
+    }
+    Ok(())
+}
+
+/// Rewrites history from before batching (one `pb::Event` per row, keyed `revision || seq`)
+/// as one row per revision. Idempotent: a crash halfway leaves rows that the next open
+/// rewrites the same way.
+fn batch_old_history_rows(history: &sled::Tree) -> io::Result<()> {
+    let mut groups: Vec<(u64, Vec<sled::IVec>, Vec<u8>)> = Vec::new();
+    for item in history.iter() {
+        let (k, v) = item.map_err(sled_err)?;
+        if k.len() != OLD_HISTORY_KEY_LEN {
+            continue;
+        }
+        let rev = key_u64(&k[..8])?;
+        if groups.last().is_none_or(|g| g.0 != rev) {
+            groups.push((rev, Vec::new(), Vec::new()));
+        }
         let event = pb::Event::decode(v.as_ref())
             .map_err(|e| crate::codec::corrupt(format!("history event: {e}")))?;
-        let key = event.kv.map(|kv| kv.key).unwrap_or_default();
-        match event.prev_kv {
-            Some(prev) => kv.insert(key.as_ref(), crate::codec::encode_kv(&prev)),
-            None => kv.remove(key.as_ref()),
+        let group = groups.last_mut().expect("pushed above");
+        prost::encoding::message::encode(1, &event, &mut group.2);
+        group.1.push(k);
+    }
+    if !groups.is_empty() {
+        tracing::info!(
+            revisions = groups.len(),
+            "rewriting watch history in the batched format"
+        );
+    }
+    for (rev, old_keys, row) in groups {
+        history.insert(history_key(rev), row).map_err(sled_err)?;
+        for k in old_keys {
+            history.remove(k).map_err(sled_err)?;
         }
-        .map_err(sled_err)?;
-        history.remove(k).map_err(sled_err)?;
     }
     Ok(())
 }
