@@ -47,11 +47,13 @@ impl ReadBatcher {
         if start_fetching {
             let batcher = self.clone();
             tokio::spawn(async move {
+                let mut guard = FetchTaskGuard(Some(batcher.clone()));
                 loop {
                     let batch = {
                         let mut q = batcher.queue();
                         if q.waiting.is_empty() {
                             q.fetching = false;
+                            guard.0 = None;
                             return;
                         }
                         std::mem::take(&mut q.waiting)
@@ -65,6 +67,21 @@ impl ReadBatcher {
         }
         rx.await
             .map_err(|_| Error::Unavailable("the node is shutting down".into()))?
+    }
+}
+
+/// Ends a fetch task that did not return normally (a panic in `fetch`): the next reader
+/// starts a new task instead of queueing behind one that is gone, and the queued readers get
+/// an error rather than waiting forever.
+struct FetchTaskGuard(Option<Arc<ReadBatcher>>);
+
+impl Drop for FetchTaskGuard {
+    fn drop(&mut self) {
+        if let Some(batcher) = self.0.take() {
+            let mut q = batcher.queue();
+            q.fetching = false;
+            q.waiting.clear();
+        }
     }
 }
 
@@ -175,5 +192,22 @@ mod tests {
         assert!(matches!(got, Err(Error::Unavailable(m)) if m == "no leader"));
         // The batcher keeps working after a failed fetch.
         assert_eq!(batcher.join(|| async { Ok(7) }).await.unwrap(), 7);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_fetch_does_not_wedge_later_readers() {
+        let batcher = Arc::new(ReadBatcher::default());
+        let got = batcher
+            .join(|| async {
+                panic!("fetch failed");
+                #[allow(unreachable_code)]
+                Ok(0)
+            })
+            .await;
+        assert!(got.is_err(), "the reader of the failed fetch gets an error");
+        let next = tokio::time::timeout(Duration::from_secs(5), batcher.join(|| async { Ok(7) }))
+            .await
+            .expect("a later reader gets its own fetch");
+        assert_eq!(next.unwrap(), 7);
     }
 }
