@@ -2,12 +2,13 @@
 //! (`sm_meta`: applied log id, membership, revision, compaction point), all in sled.
 //!
 //! A batch of log entries is written with plain sled inserts, in an order that makes a crash
-//! at any point recoverable: first one history row with the batch's watch events (each carries
-//! the key's previous value: an undo record), then the keys, then one `state` row holding the
-//! applied log id, membership and revision, and last the compaction point and the history it
-//! drops. One row per batch rather than per event: sled copies a whole tree node on every
-//! insert, and under load a batch holds tens of events. sled recovers a prefix of its writes,
-//! so at open a history row newer than `state`'s revision belongs to a batch that did not
+//! at any point recoverable: first the batch's watch events in one history row (more when
+//! values are large; each event carries the key's previous value: an undo record), then the
+//! keys, then one `state` row holding the applied log id, membership and revision, and last
+//! the compaction point and the history it drops. Rows per batch rather than per event: sled
+//! copies a whole tree node on every insert, and under load a batch holds tens of events. sled
+//! recovers a prefix of its writes, so at open history rows newer than `state`'s revision
+//! belong to a batch that did not
 //! finish: it is undone (newest first) and the log id in `state` again
 //! describes the data exactly; openraft re-applies the rest from the log. (sled transactions
 //! and batches would give atomicity too, but each one writes and `sync_file_range`s two log
@@ -36,6 +37,8 @@ pub(crate) const STATE: &[u8] = b"state";
 const COMPACT_REVISION: &[u8] = b"compact_revision";
 /// Present while a snapshot is being installed: the keys are then half-replaced.
 pub(crate) const INSTALLING: &[u8] = b"installing";
+/// Size after which a history row ends (at the next revision boundary).
+const HISTORY_ROW_BYTES: usize = 256 * 1024;
 
 /// What the state machine knows about itself, kept in memory and in `sm_meta`.
 #[derive(Debug, Clone, Default)]
@@ -324,15 +327,21 @@ impl StateMachine {
             next.compact_revision = target;
         }
 
-        if let Some(last) = events.last() {
-            // Encoded in place as a `pb::HistoryRow`: the events are still needed for the watchers.
-            let mut row = Vec::new();
-            for ev in &events {
-                prost::encoding::message::encode(1, ev, &mut row);
+        // Encoded in place as `pb::HistoryRow`s (the events are still needed for the
+        // watchers). A row ends at a revision boundary once it passes HISTORY_ROW_BYTES, so
+        // rows stay inline in sled's data file rather than in separate blob files.
+        let mut row = Vec::new();
+        for (i, ev) in events.iter().enumerate() {
+            prost::encoding::message::encode(1, ev, &mut row);
+            let rev = event_revision(ev);
+            let row_ends = events
+                .get(i + 1)
+                .is_none_or(|next| event_revision(next) != rev && row.len() >= HISTORY_ROW_BYTES);
+            if row_ends {
+                sh.history
+                    .insert(history_key(rev), std::mem::take(&mut row))
+                    .map_err(sled_err)?;
             }
-            sh.history
-                .insert(history_key(event_revision(last)), row)
-                .map_err(sled_err)?;
         }
         for (k, change) in &ov.changes {
             match change {

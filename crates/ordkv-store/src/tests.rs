@@ -1668,3 +1668,59 @@ fn history_reads_inside_a_batched_row() {
     let first_two = s.sm.history(1, u64::MAX, 2).unwrap();
     assert_eq!(first_two.len(), 2);
 }
+
+/// Large values split a batch's history into several rows, only between revisions, so no
+/// row grows into one of sled's separate blob files; reads and crash undo see one sequence.
+#[test]
+fn large_values_split_history_rows_between_revisions() {
+    use prost::Message;
+    let mut s = Store::new();
+    let big = "x".repeat(100 * 1024);
+    s.apply(put("k", "0"));
+    let committed =
+        s.sm.shared
+            .meta
+            .get(super::state_machine::STATE)
+            .unwrap()
+            .unwrap();
+    let before = (s.all(), s.sm.revision());
+    let mut batch: Vec<pb::Command> = (0..6).map(|i| put(&format!("big{i}"), &big)).collect();
+    batch.push(txn(
+        vec![],
+        vec![op_put("t1", &big), op_put("t2", &big), op_put("t3", &big)],
+        vec![],
+    ));
+    s.apply_all(batch);
+    let rows: Vec<Vec<u64>> =
+        s.sm.shared
+            .history
+            .iter()
+            .values()
+            .map(|row| {
+                pb::HistoryRow::decode(row.unwrap().as_ref())
+                    .unwrap()
+                    .events
+                    .iter()
+                    .map(|e| e.kv.as_ref().unwrap().mod_revision)
+                    .collect()
+            })
+            .collect();
+    assert!(rows.len() > 2, "one 1 MiB batch in {} rows", rows.len());
+    let flat: Vec<u64> = rows.concat();
+    assert_eq!(flat, [1, 2, 3, 4, 5, 6, 7, 8, 8, 8]);
+    for pair in rows.windows(2) {
+        assert!(
+            pair[0].last() < pair[1].first(),
+            "a revision split across rows: {rows:?}"
+        );
+    }
+    assert_eq!(s.history(5, 8).len(), 6);
+    // The batch's rows are all undone when its `state` row never reached the disk.
+    s.sm.shared
+        .meta
+        .insert(super::state_machine::STATE, committed)
+        .unwrap();
+    let s = s.reopen();
+    assert_eq!((s.all(), s.sm.revision()), before);
+    assert_eq!(s.history(0, u64::MAX).len(), 1);
+}
