@@ -84,6 +84,18 @@ impl Store {
         self.sm.history(from, to, usize::MAX).expect("history")
     }
 
+    /// The state machine's `state` row as it is on disk now.
+    fn state_row(&self) -> sled::IVec {
+        let row = self.sm.shared.meta.get(super::state_machine::STATE);
+        row.unwrap().expect("a state row")
+    }
+
+    /// Puts back an older `state` row: as if the batches since never wrote theirs (a crash).
+    fn lose_state_rows_since(&self, row: sled::IVec) {
+        let meta = &self.sm.shared.meta;
+        meta.insert(super::state_machine::STATE, row).unwrap();
+    }
+
     /// Drops every handle and opens the same directory again.
     fn reopen(self) -> Store {
         let Store {
@@ -1580,12 +1592,7 @@ proptest! {
 fn an_interrupted_batch_is_undone_at_open() {
     let mut s = Store::new();
     s.apply_all(vec![put("a", "1"), put("b", "1")]);
-    let committed =
-        s.sm.shared
-            .meta
-            .get(super::state_machine::STATE)
-            .unwrap()
-            .unwrap();
+    let committed = s.state_row();
     let before = (s.all(), s.sm.revision(), s.sm.applied_index());
     // The next batch: overwrite a, delete b, create c, all applied in memory and on disk...
     s.apply_all(vec![
@@ -1596,10 +1603,7 @@ fn an_interrupted_batch_is_undone_at_open() {
     ]);
     assert_eq!(s.sm.revision(), 6);
     // ...but its `state` row never reached the disk.
-    s.sm.shared
-        .meta
-        .insert(super::state_machine::STATE, committed)
-        .unwrap();
+    s.lose_state_rows_since(committed);
     let s = s.reopen();
     assert_eq!((s.all(), s.sm.revision(), s.sm.applied_index()), before);
     assert!(
@@ -1677,12 +1681,7 @@ fn large_values_split_history_rows_between_revisions() {
     let mut s = Store::new();
     let big = "x".repeat(100 * 1024);
     s.apply(put("k", "0"));
-    let committed =
-        s.sm.shared
-            .meta
-            .get(super::state_machine::STATE)
-            .unwrap()
-            .unwrap();
+    let committed = s.state_row();
     let before = (s.all(), s.sm.revision());
     let mut batch: Vec<pb::Command> = (0..6).map(|i| put(&format!("big{i}"), &big)).collect();
     batch.push(txn(
@@ -1716,10 +1715,7 @@ fn large_values_split_history_rows_between_revisions() {
     }
     assert_eq!(s.history(5, 8).len(), 6);
     // The batch's rows are all undone when its `state` row never reached the disk.
-    s.sm.shared
-        .meta
-        .insert(super::state_machine::STATE, committed)
-        .unwrap();
+    s.lose_state_rows_since(committed);
     let s = s.reopen();
     assert_eq!((s.all(), s.sm.revision()), before);
     assert_eq!(s.history(0, u64::MAX).len(), 1);
