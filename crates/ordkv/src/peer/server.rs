@@ -62,10 +62,6 @@ fn admit(peer: &PeerShared, req: &pb::PeerRequest) -> Result<(), Status> {
 }
 
 impl PeerService {
-    fn admit(&self, req: &pb::PeerRequest) -> Result<(), Status> {
-        admit(&self.inner.peer, req)
-    }
-
     /// An admitted Raft RPC: decode the openraft request, run it, encode the answer.
     async fn raft_call<Req, Resp, E, Fut>(
         &self,
@@ -79,7 +75,7 @@ impl PeerService {
         Fut: Future<Output = Result<Resp, E>>,
     {
         let req = req.into_inner();
-        self.admit(&req)?;
+        admit(&self.inner.peer, &req)?;
         let rpc = decode(&req.payload).map_err(Status::invalid_argument)?;
         let resp = call(rpc)
             .await
@@ -149,7 +145,7 @@ impl pb::peer_server::Peer for PeerService {
 
     async fn vote(&self, req: Request<pb::PeerRequest>) -> Result<Response<pb::PeerReply>, Status> {
         let req = req.into_inner();
-        self.admit(&req)?;
+        admit(&self.inner.peer, &req)?;
         if !self.is_member(req.from_node) {
             // A removed member (scale-down, then back on its old volume) must not disturb the
             // cluster: refuse it, and tell it why so that it asks to rejoin as a learner.
@@ -184,7 +180,7 @@ impl pb::peer_server::Peer for PeerService {
             .header
             .clone()
             .ok_or_else(|| Status::invalid_argument("the first snapshot chunk has no header"))?;
-        self.admit(&header)?;
+        admit(&self.inner.peer, &header)?;
         let (vote, meta): (Vote, SnapshotMeta) =
             decode(&header.payload).map_err(Status::invalid_argument)?;
 
