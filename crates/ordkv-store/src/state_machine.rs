@@ -37,6 +37,9 @@ pub(crate) const STATE: &[u8] = b"state";
 const COMPACT_REVISION: &[u8] = b"compact_revision";
 /// Present while a snapshot is being installed: the keys are then half-replaced.
 pub(crate) const INSTALLING: &[u8] = b"installing";
+/// Present once the history holds only batched rows (see `batch_old_history_rows`), so
+/// later opens do not scan it.
+pub(crate) const HISTORY_BATCHED: &[u8] = b"history_batched";
 /// Size after which a history row ends (at the next revision boundary).
 const HISTORY_ROW_BYTES: usize = 256 * 1024;
 
@@ -138,7 +141,10 @@ impl StateMachine {
             revision,
             compact_revision: read_u64(&meta, COMPACT_REVISION)?,
         };
-        batch_old_history_rows(&history)?;
+        if !meta.contains_key(HISTORY_BATCHED).map_err(sled_err)? {
+            batch_old_history_rows(&history)?;
+            meta.insert(HISTORY_BATCHED, &[]).map_err(sled_err)?;
+        }
         undo_unfinished_batch(&kv, &history, state.revision)?;
         let (revision_tx, _) = watch::channel(state.revision);
         let (events_tx, _) = broadcast::channel(1024);

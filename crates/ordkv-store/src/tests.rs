@@ -1627,6 +1627,9 @@ fn history_from_before_batching_is_rewritten_at_open() {
     ));
     let before = s.history(0, u64::MAX);
     assert_eq!(before.len(), 5);
+    // A data dir from before: old rows, and no mark that the history was batched.
+    let meta = &s.sm.shared.meta;
+    meta.remove(super::state_machine::HISTORY_BATCHED).unwrap();
     let history = &s.sm.shared.history;
     history.clear().unwrap();
     let mut last = (0, 0u32);
