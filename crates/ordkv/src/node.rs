@@ -282,6 +282,11 @@ impl Node {
         ))
     }
 
+    #[cfg(test)]
+    pub(crate) fn peer(&self) -> &PeerShared {
+        &self.inner.peer
+    }
+
     /// Test fault injection: act as if the named peers were unreachable (both directions).
     pub fn set_partitioned_from(&self, peers: &[String]) {
         let mut blocked = self

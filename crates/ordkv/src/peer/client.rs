@@ -398,3 +398,74 @@ impl RaftPeer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::net::TcpListener;
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+
+    use crate::{Node, NodeConfig, Peers};
+
+    /// A leader replicates to a member without `AppendStream` (a member of the previous version
+    /// during a rolling upgrade) one append call at a time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_fall_back_to_unary_calls_for_a_member_without_append_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["kv-0", "kv-1", "kv-2"];
+        let addrs: Vec<String> = names
+            .iter()
+            .map(|_| {
+                let l = TcpListener::bind("127.0.0.1:0").unwrap();
+                l.local_addr().unwrap().to_string()
+            })
+            .collect();
+        let peers: BTreeMap<String, String> = names
+            .iter()
+            .zip(&addrs)
+            .map(|(n, a)| (n.to_string(), a.clone()))
+            .collect();
+        let mut nodes = Vec::new();
+        for (name, addr) in names.iter().zip(&addrs) {
+            let mut config = NodeConfig::new(dir.path().join(name));
+            config.name = name.to_string();
+            config.peers = Peers::Static(peers.clone());
+            config.peer_listen_addr = Some(addr.parse().unwrap());
+            config.advertise_peer_addr = addr.clone();
+            nodes.push(Node::open(config).await.unwrap());
+        }
+        for n in &nodes {
+            n.wait_ready(Duration::from_secs(30)).await.unwrap();
+        }
+
+        // kv-2 turns into an older member. Cut off, it refuses the next append, which ends
+        // the leader's stream to it, so the leader has to open a new one.
+        nodes[2]
+            .peer()
+            .without_append_stream
+            .store(true, Ordering::Relaxed);
+        nodes[2].set_partitioned_from(&["kv-0".into(), "kv-1".into()]);
+        nodes[0].kv().put_value("during", "cut off").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        nodes[2].set_partitioned_from(&[]);
+
+        // Batches of several entries, which the leader sends as streams of appends.
+        let kv = nodes[0].kv();
+        let writes = (0..200).map(|i| kv.put_value(format!("k{i}"), format!("v{i}")));
+        let revisions = futures::future::try_join_all(writes).await.unwrap();
+        let last = *revisions.iter().max().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while nodes[2].status().revision < last {
+            assert!(
+                Instant::now() < deadline,
+                "kv-2 stayed at revision {} < {last}",
+                nodes[2].status().revision
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for n in nodes {
+            n.shutdown().await.unwrap();
+        }
+    }
+}

@@ -37,6 +37,9 @@ pub(crate) struct PeerShared {
     pub(crate) removed: AtomicBool,
     /// Peers this member pretends it cannot reach (test fault injection).
     pub(crate) blocked: RwLock<HashSet<String>>,
+    /// Answer `AppendStream` as a member of the previous version would: unimplemented (test
+    /// fault injection for the leader's fallback during a rolling upgrade).
+    pub(crate) without_append_stream: AtomicBool,
     /// One lazily connecting channel per peer address, shared by every caller.
     channels: Mutex<HashMap<String, Channel>>,
 }
@@ -53,6 +56,7 @@ impl PeerShared {
             cluster_id: cell,
             removed: AtomicBool::new(false),
             blocked: RwLock::new(HashSet::new()),
+            without_append_stream: AtomicBool::new(false),
             channels: Mutex::new(HashMap::new()),
         }
     }

@@ -2,6 +2,7 @@
 //! and read index.
 
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use futures::{Stream, StreamExt};
@@ -105,6 +106,16 @@ impl pb::peer_server::Peer for PeerService {
         &self,
         req: Request<Streaming<pb::PeerRequest>>,
     ) -> Result<Response<Answers>, Status> {
+        if self
+            .inner
+            .peer
+            .without_append_stream
+            .load(Ordering::Relaxed)
+        {
+            return Err(Status::unimplemented(
+                "AppendStream (emulating an older member)",
+            ));
+        }
         // Appends are taken until one is refused or unreadable; the answers to those before it
         // come first, then why the stream stopped.
         let refused = Arc::new(Mutex::new(None::<Status>));
