@@ -39,7 +39,7 @@ impl RawSled {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new()
             .path(dir.path().join("sled"))
-            .cache_capacity(256 * 1024 * 1024)
+            .cache_capacity(128 * 1024 * 1024) // ordkv's default
             .segment_size(8 * 1024 * 1024)
             .open()
             .unwrap();

@@ -69,8 +69,9 @@ pub struct ServeArgs {
     /// Revisions of watch history kept before automatic compaction.
     #[arg(long, env = "ORDKV_WATCH_HISTORY", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub watch_history: u64,
-    /// sled page cache in MiB.
-    #[arg(long, env = "ORDKV_CACHE_MB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    /// sled page cache in MiB. Reads of keys outside it go to the OS page cache and cost
+    /// sled's decoding (1 M keys, random gets: 128 MiB is 4% slower than 256, 64 is 15%).
+    #[arg(long, env = "ORDKV_CACHE_MB", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub cache_mb: u64,
     /// Raft log entries between snapshots; the log is then purged up to the snapshot, less
     /// the last min(this, 1000) entries (kept for followers that lag a little).

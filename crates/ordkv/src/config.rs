@@ -163,7 +163,7 @@ impl NodeConfig {
             advertise_peer_addr: "127.0.0.1:7380".to_string(),
             limits: Limits::default(),
             watch_history_revisions: 100_000,
-            cache_capacity_bytes: 256 * 1024 * 1024,
+            cache_capacity_bytes: 128 * 1024 * 1024,
             reject_follower_writes: false,
             max_voters: 5,
             snapshot_every_entries: 50_000,
