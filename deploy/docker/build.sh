@@ -25,10 +25,11 @@ command -v docker >/dev/null || die "docker not found"
 
 # --- static binary ---------------------------------------------------------------------------
 # With --target, RUSTFLAGS apply to the target artifacts only: build scripts and proc-macros
-# stay dynamic (they run on the host), the `ordkv` binary is fully static.
+# stay dynamic (they run on the host), the `ordkv` binary is fully static. RUSTFLAGS replaces
+# .cargo/config.toml's flags, so its `--cfg tokio_unstable` is repeated here.
 say "cargo build --release (static, $TARGET)"
 start=$SECONDS
-RUSTFLAGS='-C target-feature=+crt-static' \
+RUSTFLAGS='-C target-feature=+crt-static --cfg tokio_unstable' \
     cargo build --release --locked --quiet -p ordkv-cli --bin ordkv --target "$TARGET"
 say "cargo build took $((SECONDS - start))s"
 

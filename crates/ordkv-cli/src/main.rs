@@ -43,8 +43,30 @@ enum Command {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+#[cfg(not(tokio_unstable))]
+compile_error!(
+    "build with `--cfg tokio_unstable` (.cargo/config.toml sets it; keep it when setting RUSTFLAGS)"
+);
+
+fn main() -> ExitCode {
+    // Without the LIFO slot, the responses that one applied batch completes are written to each
+    // client connection together: with it, every response task wakes its connection task,
+    // which runs next and writes that one response alone (one `writev` per put). Measured at
+    // 64 clients on 3 nodes: +20% puts/s, -21% CPU per put; 256 clients +3..11%.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .disable_lifo_slot()
+        .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> ExitCode {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
