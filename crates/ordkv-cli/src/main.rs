@@ -52,7 +52,7 @@ fn main() -> ExitCode {
     // Without the LIFO slot, the responses that one applied batch completes are written to each
     // client connection together: with it, every response task wakes its connection task,
     // which runs next and writes that one response alone (one `writev` per put). Measured at
-    // 64 clients on 3 nodes: +20% puts/s, -21% CPU per put; 256 clients +3..11%.
+    // 64 clients on 3 nodes: +8..20% puts/s, -12..21% CPU per put; 256 clients +3..11%.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .disable_lifo_slot()
