@@ -302,18 +302,24 @@ impl Node {
     /// Resolves when the node hits a fatal error (a failed fsync, a corrupt log, data of
     /// another cluster), with its description. The process should then exit.
     pub async fn fatal(&self) -> String {
-        let mut rx = self.inner.raft.metrics();
+        // Server metrics change on role and membership changes only, not on every write (a
+        // wake-up per write costs a worker hand-off); their sender drops when Raft stops,
+        // fatally or not, and the storage flags are checked once a second.
+        let mut rx = self.inner.raft.server_metrics();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
-            // Not `status()`: metrics change on every write, and the status reads sled's
-            // directory for its size.
+            // Not `status()`: that reads sled's directory for its size.
             if let Some(f) = self.inner.fatal_reason(&self.inner.metrics()) {
                 return f;
             }
             tokio::select! {
                 changed = rx.changed() => if changed.is_err() {
-                    return "raft stopped".into();
+                    return self
+                        .inner
+                        .fatal_reason(&self.inner.metrics())
+                        .unwrap_or_else(|| "raft stopped".into());
                 },
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tick.tick() => {}
             }
         }
     }
