@@ -485,6 +485,47 @@ async fn range_pagination_with_a_prefix_follows_next_start() {
     assert!(!second.more);
 }
 
+/// The value of one sample line (`name{labels} value`) in a Prometheus text exposition.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// `/metrics` counts requests and shows the Raft log's syncs: how long they take and how many
+/// writes each made durable (group commit), which is what an operator graphs for disk health.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_and_storage_syncs() {
+    let node = NodeProcess::start("kv-0").await;
+    let mut c = node.kv().await;
+    for i in 0..5 {
+        put(&mut c, &format!("m/{i}"), "v").await;
+    }
+    let (code, text) = node.http_get("/metrics").await.unwrap();
+    assert_eq!(code, 200, "{text}");
+    assert_eq!(
+        sample(&text, r#"ordkv_requests_total{rpc="Put",code="OK"}"#),
+        Some(5.0),
+        "{text}"
+    );
+    let syncs = sample(
+        &text,
+        r#"ordkv_storage_sync_duration_seconds_count{file="wal"}"#,
+    )
+    .unwrap_or_else(|| panic!("no WAL sync histogram in:\n{text}"));
+    let waiters = sample(&text, r#"ordkv_storage_sync_waiters_total{file="wal"}"#)
+        .unwrap_or_else(|| panic!("no WAL sync waiters in:\n{text}"));
+    // Each acknowledged put waited for a sync of the log it is in; the syncs before the
+    // puts (bootstrap, membership) count too, and one sync may serve several of them.
+    assert!(
+        syncs >= 1.0 && waiters >= 5.0 && waiters >= syncs,
+        "syncs {syncs}, waiters {waiters}"
+    );
+    assert!(
+        text.contains(r#"ordkv_storage_sync_duration_seconds_bucket{file="wal",le="0.00005"}"#),
+        "the sync histogram has no sub-millisecond buckets:\n{text}"
+    );
+}
+
 async fn next_msg(stream: &mut Streaming<WatchResponse>, what: &str) -> WatchResponse {
     match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
         Ok(Ok(Some(m))) => m,

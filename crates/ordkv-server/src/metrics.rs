@@ -4,7 +4,9 @@
 //! The recorder is installed as the global `metrics` recorder the first time any server
 //! starts, so metrics recorded elsewhere in the process (e.g. by the node) show up too. If the
 //! embedding application already installed its own recorder, ordkv keeps a private one and
-//! records its own metrics into it; `/metrics` then shows ordkv's metrics only.
+//! records its own metrics into it; `/metrics` then shows ordkv's request and node metrics
+//! only, and the storage sync metrics (recorded on the store's flusher threads) go to the
+//! application's recorder.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -21,6 +23,11 @@ pub const REQUEST_DURATION: &str = "ordkv_request_duration_seconds";
 /// Latency buckets, 250 µs to 10 s.
 const DURATION_BUCKETS: &[f64] = &[
     0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Sync (write + fdatasync) buckets, 50 µs to 1 s: a healthy SSD syncs in well under 10 ms.
+const SYNC_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 
 /// The node gauges: name, help, and how to read them from a status.
@@ -70,9 +77,14 @@ static EXPORTER: OnceLock<Exporter> = OnceLock::new();
 
 fn exporter() -> &'static Exporter {
     EXPORTER.get_or_init(|| {
-        let builder = PrometheusBuilder::new();
-        let recorder = builder
+        let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.to_string()), DURATION_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(ordkv::SYNC_DURATION.to_string()),
+                    SYNC_BUCKETS,
+                )
+            })
             .unwrap_or_else(|_| PrometheusBuilder::new())
             .build_recorder();
         let handle = recorder.handle();
@@ -111,6 +123,15 @@ fn describe() {
         REQUEST_DURATION,
         metrics::Unit::Seconds,
         "Client request latency, by RPC."
+    );
+    metrics::describe_histogram!(
+        ordkv::SYNC_DURATION,
+        metrics::Unit::Seconds,
+        "Time per storage sync (write + fdatasync), by file: wal (the Raft log) or db (sled)."
+    );
+    metrics::describe_counter!(
+        ordkv::SYNC_WAITERS,
+        "Writes made durable, by file; divided by the syncs, how many one sync serves."
     );
     for (name, help, _) in GAUGES {
         metrics::describe_gauge!(*name, *help);

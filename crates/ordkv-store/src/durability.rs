@@ -7,6 +7,7 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
+use std::time::Instant;
 
 use openraft::storage::IOFlushed;
 
@@ -29,6 +30,13 @@ impl Waiter {
     }
 }
 
+/// Histogram: seconds per sync (a write plus `fdatasync`), label `file` (`wal` or `db`). The
+/// disk's health: etcd operators watch the same figure (`wal_fsync_duration_seconds`).
+pub const SYNC_DURATION: &str = "ordkv_storage_sync_duration_seconds";
+/// Counter: requests made durable, label `file`. Divided by the syncs (the histogram's count),
+/// it is how many writers one sync serves (group commit).
+pub const SYNC_WAITERS: &str = "ordkv_storage_sync_waiters_total";
+
 /// Handle to the flusher thread. Cloning shares the thread.
 #[derive(Clone)]
 pub(crate) struct Durability {
@@ -38,9 +46,10 @@ pub(crate) struct Durability {
 
 impl Durability {
     /// Starts a flusher thread that makes writes durable with `sync`. Every flusher of a
-    /// store shares `failed`: after one failure, all refuse.
+    /// store shares `failed`: after one failure, all refuse. `file` labels its metrics.
     pub(crate) fn start(
         name: &str,
+        file: &'static str,
         failed: Arc<AtomicBool>,
         sync: impl Fn() -> Result<(), String> + Send + 'static,
     ) -> io::Result<Durability> {
@@ -56,7 +65,12 @@ impl Durability {
                     let result = if flag.load(Ordering::SeqCst) {
                         Err("an earlier fsync failed; this node stopped accepting writes".into())
                     } else {
+                        let started = Instant::now();
                         let r = sync();
+                        metrics::histogram!(SYNC_DURATION, "file" => file)
+                            .record(started.elapsed().as_secs_f64());
+                        metrics::counter!(SYNC_WAITERS, "file" => file)
+                            .increment(batch.len() as u64);
                         if let Err(e) = &r {
                             flag.store(true, Ordering::SeqCst);
                             tracing::error!(error = %e, "storage flush failed; the node stops accepting writes");
@@ -106,7 +120,7 @@ mod tests {
         let calls = Arc::new(AtomicUsize::new(0));
         let counted = calls.clone();
         let failed = Arc::new(AtomicBool::new(false));
-        let d = Durability::start("test-sync", failed.clone(), move || {
+        let d = Durability::start("test-sync", "test", failed.clone(), move || {
             counted.fetch_add(1, Ordering::SeqCst);
             Err("EIO".into())
         })
@@ -127,11 +141,16 @@ mod tests {
     async fn concurrent_waiters_share_syncs() {
         let calls = Arc::new(AtomicUsize::new(0));
         let counted = calls.clone();
-        let d = Durability::start("test-sync", Arc::new(AtomicBool::new(false)), move || {
-            counted.fetch_add(1, Ordering::SeqCst);
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            Ok(())
-        })
+        let d = Durability::start(
+            "test-sync",
+            "test",
+            Arc::new(AtomicBool::new(false)),
+            move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                Ok(())
+            },
+        )
         .unwrap();
         let waiters: Vec<_> = (0..32).map(|_| d.flush()).collect();
         for r in futures::future::join_all(waiters).await {

@@ -22,6 +22,8 @@ use std::sync::atomic::AtomicBool;
 
 use durability::Durability;
 
+pub use durability::{SYNC_DURATION, SYNC_WAITERS};
+
 pub use log_store::LogStore;
 pub use ordkv_proto::v1 as pb;
 pub use snapshot::SnapshotData;
@@ -62,7 +64,7 @@ pub fn open(dir: &Path, opts: &StoreOptions) -> io::Result<(LogStore, StateMachi
     let flushed = db.clone();
     // sled's own flush ends in `sync_file_range` (survives a killed process, not a power
     // loss); the `fdatasync` after it makes it durable.
-    let db_sync = Durability::start("ordkv-db-sync", failed.clone(), move || {
+    let db_sync = Durability::start("ordkv-db-sync", "db", failed.clone(), move || {
         flushed.flush().map_err(|e| format!("sled flush: {e}"))?;
         db_file
             .sync_data()
@@ -70,7 +72,7 @@ pub fn open(dir: &Path, opts: &StoreOptions) -> io::Result<(LogStore, StateMachi
     })?;
     let wal = wal::Wal::open(&dir.join("wal"))?;
     let synced = wal.clone();
-    let wal_sync = Durability::start("ordkv-wal-sync", failed, move || {
+    let wal_sync = Durability::start("ordkv-wal-sync", "wal", failed, move || {
         synced
             .sync()
             .map_err(|e| format!("fdatasync of the raft log: {e}"))

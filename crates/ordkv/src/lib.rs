@@ -30,4 +30,4 @@ pub use kv::{Kv, WatchStream};
 pub use node::{Node, NodeStatus, restore_snapshot};
 /// The request and response types shared with the gRPC API.
 pub use ordkv_store::pb;
-pub use ordkv_store::{SnapshotSummary, verify_snapshot};
+pub use ordkv_store::{SYNC_DURATION, SYNC_WAITERS, SnapshotSummary, verify_snapshot};
