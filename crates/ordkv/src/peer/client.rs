@@ -414,12 +414,15 @@ mod tests {
     async fn appends_fall_back_to_unary_calls_for_a_member_without_append_stream() {
         let dir = tempfile::tempdir().unwrap();
         let names = ["kv-0", "kv-1", "kv-2"];
-        let addrs: Vec<String> = names
+        // Each port stays held until its member binds it, so no outgoing connection of an
+        // earlier member is given it in between.
+        let mut holders: Vec<TcpListener> = names
             .iter()
-            .map(|_| {
-                let l = TcpListener::bind("127.0.0.1:0").unwrap();
-                l.local_addr().unwrap().to_string()
-            })
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let addrs: Vec<String> = holders
+            .iter()
+            .map(|l| l.local_addr().unwrap().to_string())
             .collect();
         let peers: BTreeMap<String, String> = names
             .iter()
@@ -433,6 +436,7 @@ mod tests {
             config.peers = Peers::Static(peers.clone());
             config.peer_listen_addr = Some(addr.parse().unwrap());
             config.advertise_peer_addr = addr.clone();
+            drop(holders.remove(0));
             nodes.push(Node::open(config).await.unwrap());
         }
         for n in &nodes {
