@@ -139,11 +139,15 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_waiters_share_syncs() {
+        // The only test here that reads metrics; its label keeps other tests' syncs apart.
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let metrics = recorder.handle();
+        metrics::set_global_recorder(recorder).unwrap();
         let calls = Arc::new(AtomicUsize::new(0));
         let counted = calls.clone();
         let d = Durability::start(
             "test-sync",
-            "test",
+            "group-test",
             Arc::new(AtomicBool::new(false)),
             move || {
                 counted.fetch_add(1, Ordering::SeqCst);
@@ -158,5 +162,26 @@ mod tests {
         }
         let syncs = calls.load(Ordering::SeqCst);
         assert!(syncs <= 8, "32 waiters took {syncs} syncs: no group commit");
+        // Recorded before the waiters are told, so complete now.
+        let text = metrics.render();
+        let sample = |series: &str| {
+            text.lines().find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .parse::<f64>()
+                    .ok()
+            })
+        };
+        let label = r#"{file="group-test"}"#;
+        assert_eq!(
+            sample(&format!("{SYNC_WAITERS}{label}")),
+            Some(32.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&format!("{SYNC_DURATION}_count{label}")),
+            Some(syncs as f64),
+            "{text}"
+        );
     }
 }
