@@ -39,6 +39,7 @@ pub(crate) struct PeerShared {
     pub(crate) blocked: RwLock<HashSet<String>>,
     /// Answer `AppendStream` as a member of the previous version would: unimplemented (test
     /// fault injection for the leader's fallback during a rolling upgrade).
+    #[cfg(test)]
     pub(crate) without_append_stream: AtomicBool,
     /// One lazily connecting channel per peer address, shared by every caller.
     channels: Mutex<HashMap<String, Channel>>,
@@ -56,6 +57,7 @@ impl PeerShared {
             cluster_id: cell,
             removed: AtomicBool::new(false),
             blocked: RwLock::new(HashSet::new()),
+            #[cfg(test)]
             without_append_stream: AtomicBool::new(false),
             channels: Mutex::new(HashMap::new()),
         }
