@@ -659,8 +659,9 @@ async fn invalid_serve_flags_exit_non_zero_naming_the_flag() {
         "--http-addr".into(),
         format!("127.0.0.1:{}", ports[2]),
     ];
-    let cases: [(&str, &str); 6] = [
+    let cases: [(&str, &str); 7] = [
         ("--max-voters", "0"),
+        ("--worker-threads", "0"),
         ("--peers", "garbage"),
         ("--client-addr", "notanaddr"),
         ("--peer-addr", "127.0.0.1:99999"),

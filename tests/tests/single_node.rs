@@ -526,6 +526,24 @@ async fn metrics_count_requests_and_storage_syncs() {
     );
 }
 
+/// `--worker-threads` sizes the node's runtime (the start-up log reports the runtime's own
+/// count) and the node serves as usual with a single thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_threads_flag_sizes_the_runtime() {
+    let node = NodeProcess::start_with("kv-0", &["--worker-threads", "1"]).await;
+    let mut c = node.kv().await;
+    let rev = put(&mut c, "one-thread", "v").await;
+    assert_eq!(
+        get(&mut c, "one-thread").await.map(|kv| kv.mod_revision),
+        Some(rev)
+    );
+    let logs = node.current_log();
+    assert!(
+        logs.contains("workers=1"),
+        "start-up log does not say workers=1:\n{logs}"
+    );
+}
+
 async fn next_msg(stream: &mut Streaming<WatchResponse>, what: &str) -> WatchResponse {
     match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
         Ok(Ok(Some(m))) => m,

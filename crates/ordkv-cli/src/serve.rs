@@ -77,6 +77,12 @@ pub struct ServeArgs {
     /// the last min(this, 1000) entries (kept for followers that lag a little).
     #[arg(long, env = "ORDKV_SNAPSHOT_EVERY", default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(100..))]
     pub snapshot_every: u64,
+    /// Threads that run the node's tasks. Default: the CPUs this process may use (its cgroup
+    /// CPU limit in a pod). Where several members share a few cores, one thread each wastes
+    /// less CPU on waking idle threads (3 members on 2 cores: 1 thread each did 24% more puts
+    /// at 64 clients, with 28% less CPU per put).
+    #[arg(long, env = "ORDKV_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
     /// Tests only: serve `POST /debug/partition?peers=a,b` on the HTTP port, which cuts this
     /// member off from the named peers.
     #[arg(long, env = "ORDKV_ENABLE_FAULT_INJECTION", hide = true)]
@@ -268,7 +274,8 @@ async fn signal() {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_tracing(args.log_format);
     let resolved = resolve(&args)?;
-    tracing::info!(config = ?resolved.node, client = %resolved.server.client_addr, http = %resolved.server.http_addr, "starting ordkv");
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    tracing::info!(config = ?resolved.node, client = %resolved.server.client_addr, http = %resolved.server.http_addr, workers, "starting ordkv");
     let node = ordkv::Node::open(resolved.node).await?;
 
     let stop = tokio_util::sync::CancellationToken::new();
