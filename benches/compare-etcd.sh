@@ -6,18 +6,25 @@
 #   benches/compare-etcd.sh            # full: 3 repeats x 10 s, plus 1 M keys for memory
 #   benches/compare-etcd.sh --quick    # every workload once, briefly (checks that it works)
 #
-# Options: --repeats N, --duration S, --memory-keys N (0 skips the memory comparison).
+# Options: --repeats N, --duration S, --memory-keys N (0 skips the memory comparison),
+# --threads-per-member N (default: the machine's cores / 3, at least 1; 0 leaves both runtimes
+# at their defaults). The 3 members of each system share this machine's cores, so each is
+# given its share, as a CPU limit would in a pod: `ORDKV_WORKER_THREADS` for ordkv,
+# `GOMAXPROCS` for etcd. With the defaults (one thread per core in every member), both spend
+# CPU waking idle threads; see benches/README.md for the measured difference.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$ROOT/target/bench
 QUICK=0 REPEATS=3 DURATION=10 WARMUP=2 KEYS=10000 MEMORY_KEYS=1000000
+THREADS=$(( $(nproc) / 3 )); [ "$THREADS" -ge 1 ] || THREADS=1
 while [ $# -gt 0 ]; do
     case $1 in
         --quick) QUICK=1; REPEATS=1 DURATION=2 WARMUP=1 KEYS=2000 MEMORY_KEYS=0 ;;
         --repeats) REPEATS=$2; shift ;;
         --duration) DURATION=$2; shift ;;
         --memory-keys) MEMORY_KEYS=$2; shift ;;
+        --threads-per-member) THREADS=$2; shift ;;
         *) echo "unknown option $1 (see the comment at the top of $0)" >&2; exit 2 ;;
     esac
     shift
@@ -42,6 +49,14 @@ log "building ordkv and kvbench (release)"
 cargo build --quiet --release --locked -p ordkv-cli -p kvbench --manifest-path "$ROOT/Cargo.toml"
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 ORDKV=$BIN/ordkv KVBENCH=$BIN/kvbench
+# Each member's share of the cores (unset: the runtime's own default).
+if [ "$THREADS" -gt 0 ]; then
+    export ORDKV_WORKER_THREADS=$THREADS GOMAXPROCS=$THREADS
+    log "threads per member: $THREADS (ORDKV_WORKER_THREADS, GOMAXPROCS)"
+else
+    unset ORDKV_WORKER_THREADS GOMAXPROCS
+    log "threads per member: the runtimes' defaults"
+fi
 
 mkdir -p "$OUT"
 DATA=$OUT/data LOGS=$OUT/logs RESULTS=$OUT/results.jsonl
