@@ -341,6 +341,45 @@ async fn follower_writes_are_forwarded_and_reads_see_them_on_every_member() {
     assert_eq!(data.len(), 20);
 }
 
+/// Appends answered by each follower, from the leader's `/metrics` (its round-trip histogram).
+async fn appends_answered(c: &Cluster, leader: usize, followers: &[usize]) -> f64 {
+    let (code, text) = c.node(leader).http_get("/metrics").await.expect("/metrics");
+    assert_eq!(code, 200, "{text}");
+    followers
+        .iter()
+        .map(|f| {
+            let series = format!(
+                "ordkv_peer_append_duration_seconds_count{{peer=\"{}\"}} ",
+                member_name(*f)
+            );
+            text.lines()
+                .find_map(|l| l.strip_prefix(&series)?.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("no {series}in:\n{text}"))
+        })
+        .sum()
+}
+
+/// The leader times every append to each follower until its answer. Each acknowledged put
+/// needed an append that a follower answered after the put began, so 30 puts one after the
+/// other add at least 30 answers (heartbeats in that time add a few more, never fewer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_times_appends_to_each_follower() {
+    let c = Cluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    put(&c, leader, "rt/warm", "v").await;
+    let before = appends_answered(&c, leader, &followers).await;
+    for n in 0..30 {
+        put(&c, leader, &format!("rt/{n}"), "v").await;
+    }
+    let after = appends_answered(&c, leader, &followers).await;
+    assert!(
+        after - before >= 30.0,
+        "30 puts added {} timed appends ({before} -> {after})",
+        after - before
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reject_follower_writes_names_the_leader() {
     let c = Cluster::start(3, &["--reject-follower-writes"]).await;

@@ -25,7 +25,8 @@ const DURATION_BUCKETS: &[f64] = &[
     0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Sync (write + fdatasync) buckets, 50 µs to 1 s: a healthy SSD syncs in well under 10 ms.
+/// Sync (write + fdatasync) and peer append buckets, 50 µs to 1 s: a healthy SSD syncs in
+/// well under 10 ms.
 const SYNC_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
@@ -85,6 +86,12 @@ fn exporter() -> &'static Exporter {
                     SYNC_BUCKETS,
                 )
             })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(ordkv::PEER_APPEND_DURATION.to_string()),
+                    SYNC_BUCKETS,
+                )
+            })
             .unwrap_or_else(|_| PrometheusBuilder::new())
             .build_recorder();
         let handle = recorder.handle();
@@ -132,6 +139,11 @@ fn describe() {
     metrics::describe_counter!(
         ordkv::SYNC_WAITERS,
         "Writes made durable, by file; divided by the syncs, how many one sync serves."
+    );
+    metrics::describe_histogram!(
+        ordkv::PEER_APPEND_DURATION,
+        metrics::Unit::Seconds,
+        "Time from sending an append to a peer until its answer (round trip plus the peer's log sync), by peer."
     );
     for (name, help, _) in GAUGES {
         metrics::describe_gauge!(*name, *help);

@@ -1,8 +1,8 @@
 //! The Raft network over gRPC: one client per target node, plus the non-Raft peer calls.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use futures::{FutureExt, Stream, StreamExt, stream};
 use openraft::OptionalSend;
@@ -24,6 +24,12 @@ use crate::pb::peer_client::PeerClient;
 
 /// Snapshot bytes per streamed chunk.
 const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Histogram: seconds from sending an append to a peer until its answer arrives, label
+/// `peer`. A peer answers once the entries are on its disk, so this is the network round
+/// trip plus the follower's log sync (heartbeats carry no entries): the part of a write's
+/// latency that replication adds.
+pub const PEER_APPEND_DURATION: &str = "ordkv_peer_append_duration_seconds";
 
 /// Creates a [`RaftPeer`] per target.
 #[derive(Clone)]
@@ -96,8 +102,8 @@ impl RaftPeer {
     ) -> Result<BoxStream<'static, Result<StreamAppendResult<TypeConfig>, RpcErr>>, RpcErr> {
         let mut grpc = self.grpc()?;
         let template = self.request(Vec::new());
-        let sent = Arc::new(AtomicU64::new(0));
-        let counted = sent.clone();
+        let in_flight = Arc::new(Mutex::new(VecDeque::new()));
+        let sent = in_flight.clone();
         // An append that cannot be encoded ends the stream (openraft resends from there).
         let requests = requests.scan((), move |_, rpc| {
             let msg = match encode(&rpc) {
@@ -110,7 +116,9 @@ impl RaftPeer {
                     None
                 }
             };
-            counted.fetch_add(msg.is_some() as u64, Ordering::Relaxed);
+            if msg.is_some() {
+                lock(&sent).push_back(Instant::now());
+            }
             std::future::ready(msg)
         });
         let ttl = option.hard_ttl();
@@ -131,8 +139,8 @@ impl RaftPeer {
         };
         let stream = AnswerStream {
             answers,
-            sent,
-            received: 0,
+            in_flight,
+            round_trip: metrics::histogram!(PEER_APPEND_DURATION, "peer" => self.target_name.clone()),
             ttl,
             target_name: self.target_name.clone(),
             shared: self.shared.clone(),
@@ -190,12 +198,16 @@ fn status_error(target_name: &str, s: tonic::Status) -> RpcErr {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// The target's answers on an append stream, one per append sent, in order.
 struct AnswerStream {
     answers: tonic::Streaming<pb::PeerReply>,
-    /// Appends handed to the transport so far.
-    sent: Arc<AtomicU64>,
-    received: u64,
+    /// When each append not answered yet was handed to the transport, oldest first.
+    in_flight: Arc<Mutex<VecDeque<Instant>>>,
+    round_trip: metrics::Histogram,
     ttl: Duration,
     target_name: String,
     shared: Arc<PeerShared>,
@@ -207,9 +219,9 @@ impl AnswerStream {
         loop {
             // Appends already sent when the wait began must be answered within `ttl`, or the
             // target counts as unreachable (a stopped or cut-off process keeps its socket).
-            let waiting_for = self.sent.load(Ordering::Relaxed);
+            let waiting = !lock(&self.in_flight).is_empty();
             let answer = match tokio::time::timeout(self.ttl, self.answers.message()).await {
-                Err(_) if waiting_for > self.received => {
+                Err(_) if waiting => {
                     return Some(Err(RPCError::Unreachable(unreachable(format!(
                         "{}: no answer within {:?}",
                         self.target_name, self.ttl
@@ -226,7 +238,9 @@ impl AnswerStream {
                     self.target_name
                 )))));
             }
-            self.received += 1;
+            if let Some(sent) = lock(&self.in_flight).pop_front() {
+                self.round_trip.record(sent.elapsed().as_secs_f64());
+            }
             return Some(decode(&answer.payload).map_err(net));
         }
     }
@@ -240,6 +254,7 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RpcErr> {
+        let sent = Instant::now();
         let reply = self
             .unary(
                 option.hard_ttl(),
@@ -247,6 +262,8 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
                 |mut c, r| async move { c.append(r).await },
             )
             .await?;
+        metrics::histogram!(PEER_APPEND_DURATION, "peer" => self.target_name.clone())
+            .record(sent.elapsed().as_secs_f64());
         decode(&reply).map_err(net)
     }
 

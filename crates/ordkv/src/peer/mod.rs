@@ -7,6 +7,7 @@
 //! not in its membership (a removed member that comes back must not disrupt elections).
 
 pub(crate) mod client;
+pub use client::PEER_APPEND_DURATION;
 pub(crate) mod server;
 
 use std::collections::{HashMap, HashSet};
