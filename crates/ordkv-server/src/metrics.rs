@@ -5,8 +5,8 @@
 //! starts, so metrics recorded elsewhere in the process (e.g. by the node) show up too. If the
 //! embedding application already installed its own recorder, ordkv keeps a private one and
 //! records its own metrics into it; `/metrics` then shows ordkv's request and node metrics
-//! only, and the storage sync metrics (recorded on the store's flusher threads) go to the
-//! application's recorder.
+//! only, and the storage sync and peer append metrics (recorded on the store's flusher threads
+//! and the replication streams) go to the application's recorder.
 
 use std::sync::OnceLock;
 use std::time::Duration;

@@ -7,8 +7,9 @@
 //! not in its membership (a removed member that comes back must not disrupt elections).
 
 pub(crate) mod client;
-pub use client::PEER_APPEND_DURATION;
 pub(crate) mod server;
+
+pub use client::PEER_APPEND_DURATION;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
