@@ -113,8 +113,8 @@ impl RaftPeer {
         let template = self.request(Vec::new());
         let in_flight = Arc::new(Mutex::new(VecDeque::new()));
         let sent = in_flight.clone();
-        // An append that cannot be encoded ends the stream (openraft resends from there).
         let requests = coalesce_commit_notices(requests, COMMIT_NOTICE_HOLD);
+        // An append that cannot be encoded ends the stream (openraft resends from there).
         let requests = requests.scan((), move |_, rpc| {
             let msg = match encode(&rpc) {
                 Ok(payload) => Some(pb::PeerRequest {
@@ -522,7 +522,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_commit_notice_waits_for_the_next_append_only_while_appends_come_closely() {
-        let hold = Duration::from_millis(50);
+        let hold = Duration::from_millis(200);
         let (tx, rx) = futures::channel::mpsc::unbounded();
         let mut out = Box::pin(super::coalesce_commit_notices(rx, hold));
 
