@@ -520,6 +520,15 @@ mod tests {
         )
     }
 
+    /// The next append out of `out` (summarised), and how long it took to come.
+    async fn next_timed(
+        out: &mut (impl futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Unpin),
+    ) -> ((u64, usize, u64), Duration) {
+        let started = Instant::now();
+        let append = out.next().await.unwrap();
+        (summary(&append), started.elapsed())
+    }
+
     #[tokio::test]
     async fn a_commit_notice_waits_for_the_next_append_only_while_appends_come_closely() {
         let hold = Duration::from_millis(200);
@@ -535,18 +544,16 @@ mod tests {
         tx.unbounded_send(append(2, 3, 2)).unwrap();
         assert_eq!(summary(&out.next().await.unwrap()), (2, 1, 2));
         // A notice that nothing follows goes once the hold is over.
-        let started = Instant::now();
         tx.unbounded_send(append(3, 3, 3)).unwrap();
-        assert_eq!(summary(&out.next().await.unwrap()), (3, 0, 3));
-        let waited = started.elapsed();
+        let (notice, waited) = next_timed(&mut out).await;
+        assert_eq!(notice, (3, 0, 3));
         assert!(waited >= hold, "sent after {waited:?}");
         // Writes are sparse now: the next notice goes at once, although an append follows.
         tx.unbounded_send(append(3, 4, 3)).unwrap();
         assert_eq!(summary(&out.next().await.unwrap()), (3, 1, 3));
-        let started = Instant::now();
         tx.unbounded_send(append(4, 4, 4)).unwrap();
-        assert_eq!(summary(&out.next().await.unwrap()), (4, 0, 4));
-        let waited = started.elapsed();
+        let (notice, waited) = next_timed(&mut out).await;
+        assert_eq!(notice, (4, 0, 4));
         assert!(waited < hold, "sent after {waited:?}");
         // That append came soon after the notice, so the next notice is held again: it is
         // replaced by the append after it.
