@@ -25,15 +25,6 @@ use crate::pb::peer_client::PeerClient;
 /// Snapshot bytes per streamed chunk.
 const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 
-/// How long an append that carries no entries, only a newer commit index (a commit notice),
-/// may wait on a stream for the next append, which carries that commit too and replaces it.
-/// With one client writing, the next write follows each commit within about half a
-/// millisecond, so this halves the peer messages per write. A follower then applies a write,
-/// and shows it to its watchers and serializable readers, up to this much later. Linearizable
-/// reads on a follower do not wait for it: the leader's read-index heartbeat carries the
-/// commit index.
-const COMMIT_NOTICE_HOLD: Duration = Duration::from_millis(1);
-
 /// Histogram: seconds from sending an append to a peer until its answer arrives, label
 /// `peer`. A peer answers once the entries are on its disk, so this is the network round
 /// trip plus the follower's log sync (heartbeats carry no entries): the part of a write's
@@ -113,7 +104,6 @@ impl RaftPeer {
         let template = self.request(Vec::new());
         let in_flight = Arc::new(Mutex::new(VecDeque::new()));
         let sent = in_flight.clone();
-        let requests = coalesce_commit_notices(requests, COMMIT_NOTICE_HOLD);
         // An append that cannot be encoded ends the stream (openraft resends from there).
         let requests = requests.scan((), move |_, rpc| {
             let msg = match encode(&rpc) {
@@ -184,61 +174,6 @@ impl RaftPeer {
             Ok(Ok(r)) => Ok(r.into_inner().payload.to_vec()),
         }
     }
-}
-
-/// Holds a commit notice for up to `hold` when the append after the previous notice came
-/// within `hold` (writes are following each other closely); otherwise sends it at once, so
-/// sparse writes reach followers without delay. A held notice is dropped if another append
-/// comes first: the next append on a stream starts where the notice did (`prev_log_id`) and
-/// carries the same or a newer commit index. Appends with entries are never delayed.
-fn coalesce_commit_notices(
-    appends: impl Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + 'static,
-    hold: Duration,
-) -> impl Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + 'static {
-    struct State<S> {
-        appends: S,
-        /// An append that came while a notice was held, sent next.
-        next: Option<AppendEntriesRequest<TypeConfig>>,
-        /// When the last notice arrived, until the next append does.
-        notice_at: Option<Instant>,
-        /// From the last notice to the append after it.
-        next_append_after: Duration,
-    }
-    let state = State {
-        appends: Box::pin(appends.fuse()),
-        next: None,
-        notice_at: None,
-        next_append_after: Duration::ZERO,
-    };
-    stream::unfold(state, move |mut st| async move {
-        loop {
-            let append = match st.next.take() {
-                Some(append) => append,
-                None => st.appends.next().await?,
-            };
-            if !append.entries.is_empty() {
-                if let Some(at) = st.notice_at.take() {
-                    st.next_append_after = at.elapsed();
-                }
-                return Some((append, st));
-            }
-            st.notice_at = Some(Instant::now());
-            if st.next_append_after >= hold {
-                return Some((append, st));
-            }
-            tokio::select! {
-                next = st.appends.next() => match next {
-                    // Replaces the notice (a notice again, if the commit moved on).
-                    Some(next) => st.next = Some(next),
-                    None => return Some((append, st)),
-                },
-                () = tokio::time::sleep(hold) => {
-                    st.next_append_after = hold;
-                    return Some((append, st));
-                }
-            }
-        }
-    })
 }
 
 fn net(e: String) -> RpcErr {
@@ -488,86 +423,7 @@ mod tests {
     use std::sync::atomic::Ordering;
     use std::time::{Duration, Instant};
 
-    use futures::StreamExt;
-    use openraft::EntryPayload;
-    use openraft::raft::AppendEntriesRequest;
-    use ordkv_store::{Entry, TypeConfig};
-
     use crate::{Node, NodeConfig, Peers};
-
-    /// An append after `prev` up to `last` (no entries when equal: a commit notice).
-    fn append(prev: u64, last: u64, commit: u64) -> AppendEntriesRequest<TypeConfig> {
-        let id = |i| openraft::testing::log_id::<TypeConfig>(1, 1, i);
-        AppendEntriesRequest {
-            vote: ordkv_store::Vote::new_committed(1, 1),
-            prev_log_id: Some(id(prev)),
-            leader_commit: Some(id(commit)),
-            entries: (prev + 1..=last)
-                .map(|i| Entry {
-                    log_id: id(i),
-                    payload: EntryPayload::Blank,
-                })
-                .collect(),
-        }
-    }
-
-    fn summary(a: &AppendEntriesRequest<TypeConfig>) -> (u64, usize, u64) {
-        let index = |id: &Option<ordkv_store::LogId>| id.as_ref().unwrap().index;
-        (
-            index(&a.prev_log_id),
-            a.entries.len(),
-            index(&a.leader_commit),
-        )
-    }
-
-    /// The next append out of `out` (summarised), and how long it took to come.
-    async fn next_timed(
-        out: &mut (impl futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Unpin),
-    ) -> ((u64, usize, u64), Duration) {
-        let started = Instant::now();
-        let append = out.next().await.unwrap();
-        (summary(&append), started.elapsed())
-    }
-
-    #[tokio::test]
-    async fn a_commit_notice_waits_for_the_next_append_only_while_appends_come_closely() {
-        let hold = Duration::from_millis(200);
-        let (tx, rx) = futures::channel::mpsc::unbounded();
-        let mut out = Box::pin(super::coalesce_commit_notices(rx, hold));
-
-        // Appends with entries pass at once.
-        tx.unbounded_send(append(0, 2, 0)).unwrap();
-        assert_eq!(summary(&out.next().await.unwrap()), (0, 2, 0));
-        // A notice, then an append within the hold: only the append goes, and it carries the
-        // notice's commit.
-        tx.unbounded_send(append(2, 2, 2)).unwrap();
-        tx.unbounded_send(append(2, 3, 2)).unwrap();
-        assert_eq!(summary(&out.next().await.unwrap()), (2, 1, 2));
-        // A notice that nothing follows goes once the hold is over.
-        tx.unbounded_send(append(3, 3, 3)).unwrap();
-        let (notice, waited) = next_timed(&mut out).await;
-        assert_eq!(notice, (3, 0, 3));
-        assert!(waited >= hold, "sent after {waited:?}");
-        // Writes are sparse now: the next notice goes at once, although an append follows.
-        tx.unbounded_send(append(3, 4, 3)).unwrap();
-        assert_eq!(summary(&out.next().await.unwrap()), (3, 1, 3));
-        tx.unbounded_send(append(4, 4, 4)).unwrap();
-        let (notice, waited) = next_timed(&mut out).await;
-        assert_eq!(notice, (4, 0, 4));
-        assert!(waited < hold, "sent after {waited:?}");
-        // That append came soon after the notice, so the next notice is held again: it is
-        // replaced by the append after it.
-        tx.unbounded_send(append(4, 5, 4)).unwrap();
-        assert_eq!(summary(&out.next().await.unwrap()), (4, 1, 4));
-        tx.unbounded_send(append(5, 5, 5)).unwrap();
-        tx.unbounded_send(append(5, 6, 5)).unwrap();
-        assert_eq!(summary(&out.next().await.unwrap()), (5, 1, 5));
-        // A notice held when the appends end still goes, before the end.
-        tx.unbounded_send(append(6, 6, 6)).unwrap();
-        drop(tx);
-        assert_eq!(summary(&out.next().await.unwrap()), (6, 0, 6));
-        assert!(out.next().await.is_none());
-    }
 
     /// A leader replicates to a member without `AppendStream` (a member of the previous version
     /// during a rolling upgrade) one append call at a time.
