@@ -22,6 +22,8 @@ mod node;
 mod peer;
 mod read_index;
 mod resolve;
+#[cfg(test)]
+mod testing;
 mod validate;
 
 pub use config::{Identity, Limits, NodeConfig, Peers, pod_namespace};

@@ -14,6 +14,9 @@ use tokio::sync::oneshot;
 use crate::error::{Error, Result};
 use crate::node::{Inner, fatal};
 
+/// Pause before asking the leader for a read index again after it could not give one.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
 #[derive(Default)]
 pub(crate) struct ReadBatcher {
     state: Mutex<Queue>,
@@ -125,7 +128,19 @@ impl Inner {
                 Err(RaftError::Fatal(f)) => return Err(fatal(f)),
             }
             if let Some((_, leader)) = self.leader() {
-                return crate::cluster::read_index(self, &leader).await;
+                // A read index is safe to ask for again. Asking can fail for a moment, e.g.
+                // on the first call over a connection that a healed partition broke, or
+                // while the leader changes; the read waits that out within its deadline.
+                match crate::cluster::read_index(self, &leader).await {
+                    Err(e @ (Error::Unavailable(_) | Error::NotLeader { .. }))
+                        if tokio::time::Instant::now() + RETRY_PAUSE < deadline =>
+                    {
+                        tracing::debug!(leader = %leader.name, error = %e, "read index not given; asking again");
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                        continue;
+                    }
+                    result => return result,
+                }
             }
             self.wait_for_leader().await?;
             if tokio::time::Instant::now() >= deadline {
@@ -140,6 +155,37 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use super::*;
+
+    /// A follower's linearizable read outlasts a leader that refuses to give it a read index
+    /// for a moment (as on the first call over a connection a healed partition broke): the
+    /// read asks again within its deadline instead of failing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_follower_read_waits_out_a_leader_that_refuses_it_for_a_moment() {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes = crate::testing::three_nodes(dir.path()).await;
+        let leader = nodes.iter().position(|n| n.status().is_leader).unwrap();
+        let follower = (leader + 1) % 3;
+        nodes[leader].kv().put_value("k", "v").await.unwrap();
+
+        // Shorter than the election timeout: the follower keeps its leader.
+        let follower_name = format!("kv-{follower}");
+        nodes[leader].set_partitioned_from(std::slice::from_ref(&follower_name));
+        let read = tokio::spawn({
+            let kv = nodes[follower].kv();
+            async move { kv.get_value("k").await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !read.is_finished(),
+            "the read ended while the leader refused it"
+        );
+        nodes[leader].set_partitioned_from(&[]);
+        let got = read.await.unwrap().unwrap();
+        assert_eq!(got.as_deref(), Some(&b"v"[..]));
+        for n in nodes {
+            n.shutdown().await.unwrap();
+        }
+    }
 
     /// Every reader gets the result of a fetch that started after it asked, and concurrent
     /// readers share fetches.

@@ -418,47 +418,15 @@ impl RaftPeer {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-    use std::net::TcpListener;
     use std::sync::atomic::Ordering;
     use std::time::{Duration, Instant};
-
-    use crate::{Node, NodeConfig, Peers};
 
     /// A leader replicates to a member without `AppendStream` (a member of the previous version
     /// during a rolling upgrade) one append call at a time.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn appends_fall_back_to_unary_calls_for_a_member_without_append_stream() {
         let dir = tempfile::tempdir().unwrap();
-        let names = ["kv-0", "kv-1", "kv-2"];
-        // Each port stays held until its member binds it, so no outgoing connection of an
-        // earlier member is given it in between.
-        let mut holders: Vec<TcpListener> = names
-            .iter()
-            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-            .collect();
-        let addrs: Vec<String> = holders
-            .iter()
-            .map(|l| l.local_addr().unwrap().to_string())
-            .collect();
-        let peers: BTreeMap<String, String> = names
-            .iter()
-            .zip(&addrs)
-            .map(|(n, a)| (n.to_string(), a.clone()))
-            .collect();
-        let mut nodes = Vec::new();
-        for (name, addr) in names.iter().zip(&addrs) {
-            let mut config = NodeConfig::new(dir.path().join(name));
-            config.name = name.to_string();
-            config.peers = Peers::Static(peers.clone());
-            config.peer_listen_addr = Some(addr.parse().unwrap());
-            config.advertise_peer_addr = addr.clone();
-            drop(holders.remove(0));
-            nodes.push(Node::open(config).await.unwrap());
-        }
-        for n in &nodes {
-            n.wait_ready(Duration::from_secs(30)).await.unwrap();
-        }
+        let nodes = crate::testing::three_nodes(dir.path()).await;
 
         // kv-2 turns into an older member. Cut off, it refuses the next append, which ends
         // the leader's stream to it, so the leader has to open a new one.
