@@ -747,8 +747,8 @@ pub(crate) async fn forward(
     Ok(resp.into_inner())
 }
 
-/// Asks the leader for a read index.
-pub(crate) async fn read_index(inner: &Inner, leader: &MemberNode) -> Result<u64> {
+/// Asks the leader (`leader_id`) for a read index.
+pub(crate) async fn read_index(inner: &Inner, leader_id: u64, leader: &MemberNode) -> Result<u64> {
     let mut client = inner
         .peer
         .client(&leader.peer_addr)
@@ -756,7 +756,7 @@ pub(crate) async fn read_index(inner: &Inner, leader: &MemberNode) -> Result<u64
     let req = pb::PeerRequest {
         cluster_id: inner.peer.cluster_id().to_string(),
         from_node: inner.node_id,
-        to_node: 0,
+        to_node: leader_id,
         payload: Default::default(),
         from_name: inner.identity.name.clone(),
     };

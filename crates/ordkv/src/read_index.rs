@@ -127,11 +127,11 @@ impl Inner {
                 Err(RaftError::APIError(e)) => return Err(Error::Unavailable(e.to_string())),
                 Err(RaftError::Fatal(f)) => return Err(fatal(f)),
             }
-            if let Some((_, leader)) = self.leader() {
+            if let Some((leader_id, leader)) = self.leader() {
                 // A read index is safe to ask for again. Asking can fail for a moment, e.g.
                 // on the first call over a connection that a healed partition broke, or
                 // while the leader changes; the read waits that out within its deadline.
-                match crate::cluster::read_index(self, &leader).await {
+                match crate::cluster::read_index(self, leader_id, &leader).await {
                     Err(e @ (Error::Unavailable(_) | Error::NotLeader { .. }))
                         if tokio::time::Instant::now() + RETRY_PAUSE < deadline =>
                     {
@@ -175,10 +175,10 @@ mod tests {
             async move { kv.get_value("k").await }
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(
-            !read.is_finished(),
-            "the read ended while the leader refused it"
-        );
+        if read.is_finished() {
+            let ended = read.await.unwrap();
+            panic!("the read ended while the leader refused it: {ended:?}");
+        }
         nodes[leader].set_partitioned_from(&[]);
         let got = read.await.unwrap().unwrap();
         assert_eq!(got.as_deref(), Some(&b"v"[..]));

@@ -140,4 +140,4 @@ pub(crate) fn from_status(s: tonic::Status) -> crate::Error {
     }
 }
 
-const NOT_LEADER: &str = "not the leader";
+pub(crate) const NOT_LEADER: &str = "not the leader";

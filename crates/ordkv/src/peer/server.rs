@@ -7,11 +7,12 @@ use std::sync::{Arc, Mutex};
 use futures::{Stream, StreamExt};
 use openraft::ReadPolicy;
 use openraft::async_runtime::WatchReceiver;
+use openraft::error::{LinearizableReadError, RaftError};
 use ordkv_store::{SnapshotData, SnapshotMeta, TypeConfig, Vote};
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{NOT_A_MEMBER, PeerShared, decode, encode};
+use super::{NOT_A_MEMBER, NOT_LEADER, PeerShared, decode, encode};
 use crate::node::Inner;
 use crate::pb;
 
@@ -269,16 +270,24 @@ impl pb::peer_server::Peer for PeerService {
         &self,
         req: Request<pb::PeerRequest>,
     ) -> Result<Response<pb::PeerReply>, Status> {
-        let req = req.into_inner();
-        if req.cluster_id != self.inner.peer.cluster_id() {
-            return Err(Status::failed_precondition("cluster id mismatch"));
+        let mut req = req.into_inner();
+        if req.to_node == 0 {
+            // Members of earlier versions do not name the leader they ask.
+            req.to_node = self.inner.peer.node_id;
         }
+        admit(&self.inner.peer, &req)?;
         let linearizer = self
             .inner
             .raft
             .get_read_linearizer(ReadPolicy::ReadIndex)
             .await
-            .map_err(|e| Status::failed_precondition(format!("no read index here: {e}")))?;
+            .map_err(|e| match e {
+                // The asker retries these (a leader change, a quorum out of reach).
+                RaftError::APIError(LinearizableReadError::ForwardToLeader(_)) => {
+                    Status::failed_precondition(format!("{NOT_LEADER}: {e}"))
+                }
+                e => Status::unavailable(format!("no read index here: {e}")),
+            })?;
         reply(encode(linearizer.read_log_id()).map_err(internal)?)
     }
 
