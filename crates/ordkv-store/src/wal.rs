@@ -12,7 +12,7 @@
 //! file, so their `fdatasync` has no size or extent change to journal (measured on ext4: about
 //! 110 µs instead of 170 µs). `fallocate` would not do: on ext4 it leaves unwritten extents,
 //! and the first write into each block still changes them. The spare for the next segment is
-//! filled by a background thread once the active segment is half full.
+//! filled by a background thread once the active segment is half full, with direct I/O.
 //!
 //! Record: `u32 length, u32 crc32(payload), payload` where the payload is a postcard
 //! [`Entry`], never empty, so a length of 0 is not a record: the records of a segment end
@@ -33,6 +33,9 @@ use crate::types::{Entry, LogId};
 
 /// A segment is closed and a new one started past this size (also its preallocated size).
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// The spare is zero-filled and synced in steps of this size: one sync of 64 MiB of zeros
+/// stalls the appends' syncs of the active segment for tens of milliseconds.
+const STEP: u64 = 4 * 1024 * 1024;
 const HEADER: usize = 8;
 /// No single record is larger (a log entry holds at most one request of bounded size).
 const MAX_RECORD: usize = 512 * 1024 * 1024;
@@ -109,9 +112,51 @@ fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
 /// Writes the spare from scratch (a leftover may be half filled): zeros, then synced, so
 /// that appends into it overwrite blocks that are allocated and written.
 fn fill_spare(path: &Path) -> io::Result<()> {
-    // Synced in steps: one sync of 64 MiB of dirty pages stalls the appends' syncs of the
-    // active segment for tens of milliseconds.
-    const STEP: u64 = 4 * 1024 * 1024;
+    match fill_spare_direct(path) {
+        Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
+            // This file system takes no direct I/O: zeros through the page cache.
+            tracing::debug!(error = %e, "direct I/O refused; zero-filling through the page cache");
+            fill_spare_buffered(path)
+        }
+        r => r,
+    }
+}
+
+/// Zeros written with direct I/O, straight from one buffer to the disk: through the page
+/// cache the kernel copies every zero page, which cost about 6% of all CPU at 256 writers
+/// (perf, `put x256`). The kernel is then asked to read the zeros back into the page cache
+/// (by DMA, no copy), so that an append does not wait for a read of the block it lands in.
+fn fill_spare_direct(path: &Path) -> io::Result<()> {
+    use nix::fcntl::{OFlag, PosixFadviseAdvice, posix_fadvise};
+    use std::os::unix::fs::OpenOptionsExt;
+    const ALIGN: usize = 4096;
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(OFlag::O_DIRECT.bits())
+        .open(path)?;
+    // Direct I/O needs a block-aligned buffer: the aligned part of a larger one.
+    let buf = vec![0u8; STEP as usize + ALIGN];
+    let skip = buf.as_ptr().align_offset(ALIGN);
+    let zeros = &buf[skip..skip + STEP as usize];
+    let mut at = 0;
+    while at < SEGMENT_BYTES {
+        file.write_all_at(zeros, at)?;
+        file.sync_data()?;
+        posix_fadvise(
+            &file,
+            at as i64,
+            STEP as i64,
+            PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+        )
+        .map_err(io::Error::from)?;
+        at += STEP;
+    }
+    file.sync_all()
+}
+
+fn fill_spare_buffered(path: &Path) -> io::Result<()> {
     let file = File::create(path)?;
     let mut at = 0;
     while at < SEGMENT_BYTES {
@@ -722,6 +767,23 @@ mod tests {
             indexes(&Wal::open(dir.path()).unwrap()),
             (1..=22).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn the_spare_is_zeros_from_scratch_with_or_without_direct_io() {
+        // `fill_spare` takes the buffered way only where direct I/O is refused (EINVAL).
+        let dir = tempfile::tempdir().unwrap();
+        let spare = dir.path().join(SPARE);
+        for (how, fill) in [
+            ("direct", fill_spare as fn(&Path) -> io::Result<()>),
+            ("buffered", fill_spare_buffered),
+        ] {
+            fs::write(&spare, vec![0xab; 3 * STEP as usize / 2]).unwrap();
+            fill(&spare).unwrap();
+            let bytes = fs::read(&spare).unwrap();
+            assert_eq!(bytes.len() as u64, SEGMENT_BYTES, "{how}");
+            assert!(all_zero(&bytes), "{how}: old bytes left in the spare");
+        }
     }
 
     #[test]
