@@ -6,8 +6,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::Stream;
+use futures::StreamExt;
+use ordkv_store::EventBatch;
 use ordkv_store::ReadError;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 use crate::error::{Error, Result};
 use crate::node::Inner;
@@ -25,8 +27,6 @@ pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse>> + Se
 
 /// History events read per message while a watch catches up.
 const WATCH_CATCH_UP_EVENTS: usize = 1000;
-/// Responses buffered per watcher before it is considered slow.
-const WATCH_BUFFER: usize = 64;
 
 fn storage(e: std::io::Error) -> Error {
     Error::Storage(e.to_string())
@@ -160,103 +160,44 @@ impl Kv {
                 oldest,
             });
         }
-        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-        let kv = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = kv.run_watch(&req, &tx).await {
-                let _ = tx.send(Err(e)).await;
-            }
-        });
-        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
-    }
-
-    /// Feeds one watcher: history first, then live batches; after falling behind the live
-    /// feed, it goes back to history from where it was.
-    async fn run_watch(
-        &self,
-        req: &pb::WatchRequest,
-        tx: &mpsc::Sender<Result<pb::WatchResponse>>,
-    ) -> Result<()> {
-        let sm = &self.inner.sm;
-        let (mut live, current) = sm.subscribe();
-        let mut next = if req.start_revision == 0 {
-            current + 1
-        } else {
-            req.start_revision
-        };
+        // Subscribed before the first response, so no batch falls between history and live.
+        let (live, current) = self.inner.sm.subscribe();
         let created = pb::WatchResponse {
             header: Some(self.header(current)),
             created: true,
             events: vec![],
         };
-        if tx.send(Ok(created)).await.is_err() {
-            return Ok(());
-        }
-        let mut up_to = current;
-        loop {
-            while next <= up_to {
-                let events =
-                    sm.history(next, up_to, WATCH_CATCH_UP_EVENTS)
-                        .map_err(|e| match e {
-                            ReadError::Compacted { requested, oldest } => {
-                                Error::Compacted { requested, oldest }
-                            }
-                            ReadError::Io(e) => storage(e),
-                        })?;
-                let Some(last) = events
-                    .last()
-                    .and_then(|e| e.kv.as_ref())
-                    .map(|kv| kv.mod_revision)
-                else {
-                    break;
-                };
-                next = last + 1;
-                if !self.send_events(req, events, tx).await {
-                    return Ok(());
-                }
+        let feed = WatchFeed {
+            next: if req.start_revision == 0 {
+                current + 1
+            } else {
+                req.start_revision
+            },
+            up_to: current,
+            live,
+            req,
+            kv: self.clone(),
+        };
+        // Polled by the client's own stream, without a task and channel per watcher: a
+        // watcher that reads slowly falls behind the live feed and goes back to history.
+        let rest = futures::stream::unfold(Some(feed), |feed| async move {
+            let mut feed = feed?;
+            match feed.next_response().await {
+                Ok(resp) => Some((Ok(resp), Some(feed))),
+                Err(e) => Some((Err(e), None)),
             }
-            next = next.max(up_to + 1);
-            loop {
-                let batch = tokio::select! {
-                    _ = tx.closed() => return Ok(()),
-                    b = live.recv() => b,
-                };
-                match batch {
-                    Ok(batch) => {
-                        let events: Vec<pb::Event> = batch
-                            .events
-                            .iter()
-                            .filter(|e| e.kv.as_ref().is_some_and(|kv| kv.mod_revision >= next))
-                            .cloned()
-                            .collect();
-                        if let Some(last) = events.last().and_then(|e| e.kv.as_ref()) {
-                            next = last.mod_revision + 1;
-                        }
-                        if !self.send_events(req, events, tx).await {
-                            return Ok(());
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let (rx, current) = sm.subscribe();
-                        live = rx;
-                        up_to = current;
-                        break;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => {
-                        return Err(Error::Unavailable("the node is shutting down".into()));
-                    }
-                }
-            }
-        }
+        });
+        Ok(Box::pin(
+            futures::stream::once(std::future::ready(Ok(created))).chain(rest),
+        ))
     }
 
-    /// Sends the events that match the watch; false when the watcher is gone.
-    async fn send_events(
+    /// The events that match the watch, as one response; `None` when none do.
+    fn matching(
         &self,
         req: &pb::WatchRequest,
         events: Vec<pb::Event>,
-        tx: &mpsc::Sender<Result<pb::WatchResponse>>,
-    ) -> bool {
+    ) -> Option<pb::WatchResponse> {
         let mut revision = 0;
         let events: Vec<pb::Event> = events
             .into_iter()
@@ -276,15 +217,11 @@ impl Kv {
                 e
             })
             .collect();
-        if events.is_empty() {
-            return true;
-        }
-        let resp = pb::WatchResponse {
+        (!events.is_empty()).then(|| pb::WatchResponse {
             header: Some(self.header(revision)),
             created: false,
             events,
-        };
-        tx.send(Ok(resp)).await.is_ok()
+        })
     }
 
     /// Convenience: put and return the revision created.
@@ -313,4 +250,116 @@ impl Kv {
 
 fn unexpected(what: &str, got: Option<pb::command_response::Result>) -> Error {
     Error::Internal(format!("{what} produced an unexpected result: {got:?}"))
+}
+
+/// One watcher's position: history first (revisions `next..=up_to`), then live batches;
+/// after falling behind the live feed, back to history from where it was.
+struct WatchFeed {
+    kv: Kv,
+    req: pb::WatchRequest,
+    live: broadcast::Receiver<Arc<EventBatch>>,
+    /// The next revision to deliver.
+    next: u64,
+    /// The last revision to read from history rather than from `live`.
+    up_to: u64,
+}
+
+impl WatchFeed {
+    async fn next_response(&mut self) -> Result<pb::WatchResponse> {
+        let sm = &self.kv.inner.sm;
+        loop {
+            if self.next <= self.up_to {
+                let events = sm
+                    .history(self.next, self.up_to, WATCH_CATCH_UP_EVENTS)
+                    .map_err(|e| match e {
+                        ReadError::Compacted { requested, oldest } => {
+                            Error::Compacted { requested, oldest }
+                        }
+                        ReadError::Io(e) => storage(e),
+                    })?;
+                match events.last().and_then(|e| e.kv.as_ref()) {
+                    Some(last) => self.next = last.mod_revision + 1,
+                    None => self.next = self.up_to + 1,
+                }
+                if let Some(resp) = self.kv.matching(&self.req, events) {
+                    return Ok(resp);
+                }
+                continue;
+            }
+            match self.live.recv().await {
+                Ok(batch) => {
+                    let events: Vec<pb::Event> = batch
+                        .events
+                        .iter()
+                        .filter(|e| e.kv.as_ref().is_some_and(|kv| kv.mod_revision >= self.next))
+                        .cloned()
+                        .collect();
+                    if let Some(last) = events.last().and_then(|e| e.kv.as_ref()) {
+                        self.next = last.mod_revision + 1;
+                    }
+                    if let Some(resp) = self.kv.matching(&self.req, events) {
+                        return Ok(resp);
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let (rx, current) = sm.subscribe();
+                    self.live = rx;
+                    self.up_to = current;
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Err(Error::Unavailable("the node is shutting down".into()));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{Node, NodeConfig};
+
+    /// A watcher that reads nothing while more batches are applied than the live feed keeps
+    /// (1024) falls behind it; it must then get every event from history, in order, once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watcher_that_falls_behind_gets_every_event_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::open(NodeConfig::new(dir.path().join("kv-0")))
+            .await
+            .unwrap();
+        let kv = node.kv();
+        let mut watch = kv
+            .watch(pb::WatchRequest {
+                prefix: Bytes::from_static(b"k/"),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(watch.next().await.unwrap().unwrap().created);
+        // One put at a time: each is a batch of its own.
+        let mut written = Vec::new();
+        for i in 0..1500 {
+            let rev = kv.put_value(format!("k/{}", i % 7), format!("v{i}")).await;
+            written.push(rev.unwrap());
+        }
+        let mut seen = Vec::new();
+        while seen.len() < written.len() {
+            let resp = tokio::time::timeout(Duration::from_secs(10), watch.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("stalled after {} of {} events", seen.len(), written.len())
+                })
+                .expect("the watch ended")
+                .unwrap();
+            seen.extend(
+                resp.events
+                    .iter()
+                    .map(|e| e.kv.as_ref().unwrap().mod_revision),
+            );
+        }
+        assert_eq!(seen, written);
+        node.shutdown().await.unwrap();
+    }
 }
