@@ -7,14 +7,17 @@
 //! Watch history is not included: after an install the history starts at the snapshot's
 //! revision.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::corrupt;
-use crate::state_machine::{INSTALLING, SmState, StateMachine, sled_err};
+use crate::codec::{corrupt, history_key};
+use crate::state_machine::{
+    INSTALLING, SmState, StateMachine, decode_history_row, event_revision, sled_err,
+};
 use crate::types::{SnapshotMeta, TypeConfig};
 
 const MAGIC: &[u8; 8] = b"ORDKVSN1";
@@ -66,48 +69,61 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Writes the current state to a new snapshot file and makes it the current one.
+///
+/// The keys are copied without the state lock, so applies go on meanwhile: holding it, a
+/// build of a million keys stopped every apply, and with it the member's runtime thread, for
+/// seconds (long enough for followers to call an election). Then, under the lock for a
+/// moment, the keys that batches changed since the copy began (named by the watch history)
+/// are read again, and the file is written from the copy with those replaced.
 pub(crate) fn build(
     sm: &StateMachine,
 ) -> io::Result<openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>> {
+    build_with(sm, || {})
+}
+
+/// [`build`], running `during_copy` after the unlocked copy (tests write there).
+pub(crate) fn build_with(
+    sm: &StateMachine,
+    during_copy: impl FnOnce(),
+) -> io::Result<openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>> {
     let dir = &sm.shared.snapshot_dir;
-    let tmp = dir.join(format!("building-{}.tmp", std::process::id()));
-    let (meta, path) = {
-        // Shared with readers, exclusive of apply: the file matches its meta exactly.
+    // Builds may overlap (a backup during openraft's own): each has its own files.
+    static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let build = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let copy = dir.join(format!("copy-{}-{build}.tmp", std::process::id()));
+    let (from, installs) = {
         let st = sm.read_state();
-        let meta = SnapshotMeta {
-            last_log_id: st.applied,
-            last_membership: st.membership.clone(),
-        };
-        let mut w = Crc {
-            inner: BufWriter::new(File::create(&tmp)?),
-            crc: crc32fast::Hasher::new(),
-        };
-        let header = serde_json::to_vec(&Header {
-            meta: meta.clone(),
-            revision: st.revision,
-        })
-        .map_err(io::Error::other)?;
-        w.write_all(MAGIC)?;
-        w.write_all(&(header.len() as u32).to_le_bytes())?;
-        w.write_all(&header)?;
-        for item in sm.shared.kv.iter() {
-            let (k, v) = item.map_err(sled_err)?;
-            w.write_all(&(k.len() as u32).to_le_bytes())?;
-            w.write_all(&(v.len() as u32).to_le_bytes())?;
-            w.write_all(&k)?;
-            w.write_all(&v)?;
-        }
-        w.write_all(&END.to_le_bytes())?;
-        let crc = w.crc.clone().finalize();
-        let mut inner = w.inner.into_inner().map_err(|e| e.into_error())?;
-        inner.write_all(&crc.to_le_bytes())?;
-        inner.sync_all()?;
-        let path = dir.join(file_name(&meta));
-        (meta, path)
+        (st.revision, st.installs)
     };
+    copy_keys(sm, &copy)?;
+    during_copy();
+    let (header, changed) = {
+        let st = sm.read_state();
+        let header = Header {
+            meta: SnapshotMeta {
+                last_log_id: st.applied,
+                last_membership: st.membership.clone(),
+            },
+            revision: st.revision,
+        };
+        // Every change since `from` is in the history unless it was compacted or a snapshot
+        // replaced the keys; then the copy is made again, under the lock.
+        let changed = if st.installs == installs && st.compact_revision <= from + 1 {
+            changed_since(sm, from)?
+        } else {
+            copy_keys(sm, &copy)?;
+            BTreeMap::new()
+        };
+        (header, changed)
+    };
+    let tmp = dir.join(format!("building-{}-{build}.tmp", std::process::id()));
+    write_merged(&tmp, &header, &copy, &changed)?;
+    fs::remove_file(&copy)?;
+    let path = dir.join(file_name(&header.meta));
     fs::rename(&tmp, &path)?;
     sync_dir(dir)?;
     remove_others(dir, &path)?;
+    let meta = header.meta;
     tracing::info!(path = %path.display(), last_log_id = ?meta.last_log_id, "built snapshot");
     Ok(
         openraft::type_config::alias::SnapshotOf::<TypeConfig, SnapshotData> {
@@ -117,6 +133,102 @@ pub(crate) fn build(
     )
 }
 
+/// Copies every key record to `path` as `u32 key length, u32 value length, key, value`.
+fn copy_keys(sm: &StateMachine, path: &Path) -> io::Result<()> {
+    let mut w = BufWriter::new(File::create(path)?);
+    for item in sm.shared.kv.iter() {
+        let (k, v) = item.map_err(sled_err)?;
+        write_record(&mut w, &k, &v)?;
+    }
+    w.flush()
+}
+
+fn write_record(w: &mut impl Write, k: &[u8], v: &[u8]) -> io::Result<()> {
+    w.write_all(&(k.len() as u32).to_le_bytes())?;
+    w.write_all(&(v.len() as u32).to_le_bytes())?;
+    w.write_all(k)?;
+    w.write_all(v)
+}
+
+/// The current record (`None`: deleted) of every key a batch after revision `from` touched.
+/// The caller holds the state lock.
+fn changed_since(
+    sm: &StateMachine,
+    from: u64,
+) -> io::Result<BTreeMap<sled::IVec, Option<sled::IVec>>> {
+    let sh = &sm.shared;
+    let mut changed = BTreeMap::new();
+    // A row is keyed by its last revision, so the first one may start at or before `from`.
+    for item in sh.history.range(history_key(from + 1)..) {
+        let (_, row) = item.map_err(sled_err)?;
+        for event in decode_history_row(&row)? {
+            if event_revision(&event) <= from {
+                continue;
+            }
+            let Some(kv) = event.kv else { continue };
+            let key = sled::IVec::from(kv.key.as_ref());
+            if let std::collections::btree_map::Entry::Vacant(e) = changed.entry(key) {
+                let now = sh.kv.get(e.key()).map_err(sled_err)?;
+                e.insert(now);
+            }
+        }
+    }
+    Ok(changed)
+}
+
+/// Writes the snapshot file: the header, the copied records with the `changed` keys'
+/// current records in their place (left out when deleted), the end marker and the checksum.
+fn write_merged(
+    path: &Path,
+    header: &Header,
+    copy: &Path,
+    changed: &BTreeMap<sled::IVec, Option<sled::IVec>>,
+) -> io::Result<()> {
+    let mut w = Crc {
+        inner: BufWriter::new(File::create(path)?),
+        crc: crc32fast::Hasher::new(),
+    };
+    let head = serde_json::to_vec(header).map_err(io::Error::other)?;
+    w.write_all(MAGIC)?;
+    w.write_all(&(head.len() as u32).to_le_bytes())?;
+    w.write_all(&head)?;
+    let mut current = changed
+        .iter()
+        .filter_map(|(k, v)| Some((k, v.as_ref()?)))
+        .peekable();
+    let mut copied = BufReader::new(File::open(copy)?);
+    let mut lens = [0u8; 8];
+    loop {
+        match copied.read_exact(&mut lens) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e),
+        }
+        let (klen, vlen) = lens.split_at(4);
+        let mut k = vec![0; u32::from_le_bytes(klen.try_into().expect("4 bytes")) as usize];
+        let mut v = vec![0; u32::from_le_bytes(vlen.try_into().expect("4 bytes")) as usize];
+        copied.read_exact(&mut k)?;
+        copied.read_exact(&mut v)?;
+        while let Some((ck, cv)) = current.next_if(|(ck, _)| ck.as_ref() < k.as_slice()) {
+            write_record(&mut w, ck, cv)?;
+        }
+        if changed.contains_key(k.as_slice()) {
+            if let Some((ck, cv)) = current.next_if(|(ck, _)| ck.as_ref() == k.as_slice()) {
+                write_record(&mut w, ck, cv)?;
+            }
+            continue;
+        }
+        write_record(&mut w, &k, &v)?;
+    }
+    for (ck, cv) in current {
+        write_record(&mut w, ck, cv)?;
+    }
+    w.write_all(&END.to_le_bytes())?;
+    let crc = w.crc.clone().finalize();
+    let mut inner = w.inner.into_inner().map_err(|e| e.into_error())?;
+    inner.write_all(&crc.to_le_bytes())?;
+    inner.sync_all()
+}
 fn remove_others(dir: &Path, keep: &Path) -> io::Result<()> {
     for e in fs::read_dir(dir)? {
         let p = e?.path();
@@ -264,6 +376,7 @@ pub(crate) fn install(
             membership: meta.last_membership.clone(),
             revision: header.revision,
             compact_revision: header.revision,
+            installs: 0, // counted by `replace_state`
         };
         for (k, v) in StateMachine::state_rows(&st)? {
             sh.meta.insert(k, v).map_err(sled_err)?;

@@ -51,6 +51,8 @@ pub(crate) struct SmState {
     pub(crate) revision: u64,
     /// Oldest revision still in the watch history.
     pub(crate) compact_revision: u64,
+    /// Snapshots installed since open (a snapshot build checks that none came meanwhile).
+    pub(crate) installs: u64,
 }
 
 /// Events applied together, broadcast to watchers in revision order.
@@ -122,6 +124,13 @@ impl StateMachine {
         let history = db.open_tree("history").map_err(sled_err)?;
         let meta = db.open_tree("sm_meta").map_err(sled_err)?;
         std::fs::create_dir_all(&snapshot_dir)?;
+        // Files of a snapshot build that a crash interrupted (no build runs before open).
+        for e in std::fs::read_dir(&snapshot_dir)? {
+            let p = e?.path();
+            if p.extension().is_some_and(|x| x == "tmp") {
+                std::fs::remove_file(&p)?;
+            }
+        }
         if meta.contains_key(INSTALLING).map_err(sled_err)? {
             // A crash interrupted a snapshot install. Start empty; openraft re-installs the
             // saved snapshot (kept before the install began) and re-applies the log.
@@ -140,6 +149,7 @@ impl StateMachine {
             membership,
             revision,
             compact_revision: read_u64(&meta, COMPACT_REVISION)?,
+            installs: 0,
         };
         if !meta.contains_key(HISTORY_BATCHED).map_err(sled_err)? {
             batch_old_history_rows(&history)?;
@@ -417,7 +427,8 @@ impl StateMachine {
     ) -> io::Result<()> {
         let sh = &*self.shared;
         let mut st = sh.state.write().unwrap_or_else(|p| p.into_inner());
-        let new = f(sh, &st)?;
+        let mut new = f(sh, &st)?;
+        new.installs = st.installs + 1;
         let revision = new.revision;
         *st = new;
         sh.revision_tx.send_replace(revision);
@@ -435,11 +446,11 @@ impl StateMachine {
     }
 }
 
-fn event_revision(event: &pb::Event) -> u64 {
+pub(crate) fn event_revision(event: &pb::Event) -> u64 {
     event.kv.as_ref().map_or(0, |kv| kv.mod_revision)
 }
 
-fn decode_history_row(row: &[u8]) -> io::Result<Vec<pb::Event>> {
+pub(crate) fn decode_history_row(row: &[u8]) -> io::Result<Vec<pb::Event>> {
     pb::HistoryRow::decode(row)
         .map(|r| r.events)
         .map_err(|e| crate::codec::corrupt(format!("history row: {e}")))

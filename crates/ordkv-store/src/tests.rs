@@ -979,6 +979,65 @@ fn store_with_data() -> Store {
     s
 }
 
+#[test]
+fn files_of_an_interrupted_snapshot_build_are_removed_at_open() {
+    let s = Store::new();
+    let leftover = s.dir.path().join("snapshots").join("copy-1-0.tmp");
+    std::fs::write(&leftover, b"half a copy").expect("write leftover");
+    let s = s.reopen();
+    assert!(!leftover.exists(), "{} is still there", leftover.display());
+    drop(s);
+}
+
+/// A snapshot copies the keys without the state lock; writes that land meanwhile are in it
+/// as of the moment it ends: changed, deleted, re-created and new keys alike.
+#[tokio::test]
+async fn a_snapshot_includes_writes_made_while_it_copies() {
+    let mut a = store_with_data();
+    let sm = a.sm.clone();
+    let snap = crate::snapshot::build_with(&sm, || {
+        a.apply(put("key-07", "during"));
+        a.apply(del(del_key("key-40")));
+        a.apply(put("key-15", "re-created"));
+        a.apply(put("aa-first", "1"));
+        a.apply(put("zz-last", "1"));
+    })
+    .expect("build snapshot");
+    assert_eq!(
+        snap.meta.last_log_id.as_ref().map(|l| l.index),
+        Some(a.next_index - 1)
+    );
+    let mut b = Store::new();
+    RaftStateMachine::install_snapshot(&mut b.sm, &snap.meta, snap.snapshot)
+        .await
+        .expect("install snapshot");
+    assert_eq!(b.all(), a.all());
+    assert_eq!(b.get("key-07"), Some(kv("key-07", "during", 8, 54, 3)));
+    assert_eq!(b.get("key-40"), None);
+    assert_eq!(b.sm.revision(), a.sm.revision());
+}
+
+/// When the history no longer covers the copy (compacted meanwhile), the copy is made again
+/// under the lock, and the snapshot is still exact.
+#[tokio::test]
+async fn a_snapshot_copies_again_when_history_was_compacted_meanwhile() {
+    let mut a = store_with_data();
+    let sm = a.sm.clone();
+    let snap = crate::snapshot::build_with(&sm, || {
+        a.apply(put("key-07", "during"));
+        a.apply(del(del_key("key-41")));
+        let now = a.sm.revision();
+        a.apply(compact(now));
+    })
+    .expect("build snapshot");
+    let mut b = Store::new();
+    RaftStateMachine::install_snapshot(&mut b.sm, &snap.meta, snap.snapshot)
+        .await
+        .expect("install snapshot");
+    assert_eq!(b.all(), a.all());
+    assert_eq!(b.get("key-41"), None);
+}
+
 #[tokio::test]
 async fn snapshot_build_and_install_round_trip() {
     let a = store_with_data();
