@@ -83,8 +83,8 @@ pub(crate) struct Shared {
     pub(crate) kv: sled::Tree,
     pub(crate) history: sled::Tree,
     pub(crate) meta: sled::Tree,
-    /// Writers (apply, install) take it exclusively; readers and the snapshot builder share
-    /// it, so nobody sees half of a batch.
+    /// Writers (apply, install) take it exclusively; readers share it, so nobody sees half
+    /// of a batch. The snapshot builder holds it only to finish (see `snapshot::build`).
     pub(crate) state: RwLock<SmState>,
     revision_tx: watch::Sender<u64>,
     events_tx: broadcast::Sender<Arc<EventBatch>>,
