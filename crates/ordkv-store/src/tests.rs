@@ -96,6 +96,16 @@ impl Store {
         meta.insert(super::state_machine::STATE, row).unwrap();
     }
 
+    /// Replaces this store's state with a snapshot's, as a follower installing it would.
+    async fn install(
+        &mut self,
+        snap: openraft::type_config::alias::SnapshotOf<crate::TypeConfig, crate::SnapshotData>,
+    ) {
+        RaftStateMachine::install_snapshot(&mut self.sm, &snap.meta, snap.snapshot)
+            .await
+            .expect("install snapshot");
+    }
+
     /// Drops every handle and opens the same directory again.
     fn reopen(self) -> Store {
         let Store {
@@ -1008,9 +1018,7 @@ async fn a_snapshot_includes_writes_made_while_it_copies() {
         Some(a.next_index - 1)
     );
     let mut b = Store::new();
-    RaftStateMachine::install_snapshot(&mut b.sm, &snap.meta, snap.snapshot)
-        .await
-        .expect("install snapshot");
+    b.install(snap).await;
     assert_eq!(b.all(), a.all());
     assert_eq!(b.get("key-07"), Some(kv("key-07", "during", 8, 54, 3)));
     assert_eq!(b.get("key-40"), None);
@@ -1031,9 +1039,7 @@ async fn a_snapshot_copies_again_when_history_was_compacted_meanwhile() {
     })
     .expect("build snapshot");
     let mut b = Store::new();
-    RaftStateMachine::install_snapshot(&mut b.sm, &snap.meta, snap.snapshot)
-        .await
-        .expect("install snapshot");
+    b.install(snap).await;
     assert_eq!(b.all(), a.all());
     assert_eq!(b.get("key-41"), None);
 }
@@ -1052,9 +1058,7 @@ async fn snapshot_build_and_install_round_trip() {
     let mut b = Store::new();
     b.apply(put("only-in-b", "x"));
     b.apply(put("key-07", "b's"));
-    RaftStateMachine::install_snapshot(&mut b.sm, &snap.meta, snap.snapshot)
-        .await
-        .expect("install snapshot");
+    b.install(snap.clone()).await;
 
     assert_eq!(b.all(), a.all());
     assert_eq!(b.all().len(), 50 - 10 - 1 + 2);
