@@ -6,21 +6,26 @@
 #   benches/compare-etcd.sh            # full: 3 repeats x 10 s, plus 1 M keys for memory
 #   benches/compare-etcd.sh --quick    # every workload once, briefly (checks that it works)
 #
-# Options: --repeats N, --duration S, --memory-keys N (0 skips the memory comparison),
+# Options: --only WORKLOAD (repeatable: run just these workloads, e.g. get-linearizable),
+# --repeats N, --duration S, --memory-keys N (0 skips the memory comparison),
 # --threads-per-member N (default: the machine's cores / 3, at least 1; 0 leaves both runtimes
 # at their defaults). The 3 members of each system share this machine's cores, so each is
 # given its share, as a CPU limit would in a pod: `ORDKV_WORKER_THREADS` for ordkv,
 # `GOMAXPROCS` for etcd. With the defaults (one thread per core in every member), both spend
 # CPU waking idle threads; see benches/README.md for the measured difference.
+# ORDKV_BIN=path runs that ordkv binary instead of this checkout's (an A/B of two builds, with
+# etcd as the yardstick of both runs).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$ROOT/target/bench
 QUICK=0 REPEATS=3 DURATION=10 WARMUP=2 KEYS=10000 MEMORY_KEYS=1000000
 THREADS=$(( $(nproc) / 3 )); [ "$THREADS" -ge 1 ] || THREADS=1
+ONLY=()
 while [ $# -gt 0 ]; do
     case $1 in
         --quick) QUICK=1; REPEATS=1 DURATION=2 WARMUP=1 KEYS=2000 MEMORY_KEYS=0 ;;
+        --only) ONLY+=("$2"); shift ;;
         --repeats) REPEATS=$2; shift ;;
         --duration) DURATION=$2; shift ;;
         --memory-keys) MEMORY_KEYS=$2; shift ;;
@@ -35,6 +40,14 @@ else
     WORKLOADS=("put 1" "put 16" "put 64" "put 256" "get-linearizable 256" "get-serializable 256"
                "range 64" "mixed 64" "watch 100")
 fi
+if [ ${#ONLY[@]} -gt 0 ]; then
+    chosen=()
+    for w in "${WORKLOADS[@]}"; do
+        for o in "${ONLY[@]}"; do [ "${w%% *}" = "$o" ] && chosen+=("$w"); done
+    done
+    [ ${#chosen[@]} -gt 0 ] || { echo "--only ${ONLY[*]}: no such workload in: ${WORKLOADS[*]}" >&2; exit 2; }
+    WORKLOADS=("${chosen[@]}") MEMORY_KEYS=0
+fi
 
 log() { printf '%s  %s\n' "$(date +%T)" "$*" >&2; }
 
@@ -48,7 +61,7 @@ command -v curl >/dev/null || { echo "curl is needed to probe readiness" >&2; ex
 log "building ordkv and kvbench (release)"
 cargo build --quiet --release --locked -p ordkv-cli -p kvbench --manifest-path "$ROOT/Cargo.toml"
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
-ORDKV=$BIN/ordkv KVBENCH=$BIN/kvbench
+ORDKV=${ORDKV_BIN:-$BIN/ordkv} KVBENCH=$BIN/kvbench
 # Each member's share of the cores (unset: the runtime's own default).
 if [ "$THREADS" -gt 0 ]; then
     export ORDKV_WORKER_THREADS=$THREADS GOMAXPROCS=$THREADS

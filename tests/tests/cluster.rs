@@ -1,7 +1,7 @@
 //! Clusters of real `ordkv serve` processes on loopback (see `ordkv_tests::cluster`):
 //! bootstrap with a static peer map, write forwarding and reads on every member, a leader
-//! SIGKILLed under load (the history is checked for linearizability), restarts on the same
-//! and on wiped volumes, scale 3 -> 5 -> 3 with learners catching up from a snapshot, a
+//! SIGKILLed under load and restarted after the failover or at once (the history is checked
+//! for linearizability), restarts on the same and on wiped volumes, scale 3 -> 5 -> 3 with learners catching up from a snapshot, a
 //! full-cluster restart in random order, and a partitioned leader.
 //!
 //! Randomised tests print their seed; `ORDKV_TEST_SEED=<seed>` replays one.
@@ -523,10 +523,71 @@ async fn load_client(
     }
 }
 
+/// When the SIGKILLed leader of [`leader_sigkill_under_load`] starts again.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Restart {
+    /// Once the others elected a new leader and the load ended.
+    AfterFailover,
+    /// At once, on its data dir, while the others may not have noticed it was gone; readers
+    /// send it linearizable gets from the moment its client port answers.
+    AtOnce,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_sigkill_under_load_keeps_the_history_linearizable() {
+    leader_sigkill_under_load(Restart::AfterFailover).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_sigkill_and_restart_at_once_under_load_keeps_the_history_linearizable() {
+    leader_sigkill_under_load(Restart::AtOnce).await;
+}
+
+/// Linearizable gets of every load key on member `i`, from the moment it answers until each
+/// key was read `per_key` times; every answered read joins the history.
+async fn first_reads(c: &Cluster, i: usize, recorder: &Recorder, per_key: u64) -> u64 {
+    let mut client = KvClient::new(c.channel(i, OP_TIMEOUT));
+    let started = recorder.now();
+    let mut failed = 0;
+    for round in 0..per_key {
+        for k in 0..LOAD_KEYS {
+            let key = format!("k{k}");
+            loop {
+                let call = recorder.now();
+                match client.get(get_req(&key, Consistency::Linearizable)).await {
+                    Ok(resp) => {
+                        recorder.record(Event {
+                            client: 2000 + round,
+                            key: key.into_bytes(),
+                            op: Op::Read {
+                                value: resp.into_inner().kv.map(|kv| kv.value.to_vec()),
+                            },
+                            call,
+                            ret: Some(recorder.now()),
+                        });
+                        break;
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        assert!(
+                            recorder.now() - started < CONVERGE.as_nanos() as u64,
+                            "no linearizable read of {key} on kv-{i} within {CONVERGE:?}: {e:?}\n{}",
+                            c.logs()
+                        );
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                }
+            }
+        }
+    }
+    failed
+}
+
+async fn leader_sigkill_under_load(restart: Restart) {
     let seed = SplitMix64::seed_from_env_or_clock();
-    println!("leader_sigkill_under_load seed: {seed} (ORDKV_TEST_SEED={seed} replays it)");
+    println!(
+        "leader_sigkill_under_load ({restart:?}) seed: {seed} (ORDKV_TEST_SEED={seed} replays it)"
+    );
     let mut c = Cluster::start(3, &[]).await;
     let old_leader = c.leader().await;
     let old_term = c.status(old_leader).await.term;
@@ -566,6 +627,19 @@ async fn leader_sigkill_under_load_keeps_the_history_linearizable() {
     c.kill_9(old_leader);
     let killed_at = recorder.now();
     let killed_wall = SystemTime::now();
+    let reads_at_restart = if restart == Restart::AtOnce {
+        c.spawn(old_leader);
+        let failed = first_reads(&c, old_leader, &recorder, 4).await;
+        println!(
+            "kv-{old_leader} restarted at once: {} linearizable reads answered after {failed} \
+             refused or failed, {} ms after the SIGKILL",
+            4 * LOAD_KEYS,
+            Duration::from_nanos(recorder.now() - killed_at).as_millis()
+        );
+        true
+    } else {
+        false
+    };
 
     // Failover: from the kill to the first acknowledgement of a write sent after it.
     let first_ack = c
@@ -603,8 +677,11 @@ async fn leader_sigkill_under_load_keeps_the_history_linearizable() {
     for client in clients {
         client.await.expect("load client");
     }
-    let survivors: Vec<usize> = (0..3).filter(|i| *i != old_leader).collect();
-    let new_leader = c.leader_among(&survivors).await;
+    // Restarted at once, the old leader may win the election itself.
+    let candidates: Vec<usize> = (0..3)
+        .filter(|i| reads_at_restart || *i != old_leader)
+        .collect();
+    let new_leader = c.leader_among(&candidates).await;
     let new_term = c.status(new_leader).await.term;
     // When the new leader took over, from its own log.
     let elected = c
@@ -619,11 +696,13 @@ async fn leader_sigkill_under_load_keeps_the_history_linearizable() {
         "election: kv-{new_leader} logged \"becomes leader\" {} ms after the SIGKILL",
         elected.map_or("?".to_string(), |d| d.as_millis().to_string())
     );
-    assert_ne!(new_leader, old_leader);
-    assert!(new_term > old_term, "term {new_term} after {old_term}");
-
     // The killed member comes back on its data dir and catches up.
-    c.restart(old_leader).await;
+    if reads_at_restart {
+        c.wait_ready(old_leader).await;
+    } else {
+        assert_ne!(new_leader, old_leader);
+        c.restart(old_leader).await;
+    }
     let data = converged(&c, &[0, 1, 2]).await;
 
     // Final linearizable reads of every key through every member join the history.
@@ -709,6 +788,9 @@ async fn leader_sigkill_under_load_keeps_the_history_linearizable() {
         started.elapsed()
     );
     assert_eq!(verdict, CheckResult::Ok, "{}", c.logs());
+    // Leadership needs an election after a restart too: a member never leads again in the
+    // term it led before it stopped.
+    assert!(new_term > old_term, "term {new_term} after {old_term}");
 
     // A failover is routine: the servers answer UNAVAILABLE (or time out), never INTERNAL,
     // so clients know to retry elsewhere.

@@ -26,7 +26,7 @@ use ordkv_store::MemberNode;
 
 use crate::config::{Identity, Peers};
 use crate::error::{Error, Result};
-use crate::node::{Inner, initialize_alone};
+use crate::node::{Inner, fatal, initialize_alone};
 use crate::pb;
 use crate::peer::server::PeerService;
 use crate::peer::{decode, from_status};
@@ -91,6 +91,10 @@ pub(crate) async fn bootstrap_alone(inner: &Inner) -> Result<()> {
         .map_err(|e| Error::Storage(e.to_string()))?
     {
         initialize_alone(inner).await?;
+    } else {
+        // A restarted member does not lead again without an election (see `raft_config`);
+        // alone, it need not wait out an election timeout for one.
+        inner.raft.trigger().elect(true).await.map_err(fatal)?;
     }
     inner
         .raft

@@ -109,6 +109,11 @@ fn raft_config(config: &NodeConfig) -> Result<Arc<openraft::Config>> {
         // A member that was cut off must not raise the term and depose a healthy leader
         // when it comes back.
         enable_pre_vote: Some(true),
+        // A leader that restarts leads again only after an election, in a new term. Restored
+        // in its old term it would take read indexes from the commit index it saved, which
+        // lags (it is saved without a sync), and serve stale linearizable reads until its
+        // first replication round (ARCHITECTURE.md, "Reads after a restart").
+        enable_leader_restore: Some(false),
         ..Default::default()
     };
     c.validate()
