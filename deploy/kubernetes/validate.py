@@ -462,6 +462,24 @@ def check_invariants(c: Checker, docs: list, serve_rs: str | None) -> None:
         c.check(ps.get("maxUnavailable") == 1 and "minAvailable" not in ps, "PodDisruptionBudget maxUnavailable: 1")
         c.check(selects_pods((ps.get("selector") or {}).get("matchLabels")), "PodDisruptionBudget selector matches the pods")
 
+    # Scale intent: the pods read their own StatefulSet, and nothing more.
+    sa = pod.get("serviceAccountName")
+    sts_name = sts["metadata"]["name"]
+    c.check(sa in {a["metadata"]["name"] for a in by_kind.get("ServiceAccount", [])},
+            "the pods' serviceAccountName names a ServiceAccount in the set", repr(sa))
+    c.check(pod.get("automountServiceAccountToken") is True, "the pods mount their service account token")
+    roles = {r["metadata"]["name"]: r for r in by_kind.get("Role", [])}
+    bound = [b for b in by_kind.get("RoleBinding", [])
+             if any(s.get("kind") == "ServiceAccount" and s.get("name") == sa for s in b.get("subjects") or [])]
+    c.check(len(bound) == 1, f"one RoleBinding for ServiceAccount {sa}", str(len(bound)))
+    for b in bound:
+        role = roles.get((b.get("roleRef") or {}).get("name"))
+        c.check(role is not None and b["roleRef"].get("kind") == "Role", "the RoleBinding names a Role in the set")
+        rules = (role or {}).get("rules") or []
+        c.check(rules == [{"apiGroups": ["apps"], "resources": ["statefulsets"], "resourceNames": [sts_name],
+                           "verbs": ["get", "list", "watch"]}],
+                f"the Role grants only get/list/watch on StatefulSet {sts_name}", str(rules))
+
 
 # ---------------------------------------------------------------------------------------------
 

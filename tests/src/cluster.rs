@@ -58,6 +58,8 @@ pub struct Cluster {
     initial: usize,
     /// `serve` flags of every member (besides identity, addresses and peers).
     args: Vec<String>,
+    /// Environment of every member.
+    env: Vec<(String, String)>,
 }
 
 /// `count` sets of free ports, no port used twice.
@@ -93,6 +95,18 @@ impl Cluster {
         cluster
     }
 
+    /// [`Cluster::start`] with environment variables for every member.
+    pub async fn start_with_env(
+        members: usize,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> Cluster {
+        let mut cluster = Cluster::launch_with_env(members, members, args, env);
+        cluster.wait_ready_all().await;
+        cluster.wait_voters(members).await;
+        cluster
+    }
+
     /// Waits until the leader counts `n` voters.
     pub async fn wait_voters(&self, n: usize) {
         let leader = self.leader().await;
@@ -118,12 +132,23 @@ impl Cluster {
 
     /// Spawns the first `members` members without waiting for them.
     pub fn launch(members: usize, planned: usize, args: &[&str]) -> Cluster {
+        Cluster::launch_with_env(members, planned, args, &[])
+    }
+
+    /// [`Cluster::launch`] with environment variables for every member.
+    pub fn launch_with_env(
+        members: usize,
+        planned: usize,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> Cluster {
         assert!(members >= 1 && planned >= members);
         let mut cluster = Cluster {
             nodes: (0..planned).map(|_| None).collect(),
             ports: distinct_ports(planned),
             initial: members,
             args: args.iter().map(|s| s.to_string()).collect(),
+            env: env.to_vec(),
         };
         for i in 0..members {
             cluster.create(i);
@@ -149,7 +174,9 @@ impl Cluster {
         assert!(self.nodes[i].is_none(), "kv-{i} exists already");
         let mut args = vec!["--peers".to_string(), self.peers_flag(i)];
         args.extend(self.args.iter().cloned());
-        self.nodes[i] = Some(NodeProcess::new(&member_name(i), self.ports[i], &args));
+        let mut node = NodeProcess::new(&member_name(i), self.ports[i], &args);
+        node.set_env(&self.env);
+        self.nodes[i] = Some(node);
     }
 
     /// Adds the planned member `i` (scale-up), starts it and waits until it is ready.

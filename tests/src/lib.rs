@@ -27,6 +27,7 @@ use tonic::transport::{Channel, Endpoint};
 
 pub mod cluster;
 pub mod containers;
+pub mod kube_api;
 pub mod linearizability;
 
 /// How long a node may take to become ready.
@@ -115,6 +116,10 @@ pub fn ordkv_command() -> Command {
         "ORDKV_MAX_KEY_BYTES",
         "ORDKV_MAX_TXN_OPS",
         "ORDKV_LOG_FORMAT",
+        "ORDKV_STATEFULSET",
+        "ORDKV_SERVICE_ACCOUNT_DIR",
+        "KUBERNETES_SERVICE_HOST",
+        "KUBERNETES_SERVICE_PORT",
     ] {
         cmd.env_remove(var);
     }
@@ -274,6 +279,8 @@ pub struct NodeProcess {
     peer_port: u16,
     http_port: u16,
     extra_args: Vec<String>,
+    /// Environment variables set on every start (e.g. a pod's Kubernetes API variables).
+    env: Vec<(String, String)>,
     child: Option<Child>,
     /// How many times the process was started (names its log files).
     starts: u32,
@@ -312,6 +319,7 @@ impl NodeProcess {
             peer_port: ports.peer,
             http_port: ports.http,
             extra_args: extra_args.to_vec(),
+            env: Vec::new(),
             child: None,
             starts: 0,
             logs_shown: Default::default(),
@@ -347,6 +355,7 @@ impl NodeProcess {
         self.starts += 1;
         let log = std::fs::File::create(self.log_path(self.starts)).expect("create log file");
         let mut cmd = ordkv_command();
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.args(self.serve_args())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -402,6 +411,36 @@ impl NodeProcess {
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("SIGKILL");
         let status = child.wait().expect("wait for the killed node");
         assert!(!status.success(), "a SIGKILLed node exited 0");
+    }
+
+    /// Sets environment variables for every later start.
+    pub fn set_env(&mut self, env: &[(String, String)]) {
+        self.env = env.to_vec();
+    }
+
+    /// Sends SIGTERM (as the kubelet does when a pod is deleted) without waiting.
+    pub fn sigterm(&mut self) {
+        let child = self.child.as_ref().expect("the node is not running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    }
+
+    /// Waits for the process to exit within `grace`; SIGKILLs it after that (as the kubelet
+    /// does at the end of the grace period). Returns the exit status, `None` if killed.
+    pub async fn wait_exit(&mut self, grace: Duration) -> Option<ExitStatus> {
+        let until = Instant::now() + grace;
+        loop {
+            let child = self.child.as_mut().expect("the node is not running");
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= until {
+                self.kill_9();
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Starts the process again on the same data dir, ports and flags, and waits for ready.

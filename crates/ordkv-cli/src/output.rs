@@ -98,6 +98,8 @@ pub fn status_json(s: &StatusResponse) -> Value {
             "watch_history_revisions": l.watch_history_revisions,
         })),
         "members": members,
+        "statefulset_replicas": s.statefulset_replicas,
+        "scale_intent": s.scale_intent,
     })
 }
 
@@ -116,9 +118,13 @@ pub fn status_table(s: &StatusResponse) -> String {
         out.push_str(&format!("  version: {}", s.version));
     }
     out.push_str(&format!(
-        "\nleader: {leader}  term: {}  commit index: {}  applied index: {}  revision: {}\n\n",
+        "\nleader: {leader}  term: {}  commit index: {}  applied index: {}  revision: {}\n",
         s.term, s.commit_index, s.applied_index, s.revision
     ));
+    if !s.scale_intent.is_empty() {
+        out.push_str(&format!("scale intent: {}\n", s.scale_intent));
+    }
+    out.push('\n');
     let mut rows = vec![
         [
             "",

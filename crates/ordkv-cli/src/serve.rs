@@ -57,6 +57,18 @@ pub struct ServeArgs {
     /// How long a member's DNS name must stay gone before the leader removes it (scale-down).
     #[arg(long, env = "ORDKV_DEAD_MEMBER_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
     pub dead_member_timeout: Duration,
+    /// The StatefulSet whose `spec.replicas` (read from the Kubernetes API with the pod's
+    /// service account) says which members are scaled away. Default: the member name
+    /// without its `-N`.
+    #[arg(long, env = "ORDKV_STATEFULSET")]
+    pub statefulset: Option<String>,
+    /// Where the service account's `token` and `ca.crt` are mounted.
+    #[arg(long, env = "ORDKV_SERVICE_ACCOUNT_DIR", default_value = ordkv::SERVICE_ACCOUNT_DIR, hide = true)]
+    pub service_account_dir: PathBuf,
+    /// How long a member scaled away waits on SIGTERM for the leader to remove it; keep it
+    /// below the pod's terminationGracePeriodSeconds less 5 s of client draining.
+    #[arg(long, env = "ORDKV_LEAVE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub leave_timeout: Duration,
     /// Longest key accepted.
     #[arg(long, env = "ORDKV_MAX_KEY_BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub max_key_bytes: u64,
@@ -209,6 +221,14 @@ pub(crate) fn resolve(args: &ServeArgs) -> anyhow::Result<Resolved> {
     node.max_voters = args.max_voters as usize;
     node.dead_member_timeout = args.dead_member_timeout;
     node.snapshot_every_entries = args.snapshot_every;
+    node.leave_timeout = args.leave_timeout;
+    let statefulset = args.statefulset.as_deref().unwrap_or(&identity.set);
+    ordkv::Identity::parse(statefulset).context("--statefulset must be a DNS label")?;
+    node.kubernetes = ordkv::KubernetesApi::in_cluster(
+        statefulset,
+        &namespace,
+        Some(args.service_account_dir.clone()),
+    );
     node.peers = if !args.peers.is_empty() {
         ordkv::Peers::Static(args.peers.iter().cloned().collect())
     } else if let Some(service) = &args.service {

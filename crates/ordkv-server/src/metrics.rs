@@ -145,6 +145,10 @@ fn describe() {
         metrics::Unit::Seconds,
         "Time from sending an append to a peer until its answer (round trip plus the peer's log sync), by peer."
     );
+    metrics::describe_counter!(
+        ordkv::REMOVED_BY_INTENT,
+        "Members the leader removed because the StatefulSet was scaled below their ordinal."
+    );
     for (name, help, _) in GAUGES {
         metrics::describe_gauge!(*name, *help);
     }

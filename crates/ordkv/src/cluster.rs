@@ -15,7 +15,7 @@
 //! of the same name (a wiped volume comes back under a new node id), adds the member as a
 //! learner, waits until it has caught up, and promotes it while voters < `max_voters`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +26,7 @@ use ordkv_store::MemberNode;
 
 use crate::config::{Identity, Peers};
 use crate::error::{Error, Result};
+use crate::intent::ScaleIntent;
 use crate::node::{Inner, fatal, initialize_alone};
 use crate::pb;
 use crate::peer::server::PeerService;
@@ -37,11 +38,6 @@ const PEER_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often the lifecycle loop looks around.
 const TICK: Duration = Duration::from_millis(500);
-/// A learner this close to the leader's last log index counts as caught up.
-const CAUGHT_UP_ENTRIES: u64 = 100;
-/// A member that acknowledged the leader within this time counts as reachable (three times
-/// the longest election timeout).
-const REACHABLE_WITHIN: Duration = Duration::from_secs(3);
 
 /// This member as the cluster records it.
 pub(crate) fn member_node(inner: &Inner) -> MemberNode {
@@ -201,7 +197,7 @@ async fn candidates(inner: &Inner) -> Vec<(String, String)> {
     }
 }
 
-async fn resolves(addr: &str) -> bool {
+pub(crate) async fn resolves(addr: &str) -> bool {
     match crate::resolve::split_host_port(addr) {
         Ok((host, _)) => crate::resolve::lookup(host)
             .await
@@ -261,6 +257,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
         tokio::select! {
             _ = inner.stop.cancelled() => return,
             _ = tokio::time::sleep(TICK) => {}
+            _ = inner.leave_requests.wake.notified() => {}
         }
     }
 }
@@ -307,6 +304,10 @@ async fn tick(
         check_still_member(inner).await;
     }
     if inner.peer.removed.load(std::sync::atomic::Ordering::SeqCst) {
+        if inner.intent.current().removes(inner.identity.ordinal) {
+            // Scaled away: the StatefulSet is about to delete this pod.
+            return Ok(());
+        }
         // Removed while away (scale-down, then back on the retained volume): ask to be
         // admitted again, as a learner first.
         let answers = ask_all(inner).await;
@@ -318,7 +319,7 @@ async fn tick(
         return Ok(());
     }
     if status.is_leader {
-        autopilot(inner, dead_since).await?;
+        crate::autopilot::step(inner, dead_since).await?;
     }
     Ok(())
 }
@@ -412,7 +413,7 @@ pub(crate) fn cluster_info(inner: &Inner) -> pb::ClusterInfoReply {
     }
 }
 
-fn raft_write_err(
+pub(crate) fn raft_write_err(
     e: RaftError<ordkv_store::TypeConfig, ClientWriteError<ordkv_store::TypeConfig>>,
 ) -> Error {
     match e {
@@ -430,7 +431,14 @@ pub(crate) async fn admit(inner: &Inner, member: pb::PeerMember) -> Result<Strin
             leader_client_addr: inner.leader().map(|(_, n)| n.client_addr),
         });
     }
-    Identity::parse(&member.name)?;
+    let ordinal = Identity::parse(&member.name)?.ordinal;
+    let intent = inner.intent.current();
+    if intent.removes(ordinal) {
+        return Err(Error::Unavailable(format!(
+            "{} is scaled away ({intent}); it is not admitted",
+            member.name
+        )));
+    }
     let node = MemberNode {
         name: member.name.clone(),
         peer_addr: member.peer_addr.clone(),
@@ -499,7 +507,7 @@ pub(crate) async fn admit(inner: &Inner, member: pb::PeerMember) -> Result<Strin
 }
 
 /// Removes node ids (voters or learners) from the membership.
-async fn remove_ids(inner: &Inner, ids: &BTreeSet<u64>) -> Result<()> {
+pub(crate) async fn remove_ids(inner: &Inner, ids: &BTreeSet<u64>) -> Result<()> {
     let membership = inner.metrics().membership_config.membership().clone();
     let voters: BTreeSet<u64> = membership
         .voter_ids()
@@ -546,21 +554,6 @@ fn ids_of_ordinal(inner: &Inner, ordinal: u32) -> BTreeSet<u64> {
         .collect()
 }
 
-/// The members that acknowledged the leader's heartbeats or appends recently (only the
-/// leader knows; elsewhere this is empty).
-fn recently_acked(m: &openraft::RaftMetrics<ordkv_store::TypeConfig>) -> BTreeSet<u64> {
-    use openraft::Instant as _;
-    m.heartbeat
-        .iter()
-        .flatten()
-        .filter(|(_, at)| {
-            at.as_ref()
-                .is_some_and(|at| at.elapsed() < REACHABLE_WITHIN)
-        })
-        .map(|(id, _)| *id)
-        .collect()
-}
-
 /// Whether removing `ids` leaves the remaining voters able to form a quorum among the
 /// members the leader currently reaches.
 fn keeps_quorum(inner: &Inner, ids: &BTreeSet<u64>) -> bool {
@@ -571,7 +564,7 @@ fn keeps_quorum(inner: &Inner, ids: &BTreeSet<u64>) -> bool {
         .voter_ids()
         .filter(|id| !ids.contains(id))
         .collect();
-    let reached = recently_acked(&m);
+    let reached = crate::autopilot::recently_acked(&m);
     let alive = remaining
         .iter()
         .filter(|id| **id == inner.node_id || reached.contains(id))
@@ -641,6 +634,124 @@ pub(crate) async fn transfer_to_ordinal(inner: &Inner, ordinal: u32) -> Result<S
     Ok(format!("ordinal {ordinal} leads"))
 }
 
+/// How long the leader waits for a leaving member's removal before it answers "ask again".
+const LEAVE_WAIT: Duration = Duration::from_secs(5);
+
+/// Leader side of `Peer.Leave`: the autopilot removes the member (one change at a time,
+/// never below a reachable quorum); answers once it is gone from the membership.
+pub(crate) async fn remove_leaving(inner: &Inner, node_id: u64, name: &str) -> Result<String> {
+    if !inner.status().is_leader {
+        return Err(Error::NotLeader {
+            leader_client_addr: inner.leader().map(|(_, n)| n.client_addr),
+        });
+    }
+    let present = inner
+        .metrics()
+        .membership_config
+        .membership()
+        .get_node(&node_id)
+        .is_some();
+    if !present {
+        return Ok("not a member".into());
+    }
+    if node_id == inner.node_id {
+        return Err(Error::InvalidArgument(
+            "the leader cannot remove itself; it hands off leadership first".into(),
+        ));
+    }
+    tracing::info!(member = %name, node_id, "a member asks to leave (scaled down)");
+    inner.leave_requests.ask(node_id);
+    let removed = inner
+        .raft
+        .wait(Some(LEAVE_WAIT))
+        .metrics(
+            |m| {
+                m.membership_config
+                    .membership()
+                    .get_node(&node_id)
+                    .is_none()
+            },
+            "the member is removed",
+        )
+        .await;
+    match removed {
+        Ok(_) => Ok("removed".into()),
+        Err(_) => Err(Error::Unavailable(format!(
+            "{name} is not removed yet (members leave one at a time, and only while a quorum stays reachable); ask again"
+        ))),
+    }
+}
+
+/// On shutdown of a member that its StatefulSet scaled away (ordinal >= `spec.replicas` >
+/// 0): hands off leadership if it leads, asks the leader to remove it, and waits until it
+/// is removed or `leave_timeout` ran out. A member below the count (a restart, a rolling
+/// update, a drain) keeps its membership.
+pub(crate) async fn leave_if_scaled_away(inner: &Inner) {
+    if inner.config.peers == Peers::None {
+        return;
+    }
+    let intent = inner.intent.fresh().await;
+    let ordinal = inner.identity.ordinal;
+    let Some(replicas) = intent.replicas().filter(|_| intent.removes(ordinal)) else {
+        return;
+    };
+    tracing::info!(
+        replicas,
+        ordinal,
+        "leaving: scaled to {replicas}, my ordinal is {ordinal}"
+    );
+    let deadline = tokio::time::Instant::now() + inner.config.leave_timeout;
+    let mut last_error = String::new();
+    while tokio::time::Instant::now() < deadline {
+        match inner.leader() {
+            Some((leader, _)) if leader == inner.node_id => {
+                // The autopilot hands off to a member that stays; wait for it.
+                inner.leave_requests.ask(inner.node_id);
+                let _ = inner
+                    .raft
+                    .wait(Some(Duration::from_secs(2)))
+                    .metrics(
+                        |m| m.current_leader != Some(inner.node_id),
+                        "leadership handed off",
+                    )
+                    .await;
+                continue;
+            }
+            Some((_, leader)) => match ask_to_leave(inner, &leader).await {
+                Ok(outcome) => {
+                    tracing::info!(%outcome, leader = %leader.name, "left the cluster");
+                    return;
+                }
+                Err(e) => last_error = e.to_string(),
+            },
+            None => last_error = "no leader known".into(),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tracing::warn!(
+        timeout = ?inner.config.leave_timeout,
+        error = %last_error,
+        "not removed before stopping; the leader removes this member by scale intent once it is gone"
+    );
+}
+
+async fn ask_to_leave(inner: &Inner, leader: &MemberNode) -> Result<String> {
+    let mut client = inner
+        .peer
+        .client(&leader.peer_addr)
+        .map_err(Error::Unavailable)?;
+    let req = pb::LeaveRequest {
+        cluster_id: inner.peer.cluster_id().to_string(),
+        node_id: inner.node_id,
+        name: inner.identity.name.clone(),
+    };
+    let reply = tokio::time::timeout(LEAVE_WAIT + PEER_CALL_TIMEOUT, client.leave(req))
+        .await
+        .map_err(|_| Error::Unavailable(format!("the leader {} did not answer", leader.name)))?
+        .map_err(from_status)?;
+    Ok(reply.into_inner().outcome)
+}
+
 /// On shutdown: if this node leads, hand leadership to the most caught-up voter.
 pub(crate) async fn hand_off_leadership(inner: &Inner) {
     let m = inner.metrics();
@@ -648,7 +759,7 @@ pub(crate) async fn hand_off_leadership(inner: &Inner) {
         return;
     }
     let matched = m.replication.clone().unwrap_or_default();
-    let reached = recently_acked(&m);
+    let reached = crate::autopilot::recently_acked(&m);
     let best = m
         .membership_config
         .membership()
@@ -668,61 +779,6 @@ pub(crate) async fn hand_off_leadership(inner: &Inner) {
             .await;
         tracing::info!(to = target, ok = moved.is_ok(), "handed off leadership");
     }
-}
-
-/// The leader's housekeeping: promote caught-up learners while voters are below
-/// `max_voters`, and remove members whose DNS name has stayed gone past the dead-member
-/// timeout (scale-down), one at a time and never below a reachable quorum.
-async fn autopilot(inner: &Inner, dead_since: &mut HashMap<u64, Instant>) -> Result<()> {
-    let m = inner.metrics();
-    let membership = m.membership_config.membership().clone();
-    let voters: BTreeSet<u64> = membership.voter_ids().collect();
-    let last = m.last_log_index.unwrap_or(0);
-    let reached = m.replication.clone().unwrap_or_default();
-    if voters.len() < inner.config.max_voters {
-        let caught_up = membership.nodes().map(|(id, _)| *id).find(|id| {
-            !voters.contains(id)
-                && reached
-                    .get(id)
-                    .cloned()
-                    .flatten()
-                    .is_some_and(|l| l.index + CAUGHT_UP_ENTRIES >= last)
-        });
-        if let Some(id) = caught_up {
-            tracing::info!(node_id = id, "autopilot: promoting a caught-up learner");
-            inner
-                .raft
-                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-                .await
-                .map_err(raft_write_err)?;
-            return Ok(());
-        }
-    }
-    if matches!(inner.config.peers, Peers::Dns { .. }) {
-        let nodes: BTreeMap<u64, MemberNode> =
-            membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
-        dead_since.retain(|id, _| nodes.contains_key(id));
-        for (id, node) in &nodes {
-            if *id == inner.node_id {
-                continue;
-            }
-            if resolves(&node.peer_addr).await {
-                dead_since.remove(id);
-                continue;
-            }
-            let since = *dead_since.entry(*id).or_insert_with(Instant::now);
-            if since.elapsed() >= inner.config.dead_member_timeout {
-                let ids = BTreeSet::from([*id]);
-                if keeps_quorum(inner, &ids) {
-                    tracing::warn!(member = %node.name, node_id = id, "autopilot: removing a member whose DNS name is gone (scale-down)");
-                    remove_ids(inner, &ids).await?;
-                    dead_since.remove(id);
-                    return Ok(());
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Runs a write on the leader through its peer port.
@@ -780,7 +836,7 @@ pub(crate) fn status(inner: &Inner) -> pb::StatusResponse {
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
     let last_index = m.last_log_index.unwrap_or(0);
     let matched = m.replication.clone().unwrap_or_default();
-    let reached = recently_acked(&m);
+    let reached = crate::autopilot::recently_acked(&m);
     let mut members = Vec::new();
     let mut leader = None;
     for (id, node) in membership.nodes() {
@@ -823,6 +879,7 @@ pub(crate) fn status(inner: &Inner) -> pb::StatusResponse {
     members.sort_by_key(|m| (m.ordinal, m.node_id));
     let limits = inner.config.limits;
     let revision = inner.sm.revision();
+    let intent = inner.intent.current();
     pb::StatusResponse {
         header: Some(pb::ResponseHeader {
             revision,
@@ -848,6 +905,13 @@ pub(crate) fn status(inner: &Inner) -> pb::StatusResponse {
             watch_history_revisions: inner.config.watch_history_revisions,
         }),
         version: env!("CARGO_PKG_VERSION").to_string(),
+        statefulset_replicas: intent.replicas(),
+        scale_intent: match (&intent, &inner.config.kubernetes) {
+            (ScaleIntent::Replicas(_), Ok(api)) => {
+                format!("{intent} (statefulset {})", api.statefulset)
+            }
+            _ => intent.to_string(),
+        },
     }
 }
 

@@ -151,6 +151,12 @@ pub struct NodeConfig {
     pub dead_member_timeout: Duration,
     /// How long a request waits for a leader, a read index or `min_revision`.
     pub request_wait: Duration,
+    /// Where to read the StatefulSet's `spec.replicas` (scale intent), or why it cannot be
+    /// read: then scale-down waits for `dead_member_timeout`, as without Kubernetes.
+    pub kubernetes: std::result::Result<crate::KubernetesApi, String>,
+    /// How long a member scaled away waits on shutdown for the leader to remove it (keep it
+    /// below the pod's termination grace period).
+    pub leave_timeout: Duration,
 }
 
 impl NodeConfig {
@@ -171,6 +177,8 @@ impl NodeConfig {
             peer_listen_addr: None,
             dead_member_timeout: Duration::from_secs(600),
             request_wait: Duration::from_secs(5),
+            kubernetes: Err("no Kubernetes API configured".into()),
+            leave_timeout: Duration::from_secs(20),
         }
     }
 
@@ -203,6 +211,8 @@ impl NodeConfig {
             peer_port,
         };
         c.peer_listen_addr = Some(SocketAddr::from(([0, 0, 0, 0], peer_port)));
+        let set = Identity::parse(&c.name)?.set;
+        c.kubernetes = crate::KubernetesApi::in_cluster(&set, &pod_namespace(), None);
         c.validate()?;
         Ok(c)
     }

@@ -13,10 +13,12 @@
 //! # }
 //! ```
 
+mod autopilot;
 mod cluster;
 mod config;
 mod datadir;
 mod error;
+mod intent;
 mod kv;
 mod node;
 mod peer;
@@ -26,8 +28,10 @@ mod resolve;
 mod testing;
 mod validate;
 
+pub use autopilot::REMOVED_BY_INTENT;
 pub use config::{Identity, Limits, NodeConfig, Peers, pod_namespace};
 pub use error::{Error, Result};
+pub use intent::{KubernetesApi, SERVICE_ACCOUNT_DIR, ScaleIntent};
 pub use kv::{Kv, WatchStream};
 pub use node::{Node, NodeStatus, restore_snapshot};
 /// The request and response types shared with the gRPC API.

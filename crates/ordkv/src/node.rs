@@ -35,6 +35,10 @@ pub(crate) struct Inner {
     pub(crate) fatal: OnceLock<String>,
     /// Concurrent linearizable reads share read indexes.
     pub(crate) reads: Arc<crate::read_index::ReadBatcher>,
+    /// The StatefulSet's intended size, polled from the Kubernetes API.
+    pub(crate) intent: crate::intent::IntentWatch,
+    /// Members that asked this leader to remove them.
+    pub(crate) leave_requests: crate::autopilot::LeaveRequests,
 }
 
 /// An open replica. Cloning is cheap; every clone is the same node.
@@ -149,6 +153,12 @@ impl Node {
         let raft = Raft::new(node_id, raft_config(&config)?, network, log, sm.clone())
             .await
             .map_err(|e| Error::Storage(format!("starting raft: {e}")))?;
+        let stop = CancellationToken::new();
+        let api = match config.peers {
+            Peers::None => Err("a cluster of one".to_string()),
+            _ => config.kubernetes.clone(),
+        };
+        let intent = crate::intent::IntentWatch::start(api, stop.clone());
         let inner = Arc::new(Inner {
             identity,
             node_id,
@@ -156,9 +166,11 @@ impl Node {
             raft,
             sm,
             data_dir,
-            stop: CancellationToken::new(),
+            stop,
             fatal: OnceLock::new(),
             reads: Default::default(),
+            intent,
+            leave_requests: Default::default(),
             config,
         });
         let node = Node { inner };
@@ -331,9 +343,12 @@ impl Node {
 
     /// Stops the node: hands leadership to a caught-up voter when this node leads (so a
     /// restart or rolling update does not wait for an election timeout), stops Raft and the
-    /// peer service, and flushes storage. Membership is unchanged: SIGTERM never means
-    /// "leave the cluster".
+    /// peer service, and flushes storage. Membership is unchanged (a restart, a rolling
+    /// update or a drain keeps it), unless the StatefulSet was scaled below this member's
+    /// ordinal: then it first asks the leader to remove it and waits for that, up to
+    /// `leave_timeout`.
     pub async fn shutdown(&self) -> Result<()> {
+        crate::cluster::leave_if_scaled_away(&self.inner).await;
         crate::cluster::hand_off_leadership(&self.inner).await;
         self.inner.stop.cancel();
         self.inner

@@ -311,4 +311,18 @@ impl pb::peer_server::Peer for PeerService {
             .map_err(crate::peer::to_status)?;
         Ok(Response::new(pb::JoinReply { outcome }))
     }
+
+    async fn leave(
+        &self,
+        req: Request<pb::LeaveRequest>,
+    ) -> Result<Response<pb::LeaveReply>, Status> {
+        let req = req.into_inner();
+        if req.cluster_id != self.inner.peer.cluster_id() {
+            return Err(Status::failed_precondition("cluster id mismatch"));
+        }
+        let outcome = crate::cluster::remove_leaving(&self.inner, req.node_id, &req.name)
+            .await
+            .map_err(crate::peer::to_status)?;
+        Ok(Response::new(pb::LeaveReply { outcome }))
+    }
 }
