@@ -123,7 +123,10 @@ pub fn ordkv_command() -> Command {
     ] {
         cmd.env_remove(var);
     }
-    cmd.env("ORDKV_LOG", "info").env("NO_COLOR", "1");
+    // The binary's default log filter, whatever the caller's environment says.
+    cmd.env_remove("ORDKV_LOG")
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1");
     cmd
 }
 

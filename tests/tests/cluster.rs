@@ -2,7 +2,8 @@
 //! bootstrap with a static peer map, write forwarding and reads on every member, a leader
 //! SIGKILLed under load and restarted after the failover or at once (the history is checked
 //! for linearizability), restarts on the same and on wiped volumes, scale 3 -> 5 -> 3 with learners catching up from a snapshot, a
-//! full-cluster restart in random order, and a partitioned leader.
+//! full-cluster restart in random order, a partitioned leader, and a down follower that the
+//! leader's log reports once rather than per heartbeat.
 //!
 //! Randomised tests print their seed; `ORDKV_TEST_SEED=<seed>` replays one.
 
@@ -390,6 +391,53 @@ async fn the_leader_times_appends_to_each_follower() {
         "30 puts added {} timed appends ({before} -> {after})",
         after - before
     );
+}
+
+/// A follower that is down does not flood the leader's log: one line when it stops
+/// answering, none per heartbeat or commit, one when it is back; `/metrics` counts the
+/// failed calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_follower_is_logged_once_not_per_heartbeat() {
+    let mut c = Cluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    let down = (leader + 1) % 3;
+    c.kill_9(down);
+    // About 2 s down: 20 heartbeats, and a commit per put.
+    for n in 0..100 {
+        put(&c, leader, &format!("while-down/{n}"), "v").await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.restart(down).await;
+    converged(&c, &[0, 1, 2]).await;
+
+    let log = c.node(leader).current_log();
+    let about_it: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains(&member_name(down)))
+        .collect();
+    assert!(
+        about_it.len() <= 2 && about_it.iter().any(|l| l.contains("peer unreachable")),
+        "{} warnings about kv-{down}:\n{}",
+        about_it.len(),
+        about_it.join("\n")
+    );
+    let back = format!("peer=\"{}\"", member_name(down));
+    assert!(
+        log.lines()
+            .any(|l| l.contains("peer reachable again") && l.contains(&back)),
+        "no line saying kv-{down} is back:\n{log}"
+    );
+    let (_, metrics) = c.node(leader).http_get("/metrics").await.expect("/metrics");
+    let series = format!("ordkv_peer_errors_total{{peer=\"{}\"}} ", member_name(down));
+    let errors: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series}in:\n{metrics}"));
+    println!(
+        "kv-{down} down about 3 s: {} warnings in the leader's log, {errors} failed calls counted",
+        about_it.len()
+    );
+    assert!(errors >= 10.0, "{errors} failed calls counted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -260,10 +260,17 @@ pub(crate) fn resolve(args: &ServeArgs) -> anyhow::Result<Resolved> {
     Ok(Resolved { node, server })
 }
 
+/// The log filter when neither `ORDKV_LOG` nor `RUST_LOG` is set. openraft warns on every
+/// failed heartbeat and replication attempt (10 a second per peer that is down, more under
+/// load); ordkv's peer transport logs such an outage once and summarizes it instead
+/// (`ordkv::peer::health`).
+const DEFAULT_LOG_FILTER: &str = "info,openraft::core::heartbeat::worker=error,\
+    openraft::replication=error,openraft::engine::handler::replication_handler=error";
+
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ORDKV_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -146,6 +146,10 @@ fn describe() {
         "Time from sending an append to a peer until its answer (round trip plus the peer's log sync), by peer."
     );
     metrics::describe_counter!(
+        ordkv::PEER_ERRORS,
+        "Failed Raft calls to a peer, by peer (the log says once when a peer stops answering)."
+    );
+    metrics::describe_counter!(
         ordkv::REMOVED_BY_INTENT,
         "Members the leader removed because the StatefulSet was scaled below their ordinal."
     );

@@ -37,4 +37,4 @@ pub use node::{Node, NodeStatus, restore_snapshot};
 /// The request and response types shared with the gRPC API.
 pub use ordkv_store::pb;
 pub use ordkv_store::{SYNC_DURATION, SYNC_WAITERS, SnapshotSummary, verify_snapshot};
-pub use peer::PEER_APPEND_DURATION;
+pub use peer::{PEER_APPEND_DURATION, PEER_ERRORS};

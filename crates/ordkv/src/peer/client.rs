@@ -93,6 +93,22 @@ impl RaftPeer {
         status_error(&self.target_name, s)
     }
 
+    /// Notes whether the target answered a call, for [`super::health`].
+    fn observe<T, E: std::fmt::Display>(&self, result: Result<T, E>) -> Result<T, E> {
+        if result.is_ok() {
+            self.shared.health.answered(&self.target_name);
+        }
+        self.observe_failure(result)
+    }
+
+    /// Notes a call that failed before the target could answer.
+    fn observe_failure<T, E: std::fmt::Display>(&self, result: Result<T, E>) -> Result<T, E> {
+        if let Err(e) = &result {
+            self.shared.health.failed(&self.target_name, &e.to_string());
+        }
+        result
+    }
+
     /// Streams appends to the target over one gRPC stream, without waiting for answers
     /// between them; the target answers each in order once it is on its disk.
     async fn open_append_stream(
@@ -148,6 +164,9 @@ impl RaftPeer {
         Ok(Box::pin(stream::unfold(Some(stream), |st| async move {
             let mut st = st?;
             let item = st.next().await?;
+            if let Err(e) = &item {
+                st.shared.health.failed(&st.target_name, &e.to_string());
+            }
             let go_on = item.as_ref().is_ok_and(|r| r.is_ok());
             Some((item, go_on.then_some(st)))
         })))
@@ -163,16 +182,17 @@ impl RaftPeer {
         F: FnOnce(PeerClient<Channel>, pb::PeerRequest) -> Fut,
         Fut: Future<Output = Result<tonic::Response<pb::PeerReply>, tonic::Status>>,
     {
-        let grpc = self.grpc()?;
+        let grpc = self.observe_failure(self.grpc())?;
         let req = self.request(payload);
-        match tokio::time::timeout(ttl, call(grpc, req)).await {
+        let result = match tokio::time::timeout(ttl, call(grpc, req)).await {
             Err(_) => Err(RPCError::Unreachable(unreachable(format!(
                 "{}: no answer within {ttl:?}",
                 self.target_name
             )))),
             Ok(Err(s)) => Err(self.status(s)),
             Ok(Ok(r)) => Ok(r.into_inner().payload.to_vec()),
-        }
+        };
+        self.observe(result)
     }
 }
 
@@ -292,7 +312,8 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
                 None => None,
             };
             let requests = stream::iter(std::iter::once(first).chain(second)).chain(input);
-            self.open_append_stream(requests, option).await
+            let opened = self.open_append_stream(requests, option).await;
+            self.observe(opened)
         })
     }
 
@@ -334,7 +355,7 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let mut grpc = self.grpc()?;
+        let mut grpc = self.observe_failure(self.grpc())?;
         let header = self.request(
             encode(&(vote, snapshot.meta.clone()))
                 .map_err(|e| StreamingError::Network(NetworkError::from_string(e)))?,
@@ -391,7 +412,7 @@ impl RaftPeer {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RpcErr> {
-        let grpc = self.grpc()?;
+        let grpc = self.observe_failure(self.grpc())?;
         let req = self.request(encode(&(pre_vote, rpc)).map_err(net)?);
         let ttl = option.hard_ttl();
         let result = tokio::time::timeout(ttl, async move {
@@ -399,7 +420,7 @@ impl RaftPeer {
             grpc.vote(req).await
         })
         .await;
-        match result {
+        let result = match result {
             Err(_) => Err(RPCError::Unreachable(unreachable(format!(
                 "{}: no answer within {ttl:?}",
                 self.target_name
@@ -412,7 +433,8 @@ impl RaftPeer {
                 Err(self.status(s))
             }
             Ok(Ok(r)) => decode(&r.into_inner().payload).map_err(net),
-        }
+        };
+        self.observe(result)
     }
 }
 

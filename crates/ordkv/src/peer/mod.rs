@@ -7,9 +7,11 @@
 //! not in its membership (a removed member that comes back must not disrupt elections).
 
 pub(crate) mod client;
+pub(crate) mod health;
 pub(crate) mod server;
 
 pub use client::PEER_APPEND_DURATION;
+pub use health::PEER_ERRORS;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,6 +47,8 @@ pub(crate) struct PeerShared {
     pub(crate) without_append_stream: AtomicBool,
     /// One lazily connecting channel per peer address, shared by every caller.
     channels: Mutex<HashMap<String, Channel>>,
+    /// Which peers answer the Raft calls (quiet logs while one is down).
+    pub(crate) health: health::PeerHealth,
 }
 
 impl PeerShared {
@@ -62,6 +66,7 @@ impl PeerShared {
             #[cfg(test)]
             without_append_stream: AtomicBool::new(false),
             channels: Mutex::new(HashMap::new()),
+            health: Default::default(),
         }
     }
 
