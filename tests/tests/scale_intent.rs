@@ -137,6 +137,22 @@ async fn all_there(c: &Cluster, i: usize, acked: &[String]) {
     );
 }
 
+/// Lets the writer run a little past the change, stops it, reports the scenario's figures
+/// and checks that the members that stay (kv-0, kv-1) hold every acknowledged write.
+async fn finish(c: &Cluster, writer: Writer, scaled: Instant, matched: Instant, scenario: &str) {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (acked, gap) = writer.stop(scaled).await;
+    println!(
+        "{scenario}: membership matched {} ms after spec.replicas changed; longest write gap \
+         {} ms; {} writes acknowledged",
+        matched.duration_since(scaled).as_millis(),
+        gap.as_millis(),
+        acked.len()
+    );
+    all_there(c, 0, &acked).await;
+    all_there(c, 1, &acked).await;
+}
+
 /// `kubectl scale --replicas n` with members `from..` SIGTERMed at once; checks each exits
 /// cleanly within the grace period.
 async fn scale_down(c: &mut Cluster, api: &FakeKubeApi, n: u32, from: usize) -> Instant {
@@ -186,17 +202,14 @@ async fn five_to_two_in_one_step_with_the_leader_among_those_that_go() {
     let scaled = scale_down(&mut c, &api, 2, 2).await;
     let matched = membership_is(&c, 0, 2).await;
     membership_is(&c, 1, 2).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (acked, gap) = writer.stop(scaled).await;
-    println!(
-        "5 -> 2 (leader kv-4 among them): membership matched {} ms after spec.replicas changed; \
-         longest write gap {} ms; {} writes acknowledged",
-        matched.duration_since(scaled).as_millis(),
-        gap.as_millis(),
-        acked.len()
-    );
-    all_there(&c, 0, &acked).await;
-    all_there(&c, 1, &acked).await;
+    finish(
+        &c,
+        writer,
+        scaled,
+        matched,
+        "5 -> 2 (leader kv-4 among them)",
+    )
+    .await;
     let leader = c.leader().await;
     assert!(leader < 2, "kv-{leader} leads");
 }
@@ -222,17 +235,14 @@ async fn a_member_scaled_away_but_killed_is_removed_by_the_leader() {
     );
     let stays = if leader < 2 { leader } else { 0 };
     let matched = membership_is(&c, stays, 2).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (acked, gap) = writer.stop(scaled).await;
-    println!(
-        "4 -> 2 with kv-{victim} killed: membership matched {} ms after spec.replicas changed; \
-         longest write gap {} ms; {} writes acknowledged",
-        matched.duration_since(scaled).as_millis(),
-        gap.as_millis(),
-        acked.len()
-    );
-    all_there(&c, 0, &acked).await;
-    all_there(&c, 1, &acked).await;
+    finish(
+        &c,
+        writer,
+        scaled,
+        matched,
+        &format!("4 -> 2 with kv-{victim} killed"),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
