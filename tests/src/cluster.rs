@@ -14,11 +14,13 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ordkv_proto::v1::{
-    Consistency, KeyValue, RangeRequest, StatusRequest, StatusResponse,
+    Consistency, KeyValue, PutRequest, RangeRequest, StatusRequest, StatusResponse,
     cluster_client::ClusterClient, kv_client::KvClient,
 };
 use tonic::transport::{Channel, Endpoint};
@@ -87,12 +89,9 @@ impl Cluster {
     /// Like [`Cluster::start`], with ports reserved for `planned` members in all, so that
     /// [`Cluster::add_member`] can add the rest later.
     pub async fn start_planned(members: usize, planned: usize, args: &[&str]) -> Cluster {
-        let mut cluster = Cluster::launch(members, planned, args);
-        cluster.wait_ready_all().await;
-        // Ready means serving, which a learner already does; the scenarios assume the first
-        // members vote (a partition right after start must leave a majority that can elect).
-        cluster.wait_voters(members).await;
-        cluster
+        Cluster::launch(members, planned, args)
+            .formed(members)
+            .await
     }
 
     /// [`Cluster::start`] with environment variables for every member.
@@ -101,10 +100,18 @@ impl Cluster {
         args: &[&str],
         env: &[(String, String)],
     ) -> Cluster {
-        let mut cluster = Cluster::launch_with_env(members, members, args, env);
-        cluster.wait_ready_all().await;
-        cluster.wait_voters(members).await;
-        cluster
+        Cluster::launch_with_env(members, members, args, env)
+            .formed(members)
+            .await
+    }
+
+    /// Waits until every started member is ready and `members` vote.
+    async fn formed(mut self, members: usize) -> Cluster {
+        self.wait_ready_all().await;
+        // Ready means serving, which a learner already does; the scenarios assume the first
+        // members vote (a partition right after start must leave a majority that can elect).
+        self.wait_voters(members).await;
+        self
     }
 
     /// Waits until the leader counts `n` voters.
@@ -436,5 +443,124 @@ impl Cluster {
             .map(NodeProcess::logs)
             .collect::<Vec<_>>()
             .join("\n")
+    }
+}
+
+/// A writer that keeps putting `{prefix}NNNNN` through the given members, round robin, until
+/// stopped, and records when each write was acknowledged.
+pub struct BackgroundWriter {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<(String, String, Instant)>>>,
+    failed: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What a [`BackgroundWriter`] did.
+pub struct WriterReport {
+    /// Acknowledged writes, key and value, in order.
+    pub acked: Vec<(String, String)>,
+    /// Writes that failed or timed out (their outcome is unknown).
+    pub failed: u64,
+    /// When each acknowledged write was acknowledged.
+    pub acked_at: Vec<Instant>,
+}
+
+impl WriterReport {
+    /// The longest time without an acknowledgement from `since` to the last one.
+    pub fn longest_gap(&self, since: Instant) -> Duration {
+        let mut last = since;
+        let mut gap = Duration::ZERO;
+        for at in self.acked_at.iter().filter(|at| **at >= since) {
+            gap = gap.max(at.duration_since(last));
+            last = *at;
+        }
+        gap
+    }
+}
+
+impl BackgroundWriter {
+    /// Starts writing through members `via` (3 s per request).
+    pub fn start(c: &Cluster, via: &[usize], prefix: &str) -> BackgroundWriter {
+        let clients: Vec<KvClient<Channel>> = via
+            .iter()
+            .map(|i| KvClient::new(c.channel(*i, Duration::from_secs(3))))
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked: Arc<Mutex<Vec<(String, String, Instant)>>> = Arc::default();
+        let failed: Arc<AtomicU64> = Arc::default();
+        let (s, a, f, prefix) = (
+            stop.clone(),
+            acked.clone(),
+            failed.clone(),
+            prefix.to_string(),
+        );
+        let task = tokio::spawn(async move {
+            let mut n = 0usize;
+            while !s.load(Ordering::SeqCst) {
+                let (key, value) = (format!("{prefix}{n:05}"), format!("v-{n}"));
+                let mut client = clients[n % clients.len()].clone();
+                let put = client.put(PutRequest {
+                    key: Bytes::from(key.clone()),
+                    value: Bytes::from(value.clone()),
+                    prev_kv: false,
+                });
+                match put.await {
+                    Ok(_) => a.lock().unwrap().push((key, value, Instant::now())),
+                    Err(_) => {
+                        f.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                n += 1;
+            }
+        });
+        BackgroundWriter {
+            stop,
+            acked,
+            failed,
+            task,
+        }
+    }
+
+    /// Writes acknowledged so far.
+    pub fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Waits until `more` writes beyond `from` are acknowledged; returns how many are.
+    pub async fn progresses(&self, c: &Cluster, from: usize, more: usize, phase: &str) -> usize {
+        c.wait_until(
+            &format!("the background writer progresses ({phase})"),
+            CONVERGE,
+            || async {
+                let n = self.acked();
+                if n >= from + more {
+                    Ok(n)
+                } else {
+                    Err(format!(
+                        "{n} acknowledged, failed {}",
+                        self.failed.load(Ordering::SeqCst)
+                    ))
+                }
+            },
+        )
+        .await
+    }
+
+    /// Stops writing and reports.
+    pub async fn stop(self) -> WriterReport {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.expect("background writer");
+        let (acked, acked_at) = self
+            .acked
+            .lock()
+            .unwrap()
+            .drain(..)
+            .map(|(k, v, at)| ((k, v), at))
+            .unzip();
+        WriterReport {
+            acked,
+            failed: self.failed.load(Ordering::SeqCst),
+            acked_at,
+        }
     }
 }

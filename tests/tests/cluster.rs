@@ -16,7 +16,7 @@ use bytes::Bytes;
 use ordkv_proto::v1::kv_client::KvClient;
 use ordkv_proto::v1::{Consistency, GetRequest, KeyValue, PutRequest, Role, StatusResponse};
 use ordkv_tests::SplitMix64;
-use ordkv_tests::cluster::{CONVERGE, Cluster, member_name};
+use ordkv_tests::cluster::{BackgroundWriter, CONVERGE, Cluster, WriterReport, member_name};
 use ordkv_tests::linearizability::{CheckResult, Event, Op, Recorder, check};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -415,8 +415,10 @@ async fn a_down_follower_is_logged_once_not_per_heartbeat() {
         .lines()
         .filter(|l| l.contains(" WARN ") && l.contains(&member_name(down)))
         .collect();
+    // The outage may start over once while the member restarts (a stale connection fails
+    // after a heartbeat got through); a line per heartbeat would be 20 or more.
     assert!(
-        about_it.len() <= 2 && about_it.iter().any(|l| l.contains("peer unreachable")),
+        about_it.len() <= 5 && about_it.iter().any(|l| l.contains("peer unreachable")),
         "{} warnings about kv-{down}:\n{}",
         about_it.len(),
         about_it.join("\n")
@@ -675,7 +677,8 @@ async fn leader_sigkill_under_load(restart: Restart) {
     c.kill_9(old_leader);
     let killed_at = recorder.now();
     let killed_wall = SystemTime::now();
-    let reads_at_restart = if restart == Restart::AtOnce {
+    let at_once = restart == Restart::AtOnce;
+    if at_once {
         c.spawn(old_leader);
         let failed = first_reads(&c, old_leader, &recorder, 4).await;
         println!(
@@ -684,10 +687,7 @@ async fn leader_sigkill_under_load(restart: Restart) {
             4 * LOAD_KEYS,
             Duration::from_nanos(recorder.now() - killed_at).as_millis()
         );
-        true
-    } else {
-        false
-    };
+    }
 
     // Failover: from the kill to the first acknowledgement of a write sent after it.
     let first_ack = c
@@ -726,9 +726,7 @@ async fn leader_sigkill_under_load(restart: Restart) {
         client.await.expect("load client");
     }
     // Restarted at once, the old leader may win the election itself.
-    let candidates: Vec<usize> = (0..3)
-        .filter(|i| reads_at_restart || *i != old_leader)
-        .collect();
+    let candidates: Vec<usize> = (0..3).filter(|i| at_once || *i != old_leader).collect();
     let new_leader = c.leader_among(&candidates).await;
     let new_term = c.status(new_leader).await.term;
     // When the new leader took over, from its own log.
@@ -745,7 +743,7 @@ async fn leader_sigkill_under_load(restart: Restart) {
         elected.map_or("?".to_string(), |d| d.as_millis().to_string())
     );
     // The killed member comes back on its data dir and catches up.
-    if reads_at_restart {
+    if at_once {
         c.wait_ready(old_leader).await;
     } else {
         assert_ne!(new_leader, old_leader);
@@ -1049,77 +1047,6 @@ async fn wiped_members_rejoin_under_new_node_ids() {
 /// snapshot, only past ~1100 entries.
 const SCALE_KEYS: usize = 1300;
 
-/// A writer that keeps putting `bg/NNNNN` through the voters until stopped.
-struct BackgroundWriter {
-    stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<(String, String)>>>,
-    failed: Arc<Mutex<u64>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl BackgroundWriter {
-    fn start(c: &Cluster, via: &[usize]) -> BackgroundWriter {
-        let clients: Vec<KvClient<Channel>> = via
-            .iter()
-            .map(|i| KvClient::new(c.channel(*i, OP_TIMEOUT)))
-            .collect();
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
-        let failed: Arc<Mutex<u64>> = Arc::default();
-        let (s, a, f) = (stop.clone(), acked.clone(), failed.clone());
-        let task = tokio::spawn(async move {
-            let mut n = 0usize;
-            while !s.load(Ordering::SeqCst) {
-                let (key, value) = (format!("bg/{n:05}"), format!("bg-{n}"));
-                let mut client = clients[n % clients.len()].clone();
-                match client.put(put_req(&key, &value)).await {
-                    Ok(_) => a.lock().unwrap().push((key, value)),
-                    Err(_) => *f.lock().unwrap() += 1,
-                }
-                n += 1;
-            }
-        });
-        BackgroundWriter {
-            stop,
-            acked,
-            failed,
-            task,
-        }
-    }
-
-    fn acked(&self) -> usize {
-        self.acked.lock().unwrap().len()
-    }
-
-    /// Waits until `more` writes beyond `from` are acknowledged.
-    async fn progresses(&self, c: &Cluster, from: usize, more: usize, phase: &str) -> usize {
-        c.wait_until(
-            &format!("the background writer progresses ({phase})"),
-            CONVERGE,
-            || async {
-                let n = self.acked();
-                if n >= from + more {
-                    Ok(n)
-                } else {
-                    Err(format!(
-                        "{n} acknowledged, failed {}",
-                        self.failed.lock().unwrap()
-                    ))
-                }
-            },
-        )
-        .await
-    }
-
-    async fn stop(self) -> (Vec<(String, String)>, u64) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.task.await.expect("background writer");
-        let acked = self.acked.lock().unwrap().clone();
-        let failed = *self.failed.lock().unwrap();
-        (acked, failed)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_three_to_five_learners_and_back() {
     let args = ["--snapshot-every", "100", "--max-voters", "3"];
@@ -1140,7 +1067,7 @@ async fn scale_three_to_five_learners_and_back() {
     })
     .await;
 
-    let writer = BackgroundWriter::start(&c, &[0, 1, 2]);
+    let writer = BackgroundWriter::start(&c, &[0, 1, 2], "bg/");
     let mut progress = writer.progresses(&c, 0, 10, "before scale-up").await;
 
     // Scale up: kv-3 and kv-4 join as learners (voters are full) and catch up.
@@ -1216,7 +1143,7 @@ async fn scale_three_to_five_learners_and_back() {
         put(&c, i, &format!("after-scale-down/{i}"), "ok").await;
     }
 
-    let (acked, failed) = writer.stop().await;
+    let WriterReport { acked, failed, .. } = writer.stop().await;
     let data = kv_map(&converged(&c, &[0, 1, 2]).await);
     println!(
         "background writer: {} acknowledged, {failed} failed",

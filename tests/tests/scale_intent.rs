@@ -5,78 +5,15 @@
 //! data dirs. A writer runs throughout; every acknowledged write must be there at the end.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ordkv_proto::v1::kv_client::KvClient;
-use ordkv_proto::v1::{Consistency, PutRequest, RangeRequest, Role, TransferLeaderRequest};
-use ordkv_tests::cluster::{CONVERGE, Cluster};
+use ordkv_proto::v1::{Consistency, RangeRequest, Role, TransferLeaderRequest};
+use ordkv_tests::cluster::{BackgroundWriter, CONVERGE, Cluster};
 use ordkv_tests::kube_api::FakeKubeApi;
 
 /// The pods' termination grace period (Kubernetes' default).
 const GRACE: Duration = Duration::from_secs(30);
-
-/// A writer that puts `w/NNNNN` through the given members until stopped, recording every
-/// acknowledged key and the longest time between two acknowledgements.
-struct Writer {
-    stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<(String, Instant)>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Writer {
-    fn start(c: &Cluster, via: &[usize]) -> Writer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(Mutex::new(Vec::new()));
-        let channels: Vec<_> = via
-            .iter()
-            .map(|i| c.channel(*i, Duration::from_secs(3)))
-            .collect();
-        let task = tokio::spawn({
-            let (stop, acked) = (stop.clone(), acked.clone());
-            async move {
-                let mut n = 0u64;
-                while !stop.load(Ordering::SeqCst) {
-                    let key = format!("w/{n:05}");
-                    let mut client = KvClient::new(channels[n as usize % channels.len()].clone());
-                    let put = client.put(PutRequest {
-                        key: Bytes::from(key.clone()),
-                        value: Bytes::from_static(b"v"),
-                        prev_kv: false,
-                    });
-                    match put.await {
-                        Ok(_) => acked.lock().unwrap().push((key, Instant::now())),
-                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                    }
-                    n += 1;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        });
-        Writer { stop, acked, task }
-    }
-
-    fn acked(&self) -> usize {
-        self.acked.lock().unwrap().len()
-    }
-
-    /// Stops it; returns the acknowledged keys and the longest gap between acknowledgements
-    /// from `since` on.
-    async fn stop(self, since: Instant) -> (Vec<String>, Duration) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.task.await.unwrap();
-        let acked = self.acked.lock().unwrap().clone();
-        let mut gap = Duration::ZERO;
-        let mut last = since;
-        for (_, at) in acked.iter().filter(|(_, at)| *at >= since) {
-            gap = gap.max(at.duration_since(last));
-            last = *at;
-        }
-        (acked.into_iter().map(|(k, _)| k).collect(), gap)
-    }
-}
 
 /// Ordinals of the voters (and whether any learner is left) as member `i` reports them.
 async fn voters(c: &Cluster, i: usize) -> Result<(BTreeSet<u32>, usize), String> {
@@ -111,8 +48,8 @@ async fn membership_is(c: &Cluster, i: usize, n: u32) -> Instant {
     .await
 }
 
-/// Every key in `acked` is on member `i` (a linearizable range).
-async fn all_there(c: &Cluster, i: usize, acked: &[String]) {
+/// Every write in `acked` is on member `i` (a linearizable range).
+async fn all_there(c: &Cluster, i: usize, acked: &[(String, String)]) {
     let got = c
         .kv(i)
         .range(RangeRequest {
@@ -123,12 +60,15 @@ async fn all_there(c: &Cluster, i: usize, acked: &[String]) {
         .await
         .unwrap_or_else(|e| panic!("range on kv-{i}: {e:?}\n{}", c.logs()))
         .into_inner();
-    let keys: BTreeSet<String> = got
+    let there: BTreeSet<(String, String)> = got
         .kvs
         .iter()
-        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+        .map(|kv| {
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            (text(&kv.key), text(&kv.value))
+        })
         .collect();
-    let lost: Vec<&String> = acked.iter().filter(|k| !keys.contains(*k)).collect();
+    let lost: Vec<_> = acked.iter().filter(|kv| !there.contains(*kv)).collect();
     assert!(
         lost.is_empty(),
         "{} acknowledged writes lost: {:?}",
@@ -139,18 +79,25 @@ async fn all_there(c: &Cluster, i: usize, acked: &[String]) {
 
 /// Lets the writer run a little past the change, stops it, reports the scenario's figures
 /// and checks that the members that stay (kv-0, kv-1) hold every acknowledged write.
-async fn finish(c: &Cluster, writer: Writer, scaled: Instant, matched: Instant, scenario: &str) {
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (acked, gap) = writer.stop(scaled).await;
+async fn finish(
+    c: &Cluster,
+    writer: BackgroundWriter,
+    scaled: Instant,
+    matched: Instant,
+    scenario: &str,
+) {
+    let acked = writer.acked();
+    writer.progresses(c, acked, 10, "after the change").await;
+    let report = writer.stop().await;
     println!(
         "{scenario}: membership matched {} ms after spec.replicas changed; longest write gap \
          {} ms; {} writes acknowledged",
         matched.duration_since(scaled).as_millis(),
-        gap.as_millis(),
-        acked.len()
+        report.longest_gap(scaled).as_millis(),
+        report.acked.len()
     );
-    all_there(c, 0, &acked).await;
-    all_there(c, 1, &acked).await;
+    all_there(c, 0, &report.acked).await;
+    all_there(c, 1, &report.acked).await;
 }
 
 /// `kubectl scale --replicas n` with members `from..` SIGTERMed at once; checks each exits
@@ -192,13 +139,8 @@ async fn five_to_two_in_one_step_with_the_leader_among_those_that_go() {
     assert_eq!(status.statefulset_replicas, Some(5), "{status:?}");
     assert_eq!(status.scale_intent, "replicas 5 (statefulset kv)");
 
-    let writer = Writer::start(&c, &[0, 1]);
-    c.wait_until("the writer runs", CONVERGE, || async {
-        (writer.acked() >= 20)
-            .then_some(())
-            .ok_or_else(|| "not yet".to_string())
-    })
-    .await;
+    let writer = BackgroundWriter::start(&c, &[0, 1], "w/");
+    writer.progresses(&c, 0, 20, "before the change").await;
     let scaled = scale_down(&mut c, &api, 2, 2).await;
     let matched = membership_is(&c, 0, 2).await;
     membership_is(&c, 1, 2).await;
@@ -219,7 +161,7 @@ async fn a_member_scaled_away_but_killed_is_removed_by_the_leader() {
     let api = FakeKubeApi::start("default", "kv", 4).await;
     let mut c = Cluster::start_with_env(4, &[], &api.pod_env()).await;
     let leader = c.leader().await;
-    let writer = Writer::start(&c, &[0, 1]);
+    let writer = BackgroundWriter::start(&c, &[0, 1], "w/");
     // 4 -> 2: kv-3 is SIGKILLed (no chance to leave), kv-2 terminates normally.
     api.set_replicas(2);
     let scaled = Instant::now();
@@ -249,14 +191,9 @@ async fn a_member_scaled_away_but_killed_is_removed_by_the_leader() {
 async fn scaling_to_zero_removes_nobody_and_the_cluster_comes_back() {
     let api = FakeKubeApi::start("default", "kv", 3).await;
     let mut c = Cluster::start_with_env(3, &[], &api.pod_env()).await;
-    let writer = Writer::start(&c, &[0, 1, 2]);
-    c.wait_until("the writer runs", CONVERGE, || async {
-        (writer.acked() >= 20)
-            .then_some(())
-            .ok_or_else(|| "not yet".to_string())
-    })
-    .await;
-    let (acked, _) = writer.stop(Instant::now()).await;
+    let writer = BackgroundWriter::start(&c, &[0, 1, 2], "w/");
+    writer.progresses(&c, 0, 20, "before the change").await;
+    let acked = writer.stop().await.acked;
     let cluster_id = c.status(0).await.cluster_id;
 
     api.set_replicas(0);

@@ -687,9 +687,6 @@ pub(crate) async fn remove_leaving(inner: &Inner, node_id: u64, name: &str) -> R
 /// is removed or `leave_timeout` ran out. A member below the count (a restart, a rolling
 /// update, a drain) keeps its membership.
 pub(crate) async fn leave_if_scaled_away(inner: &Inner) {
-    if inner.config.peers == Peers::None {
-        return;
-    }
     let intent = inner.intent.fresh().await;
     let ordinal = inner.identity.ordinal;
     let Some(replicas) = intent.replicas().filter(|_| intent.removes(ordinal)) else {

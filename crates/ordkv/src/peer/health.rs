@@ -28,7 +28,6 @@ struct Down {
     failures: u64,
     unreported: u64,
     reported_at: Instant,
-    last_error: String,
 }
 
 /// What a failed call changes in the log.
@@ -50,7 +49,7 @@ impl PeerHealth {
     /// A call to `peer` failed with `error`.
     pub(crate) fn failed(&self, peer: &str, error: &str) {
         metrics::counter!(PEER_ERRORS, "peer" => peer.to_string()).increment(1);
-        match self.failed_at(peer, error, Instant::now()) {
+        match self.failed_at(peer, Instant::now()) {
             Report::Started => tracing::warn!(
                 peer,
                 error,
@@ -83,7 +82,7 @@ impl PeerHealth {
         }
     }
 
-    fn failed_at(&self, peer: &str, error: &str, now: Instant) -> Report {
+    fn failed_at(&self, peer: &str, now: Instant) -> Report {
         let mut down = self.down();
         let Some(d) = down.get_mut(peer) else {
             down.insert(
@@ -93,7 +92,6 @@ impl PeerHealth {
                     failures: 1,
                     unreported: 0,
                     reported_at: now,
-                    last_error: error.to_string(),
                 },
             );
             self.down_count.store(down.len(), Ordering::Relaxed);
@@ -101,7 +99,6 @@ impl PeerHealth {
         };
         d.failures += 1;
         d.unreported += 1;
-        d.last_error.replace_range(.., error);
         if now.duration_since(d.reported_at) < SUMMARY_EVERY {
             return Report::Quiet;
         }
@@ -130,27 +127,27 @@ mod tests {
     fn a_peer_that_stays_down_is_reported_once_then_summarized() {
         let health = PeerHealth::default();
         let t0 = Instant::now();
-        assert_eq!(health.failed_at("kv-2", "refused", t0), Report::Started);
+        assert_eq!(health.failed_at("kv-2", t0), Report::Started);
         // A heartbeat every 100 ms for just under the summary period: nothing.
         for i in 1..300u64 {
             let at = t0 + Duration::from_millis(100 * i);
-            assert_eq!(health.failed_at("kv-2", "refused", at), Report::Quiet);
+            assert_eq!(health.failed_at("kv-2", at), Report::Quiet);
         }
         assert_eq!(
-            health.failed_at("kv-2", "refused", t0 + SUMMARY_EVERY),
+            health.failed_at("kv-2", t0 + SUMMARY_EVERY),
             Report::StillDown {
                 failures: 300,
                 down_for: SUMMARY_EVERY
             }
         );
         // Another peer has its own state.
-        assert_eq!(health.failed_at("kv-1", "timeout", t0), Report::Started);
+        assert_eq!(health.failed_at("kv-1", t0), Report::Started);
         let back = health.answered_at("kv-2").expect("kv-2 was down");
         assert_eq!(back.failures, 301);
         assert!(health.answered_at("kv-2").is_none(), "reported back once");
         // Down again later: a new episode.
         assert_eq!(
-            health.failed_at("kv-2", "refused", t0 + 2 * SUMMARY_EVERY),
+            health.failed_at("kv-2", t0 + 2 * SUMMARY_EVERY),
             Report::Started
         );
     }
