@@ -1160,6 +1160,62 @@ async fn scale_three_to_five_learners_and_back() {
     assert!(expected.iter().all(|(k, v)| data.get(k) == Some(v)));
 }
 
+/// A follower down while the leader's log was purged past it catches up from a snapshot,
+/// takes more entries, and still opens its data dir after a SIGKILL. (The log of a member
+/// that installed a snapshot over it once kept its old entries in the same segment file,
+/// before the new ones and after a gap, and the member refused to start: "a hole between
+/// log index ...".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_caught_up_from_a_snapshot_restarts() {
+    let mut c = Cluster::start(3, &["--snapshot-every", "100"]).await;
+    let leader = c.leader().await;
+    let follower = (0..3).find(|i| *i != leader).expect("a follower");
+    let others: Vec<usize> = (0..3).filter(|i| *i != follower).collect();
+    let mut expected = write_keys(&c, &others, "before", 50, 4).await;
+    c.kill_9(follower);
+    // Past openraft's 1000 entries kept behind a snapshot, so the follower's next entry
+    // is purged on the leader.
+    expected.extend(write_keys(&c, &others, "while-down", SCALE_KEYS, 16).await);
+    c.restart(follower).await;
+    c.wait_until("the follower installed a snapshot", CONVERGE, || async {
+        match c
+            .node(follower)
+            .current_log()
+            .contains("installed snapshot")
+        {
+            true => Ok(()),
+            false => Err("no \"installed snapshot\" in its log".to_string()),
+        }
+    })
+    .await;
+    expected.extend(write_keys(&c, &others, "after", 50, 4).await);
+    // Entries appended after the snapshot, then a restart.
+    c.wait_until("the follower serves every key", CONVERGE, || {
+        serves(&c, follower, &expected)
+    })
+    .await;
+    c.kill_9(follower);
+    c.restart(follower).await;
+    c.wait_until("the restarted follower serves every key", CONVERGE, || {
+        serves(&c, follower, &expected)
+    })
+    .await;
+}
+
+/// Whether member `i` serves every key of `expected` from its local state.
+async fn serves(c: &Cluster, i: usize, expected: &BTreeMap<String, String>) -> Result<(), String> {
+    let local = c.try_range(i, Consistency::Serializable).await;
+    let local = kv_map(&local.map_err(|e| format!("{e:?}"))?);
+    match expected
+        .iter()
+        .filter(|(k, v)| local.get(*k) != Some(v))
+        .count()
+    {
+        0 => Ok(()),
+        missing => Err(format!("{missing} keys missing")),
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // 7. Full stop, restart in random order
 // ---------------------------------------------------------------------------------------

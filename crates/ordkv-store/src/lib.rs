@@ -70,7 +70,7 @@ pub fn open(dir: &Path, opts: &StoreOptions) -> io::Result<(LogStore, StateMachi
             .sync_data()
             .map_err(|e| format!("fdatasync of sled: {e}"))
     })?;
-    let wal = wal::Wal::open(&dir.join("wal"))?;
+    let wal = wal::Wal::open(&dir.join("wal"), LogStore::purged_index(&db)?)?;
     let synced = wal.clone();
     let wal_sync = Durability::start("ordkv-wal-sync", "wal", failed, move || {
         synced

@@ -4,6 +4,7 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
@@ -26,6 +27,20 @@ pub struct LogStore {
     wal_sync: Durability,
     /// Durable sled writes (vote, purge point).
     db_sync: Durability,
+    purge: Arc<Mutex<PurgePoints>>,
+}
+
+/// openraft's purge point and the one before it. Segment files are purged only up to the
+/// earlier one: a replication stream to a member just removed from the membership is no
+/// longer counted by openraft's "log in use" check, and can still read from where that
+/// member was after a purge (openraft debug-asserts its entries start at the index asked).
+/// Reads for openraft's own use stop at its purge point, as its log contract says.
+#[derive(Default)]
+struct PurgePoints {
+    /// Entries at or below are not the log any more.
+    logical: Option<u64>,
+    /// Entries at or below are gone from the segment files.
+    physical: Option<u64>,
 }
 
 fn sled_err(e: sled::Error) -> io::Error {
@@ -44,12 +59,26 @@ impl LogStore {
             meta: db.open_tree("raft_meta").map_err(sled_err)?,
             wal_sync,
             db_sync,
+            purge: Arc::default(),
         };
         // Segments may still hold entries below the purge point; they are not the log.
         if let Some(purged) = store.get_meta::<LogId>(LAST_PURGED)? {
             store.wal.purge(purged.index)?;
+            *store.purge.lock().expect("purge points") = PurgePoints {
+                logical: Some(purged.index),
+                physical: Some(purged.index),
+            };
         }
         Ok(store)
+    }
+
+    /// The durable purge point's index, read before the log is opened (see [`Wal::open`]).
+    pub(crate) fn purged_index(db: &sled::Db) -> io::Result<Option<u64>> {
+        let meta = db.open_tree("raft_meta").map_err(sled_err)?;
+        match meta.get(LAST_PURGED).map_err(sled_err)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(decode_meta::<LogId>("last_purged", &v)?.index)),
+        }
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
@@ -68,7 +97,13 @@ impl LogStore {
     /// log there), durably.
     pub(crate) async fn set_purged(&self, log_id: LogId) -> io::Result<()> {
         self.put_meta(LAST_PURGED, &log_id)?;
-        self.db_sync.flush().await
+        self.db_sync.flush().await?;
+        self.wal.purge(log_id.index)?;
+        *self.purge.lock().expect("purge points") = PurgePoints {
+            logical: Some(log_id.index),
+            physical: Some(log_id.index),
+        };
+        Ok(())
     }
 }
 
@@ -87,6 +122,18 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(x) => *x,
             Bound::Unbounded => u64::MAX,
         };
+        let first = self
+            .purge
+            .lock()
+            .expect("purge points")
+            .logical
+            .map_or(0, |i| i + 1);
+        self.wal.read(start.max(first), end)
+    }
+
+    /// The replication streams' read: entries purged since the previous purge point are still
+    /// served (see [`PurgePoints`]); they are committed entries, the same on every member.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
         self.wal.read(start, end)
     }
 
@@ -102,7 +149,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let last_purged_log_id: Option<LogId> = self.get_meta(LAST_PURGED)?;
         let last = self.wal.last();
         Ok(LogState {
-            last_log_id: last.or(last_purged_log_id),
+            last_log_id: last.max(last_purged_log_id),
             last_purged_log_id,
         })
     }
@@ -146,6 +193,87 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // ignored from then on, and a crash in between leaves no hole.
         self.put_meta(LAST_PURGED, &log_id)?;
         self.db_sync.flush().await?;
-        self.wal.purge(log_id.index)
+        // A purge past the last entry (a snapshot installed over the log) empties the log
+        // at once: the next append must follow the purge point.
+        let past_the_end = self
+            .wal
+            .last()
+            .is_none_or(|last| last.index <= log_id.index);
+        let physical = {
+            let mut points = self.purge.lock().expect("purge points");
+            let previous = points.logical.replace(log_id.index);
+            points.physical = if past_the_end {
+                Some(log_id.index)
+            } else {
+                previous.or(points.physical)
+            };
+            points.physical
+        };
+        match physical {
+            Some(index) => self.wal.purge(index),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::EntryPayload;
+    use openraft::storage::{IOFlushed, RaftLogStorage};
+    use openraft::testing::log_id;
+    use tempfile::TempDir;
+
+    use super::*;
+    use crate::conformance::test_options;
+
+    fn first_index(entries: &[Entry]) -> Option<u64> {
+        entries.first().map(|e| e.log_id.index)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_behind_the_latest_purge_still_reads_from_where_it_was() {
+        let dir = TempDir::new().unwrap();
+        let (mut log, _sm) = crate::open(dir.path(), &test_options()).unwrap();
+        let entries = (1..=30).map(|i| Entry {
+            log_id: log_id::<TypeConfig>(1, 1, i),
+            payload: EntryPayload::Blank,
+        });
+        log.append(entries, IOFlushed::noop()).await.unwrap();
+        log.purge(log_id::<TypeConfig>(1, 1, 10)).await.unwrap();
+        log.purge(log_id::<TypeConfig>(1, 1, 20)).await.unwrap();
+
+        // openraft's reads stop at its purge point; a replication stream that was at 15
+        // before the second purge gets 16.. exactly, not entries after a gap.
+        assert_eq!(
+            first_index(&log.try_get_log_entries(0..100).await.unwrap()),
+            Some(21)
+        );
+        assert_eq!(
+            first_index(&log.limited_get_log_entries(16, 31).await.unwrap()),
+            Some(16)
+        );
+        assert_eq!(
+            first_index(&log.limited_get_log_entries(11, 31).await.unwrap()),
+            Some(11)
+        );
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(20));
+
+        // Reopened, the durable purge point is where the log starts for everyone.
+        drop((log, _sm));
+        // sled's file lock goes with the fsync threads, shortly after the handles.
+        let mut tries = 0;
+        let (mut log, _sm) = loop {
+            match crate::open(dir.path(), &test_options()) {
+                Ok(handles) => break handles,
+                Err(e) if tries == 500 => panic!("reopening the store: {e}"),
+                Err(_) => tries += 1,
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        assert_eq!(
+            first_index(&log.limited_get_log_entries(11, 31).await.unwrap()),
+            Some(21)
+        );
     }
 }

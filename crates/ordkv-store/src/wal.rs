@@ -217,8 +217,12 @@ fn scan(bytes: &[u8], offset: usize) -> Scan {
 }
 
 impl Wal {
-    /// Opens (or creates) the log in `dir`, checking every record.
-    pub(crate) fn open(dir: &Path) -> io::Result<Wal> {
+    /// Opens (or creates) the log in `dir`, checking every record. `purged` is the durable
+    /// purge point: a gap that ends at or below the entry after it only separates entries
+    /// that are no longer the log (an earlier version kept appending into the segment of
+    /// a log purged past its end), so the entries before it are dropped instead of the
+    /// store refusing to open.
+    pub(crate) fn open(dir: &Path, purged: Option<u64>) -> io::Result<Wal> {
         fs::create_dir_all(dir)?;
         let mut names: Vec<(u64, PathBuf)> = Vec::new();
         for e in fs::read_dir(dir)? {
@@ -258,12 +262,16 @@ impl Wal {
                         if let Some(prev) = inner.locs.back()
                             && entry.log_id.index > prev.log_id.index + 1
                         {
-                            return Err(corrupt(format!(
-                                "{}: a hole between log index {} and {}",
-                                path.display(),
-                                prev.log_id.index,
-                                entry.log_id.index
-                            )));
+                            if purged.is_some_and(|p| entry.log_id.index <= p + 1) {
+                                inner.locs.clear();
+                            } else {
+                                return Err(corrupt(format!(
+                                    "{}: a hole between log index {} and {}",
+                                    path.display(),
+                                    prev.log_id.index,
+                                    entry.log_id.index
+                                )));
+                            }
                         }
                         if let Some(prev) = inner.locs.back()
                             && entry.log_id.index <= prev.log_id.index
@@ -428,6 +436,19 @@ impl Wal {
         let mut inner = self.lock();
         while inner.locs.front().is_some_and(|l| l.log_id.index <= index) {
             inner.locs.pop_front();
+        }
+        if inner.locs.is_empty() {
+            // Purged past its end (a snapshot installed over it): every segment goes, and the
+            // next append starts a segment of its own. Appended to the last one, it would
+            // follow the old entries after a gap.
+            let segments = std::mem::take(&mut inner.segments);
+            for s in &segments {
+                fs::remove_file(&s.path)?;
+            }
+            if !segments.is_empty() {
+                sync_dir(&inner.dir)?;
+            }
+            return Ok(());
         }
         // A segment can go when the next one starts at or before the first kept entry.
         let first_kept = inner
@@ -599,12 +620,12 @@ mod tests {
     #[test]
     fn appends_survive_reopen_and_reads_are_exact() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path()).unwrap();
+        let wal = Wal::open(dir.path(), None).unwrap();
         wal.append((1..=5).map(entry)).unwrap();
         wal.sync().unwrap();
         assert_eq!(wal.read(2, 4).unwrap().len(), 2);
         drop(wal);
-        let wal = Wal::open(dir.path()).unwrap();
+        let wal = Wal::open(dir.path(), None).unwrap();
         assert_eq!(indexes(&wal), vec![1, 2, 3, 4, 5]);
         assert_eq!(wal.last().map(|l| l.index), Some(5));
     }
@@ -612,7 +633,7 @@ mod tests {
     #[test]
     fn appends_that_leave_a_hole_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path()).unwrap();
+        let wal = Wal::open(dir.path(), None).unwrap();
         wal.append((1..=2).map(entry)).unwrap();
         assert!(wal.append([entry(4)]).is_err());
         assert_eq!(indexes(&wal), vec![1, 2]);
@@ -621,7 +642,7 @@ mod tests {
     #[test]
     fn a_torn_tail_is_cut_off_at_open() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path()).unwrap();
+        let wal = Wal::open(dir.path(), None).unwrap();
         wal.append((1..=3).map(entry)).unwrap();
         let end = records_end(&wal);
         drop(wal);
@@ -634,25 +655,28 @@ mod tests {
             .unwrap()
             .set_len(end as u64 - 3)
             .unwrap();
-        let wal = Wal::open(dir.path()).unwrap();
+        let wal = Wal::open(dir.path(), None).unwrap();
         assert_eq!(indexes(&wal), vec![1, 2]);
         // The log goes on after the cut.
         wal.append([entry(3)]).unwrap();
         drop(wal);
-        assert_eq!(indexes(&Wal::open(dir.path()).unwrap()), vec![1, 2, 3]);
+        assert_eq!(
+            indexes(&Wal::open(dir.path(), None).unwrap()),
+            vec![1, 2, 3]
+        );
     }
 
     #[test]
     fn corruption_before_the_end_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path()).unwrap();
+        let wal = Wal::open(dir.path(), None).unwrap();
         wal.append((1..=3).map(entry)).unwrap();
         drop(wal);
         let path = only_segment(dir.path());
         let mut bytes = fs::read(&path).unwrap();
         bytes[HEADER + 1] ^= 0xff; // inside the first record's payload
         fs::write(&path, &bytes).unwrap();
-        let err = Wal::open(dir.path())
+        let err = Wal::open(dir.path(), None)
             .err()
             .expect("corruption refused")
             .to_string();
@@ -663,7 +687,7 @@ mod tests {
     #[test]
     fn a_preallocated_segment_ends_in_zeros_and_appends_do_not_grow_it() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path()).unwrap();
+        let wal = Wal::open(dir.path(), None).unwrap();
         wal.append((1..=3).map(entry)).unwrap();
         wal.sync().unwrap();
         let end = records_end(&wal);
@@ -673,14 +697,14 @@ mod tests {
         let bytes = fs::read(&path).unwrap();
         assert!(all_zero(&bytes[end..]), "zeros after the records");
 
-        let wal = Wal::open(dir.path()).unwrap();
+        let wal = Wal::open(dir.path(), None).unwrap();
         assert_eq!(indexes(&wal), vec![1, 2, 3]);
         assert_eq!(records_end(&wal), end, "the zeros are not records");
         wal.append((4..=5).map(entry)).unwrap();
         drop(wal);
         assert_eq!(fs::metadata(&path).unwrap().len(), SEGMENT_BYTES);
         assert_eq!(
-            indexes(&Wal::open(dir.path()).unwrap()),
+            indexes(&Wal::open(dir.path(), None).unwrap()),
             vec![1, 2, 3, 4, 5]
         );
     }
@@ -691,7 +715,7 @@ mod tests {
         // its header alone.
         for kept in [HEADER + 2, HEADER] {
             let dir = tempfile::tempdir().unwrap();
-            let wal = Wal::open(dir.path()).unwrap();
+            let wal = Wal::open(dir.path(), None).unwrap();
             wal.append((1..=3).map(entry)).unwrap();
             let end = records_end(&wal);
             drop(wal);
@@ -699,7 +723,7 @@ mod tests {
             let last = record_offsets(&path)[2];
             overwrite(&path, last + kept, &vec![0; end - last - kept]);
 
-            let wal = Wal::open(dir.path()).unwrap();
+            let wal = Wal::open(dir.path(), None).unwrap();
             assert_eq!(indexes(&wal), vec![1, 2], "kept {kept}");
             let bytes = fs::read(&path).unwrap();
             assert!(all_zero(&bytes[last..]), "the torn record was zeroed");
@@ -711,7 +735,10 @@ mod tests {
             // The log goes on after the cut.
             wal.append([entry(3)]).unwrap();
             drop(wal);
-            assert_eq!(indexes(&Wal::open(dir.path()).unwrap()), vec![1, 2, 3]);
+            assert_eq!(
+                indexes(&Wal::open(dir.path(), None).unwrap()),
+                vec![1, 2, 3]
+            );
         }
     }
 
@@ -721,7 +748,7 @@ mod tests {
         // way a valid record follows, so it is not the end of the log.
         for header_lost in [false, true] {
             let dir = tempfile::tempdir().unwrap();
-            let wal = Wal::open(dir.path()).unwrap();
+            let wal = Wal::open(dir.path(), None).unwrap();
             wal.append((1..=3).map(entry)).unwrap();
             drop(wal);
             let path = only_segment(dir.path());
@@ -732,7 +759,7 @@ mod tests {
             };
             overwrite(&path, from, &vec![0; to - from]);
             let bytes = fs::read(&path).unwrap();
-            let err = Wal::open(dir.path())
+            let err = Wal::open(dir.path(), None)
                 .err()
                 .expect("corruption refused")
                 .to_string();
@@ -744,7 +771,7 @@ mod tests {
     #[test]
     fn a_spare_present_at_reopen_is_not_log_and_is_filled_again() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path()).unwrap();
+        let wal = Wal::open(dir.path(), None).unwrap();
         wal.append((1..=3).map(entry)).unwrap();
         // Past half the segment, the next one is zero-filled in the background.
         wal.append((4..=20).map(|i| big_entry(i, 2 * 1024 * 1024)))
@@ -754,7 +781,7 @@ mod tests {
         let spare = dir.path().join(SPARE);
         assert_eq!(fs::metadata(&spare).unwrap().len(), SEGMENT_BYTES);
 
-        let wal = Wal::open(dir.path()).unwrap();
+        let wal = Wal::open(dir.path(), None).unwrap();
         assert_eq!(indexes(&wal), (1..=20).collect::<Vec<_>>());
         assert!(!spare.exists(), "a leftover spare is not trusted");
         // Rotating without a ready spare fills one on the spot.
@@ -764,7 +791,7 @@ mod tests {
         assert_eq!(fs::metadata(&second).unwrap().len(), SEGMENT_BYTES);
         drop(wal);
         assert_eq!(
-            indexes(&Wal::open(dir.path()).unwrap()),
+            indexes(&Wal::open(dir.path(), None).unwrap()),
             (1..=22).collect::<Vec<_>>()
         );
     }
@@ -789,14 +816,14 @@ mod tests {
     #[test]
     fn a_half_filled_spare_from_a_crash_is_never_used_as_it_is() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path()).unwrap();
+        let wal = Wal::open(dir.path(), None).unwrap();
         wal.append((1..=3).map(entry)).unwrap();
         drop(wal);
         // A crash in the middle of the fill: short, and not zeros where it was not synced.
         let spare = dir.path().join(SPARE);
         fs::write(&spare, vec![0xab; SEGMENT_BYTES as usize / 2]).unwrap();
 
-        let wal = Wal::open(dir.path()).unwrap();
+        let wal = Wal::open(dir.path(), None).unwrap();
         assert_eq!(indexes(&wal), vec![1, 2, 3]);
         wal.lock().rotate(4).unwrap();
         wal.append((4..=6).map(entry)).unwrap();
@@ -806,7 +833,7 @@ mod tests {
         assert_eq!(bytes.len() as u64, SEGMENT_BYTES);
         assert!(all_zero(&bytes[end..]), "filled again from scratch");
         assert_eq!(
-            indexes(&Wal::open(dir.path()).unwrap()),
+            indexes(&Wal::open(dir.path(), None).unwrap()),
             vec![1, 2, 3, 4, 5, 6]
         );
     }
@@ -814,7 +841,7 @@ mod tests {
     #[test]
     fn truncate_and_purge_keep_the_log_contiguous_across_segments() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path()).unwrap();
+        let wal = Wal::open(dir.path(), None).unwrap();
         wal.append((1..=3).map(entry)).unwrap();
         wal.lock().rotate(4).unwrap();
         wal.append((4..=6).map(entry)).unwrap();
@@ -841,6 +868,54 @@ mod tests {
         drop(wal);
         // Reopened, entries purged in memory but still in a kept segment come back; the
         // store ignores them below its durable purge point.
-        assert_eq!(indexes(&Wal::open(dir.path()).unwrap()), vec![4, 5, 6, 7]);
+        assert_eq!(
+            indexes(&Wal::open(dir.path(), None).unwrap()),
+            vec![4, 5, 6, 7]
+        );
+    }
+
+    #[test]
+    fn a_log_purged_past_its_end_starts_a_new_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path(), None).unwrap();
+        wal.append((1..=3).map(entry)).unwrap();
+        wal.purge(10).unwrap();
+        assert_eq!(indexes(&wal), Vec::<u64>::new());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+        wal.append((11..=12).map(entry)).unwrap();
+        drop(wal);
+        assert_eq!(indexes(&Wal::open(dir.path(), None).unwrap()), vec![11, 12]);
+    }
+
+    #[test]
+    fn a_gap_below_the_purge_point_is_no_corruption() {
+        // What an earlier version left: entries 1..=3, then 8..=9 after a purge to 7, in one
+        // segment.
+        let (dir, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let wal = Wal::open(dir.path(), None).unwrap();
+        wal.append((1..=3).map(entry)).unwrap();
+        let later = Wal::open(other.path(), None).unwrap();
+        later.append((8..=9).map(entry)).unwrap();
+        let tail = fs::read(only_segment(other.path())).unwrap()[..records_end(&later)].to_vec();
+        overwrite(&only_segment(dir.path()), records_end(&wal), &tail);
+        drop(wal);
+
+        let refused = Wal::open(dir.path(), None)
+            .err()
+            .expect("a hole above the purge point");
+        assert!(
+            refused
+                .to_string()
+                .contains("a hole between log index 3 and 8"),
+            "{refused}"
+        );
+        assert!(
+            Wal::open(dir.path(), Some(6)).is_err(),
+            "8 does not follow the purge point 6"
+        );
+        assert_eq!(
+            indexes(&Wal::open(dir.path(), Some(7)).unwrap()),
+            vec![8, 9]
+        );
     }
 }
