@@ -44,7 +44,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -61,7 +61,11 @@ use ordkv_proto::v1::{
 };
 use tonic::transport::{Channel, Endpoint};
 
+use crate::kube_api::FakeKubeApi;
 use crate::{Output, free_port};
+
+/// Where Kubernetes mounts a pod's service account.
+const SERVICE_ACCOUNT_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 /// The headless Service.
 pub const SERVICE: &str = "ordkv";
@@ -336,6 +340,8 @@ pub struct Status {
     pub commit_index: u64,
     /// Members, sorted by ordinal.
     pub members: Vec<MemberStatus>,
+    /// What the answering member knows of its StatefulSet's `spec.replicas`.
+    pub scale_intent: String,
 }
 
 impl Status {
@@ -370,6 +376,7 @@ impl Status {
             revision: u64_of(&v, "revision")?,
             commit_index: u64_of(&v, "commit_index")?,
             members,
+            scale_intent: v["scale_intent"].as_str().unwrap_or_default().to_string(),
         })
     }
 
@@ -401,6 +408,7 @@ impl Status {
             revision: r.revision,
             commit_index: r.commit_index,
             members,
+            scale_intent: r.scale_intent.clone(),
         }
     }
 
@@ -475,6 +483,8 @@ pub struct StatefulSet {
     logs_shown: AtomicBool,
     /// Counts throwaway client containers (names them).
     clients: AtomicUsize,
+    /// The Kubernetes API slice the pods read their StatefulSet from, if they get one.
+    kube_api: Option<FakeKubeApi>,
     /// Runs the harness's gRPC probes (one worker thread).
     rt: tokio::runtime::Runtime,
     _permit: Permit,
@@ -508,6 +518,7 @@ impl StatefulSet {
             past_logs: Mutex::new(Vec::new()),
             logs_shown: AtomicBool::new(false),
             clients: AtomicUsize::new(0),
+            kube_api: None,
             // A worker thread keeps polling connections between calls: a connection left
             // unpolled would not answer the server's GOAWAY/PING on SIGTERM.
             rt: tokio::runtime::Builder::new_multi_thread()
@@ -537,6 +548,40 @@ impl StatefulSet {
     pub fn env(mut self, key: &str, value: &str) -> StatefulSet {
         self.env.push((key.to_string(), value.to_string()));
         self
+    }
+
+    /// Serves the pods the Kubernetes API slice they read their StatefulSet from
+    /// ([`FakeKubeApi`], on the network's gateway), mounts the service account into every
+    /// pod created from now on as Kubernetes does, and makes [`StatefulSet::scale_to`]
+    /// change `spec.replicas` before it creates or terminates pods.
+    pub fn with_kube_api(mut self) -> StatefulSet {
+        let out = docker_ok(&[
+            "network",
+            "inspect",
+            "-f",
+            "{{(index .IPAM.Config 0).Gateway}}",
+            &self.network,
+        ]);
+        let gateway: IpAddr = out
+            .stdout_str()
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("gateway of {}: {e}: {out}", self.network));
+        let api = self
+            .rt
+            .block_on(FakeKubeApi::start_at(gateway, NAMESPACE, SERVICE, 0));
+        let (host, port) = api.host_and_port();
+        self.say(&format!("Kubernetes API at https://{host}:{port}"));
+        self.kube_api = Some(api);
+        self.env("KUBERNETES_SERVICE_HOST", &host)
+            .env("KUBERNETES_SERVICE_PORT", &port.to_string())
+    }
+
+    /// The Kubernetes API slice of [`StatefulSet::with_kube_api`].
+    pub fn kube_api(&self) -> &FakeKubeApi {
+        self.kube_api
+            .as_ref()
+            .expect("the set has no Kubernetes API")
     }
 
     /// Prints a progress line prefixed with the set's name.
@@ -589,6 +634,11 @@ impl StatefulSet {
             .ports
             .get(&i)
             .unwrap_or_else(|| panic!("ordkv-{i} was never created"))
+    }
+
+    /// `127.0.0.1:<published HTTP port>` of ordinal `i`.
+    pub fn http_addr(&self, i: usize) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.host_ports(i).http))
     }
 
     /// `127.0.0.1:<published client port>` of ordinal `i`.
@@ -652,6 +702,15 @@ impl StatefulSet {
                 "-p".into(),
                 format!("127.0.0.1:{}:7381", ports.http),
             ]);
+            if let Some(api) = &self.kube_api {
+                args.extend([
+                    "-v".into(),
+                    format!(
+                        "{}:{SERVICE_ACCOUNT_MOUNT}:ro",
+                        api.service_account_dir().display()
+                    ),
+                ]);
+            }
             let mut env = vec![
                 ("POD_NAME".to_string(), pod_name(i)),
                 ("POD_NAMESPACE".into(), NAMESPACE.into()),
@@ -698,19 +757,26 @@ impl StatefulSet {
             .push((format!("{}.before-{why}", pod_name(i)), logs));
     }
 
-    /// Scales to `n` replicas: creates missing ordinals `0..n` in order (without waiting
-    /// for them, like `podManagementPolicy: Parallel`; see [`StatefulSet::wait_ready`]),
-    /// then deletes ordinals `>= n` from the highest down, each gracefully and only after
-    /// the previous one is gone. Volumes stay.
+    /// Scales to `n` replicas as the controller does with `podManagementPolicy: Parallel`:
+    /// sets `spec.replicas` first (with [`StatefulSet::with_kube_api`]), creates missing
+    /// ordinals `0..n` (without waiting for them; see [`StatefulSet::wait_ready`]), then
+    /// terminates every ordinal `>= n` at the same time (SIGTERM, SIGKILL after the grace
+    /// period) and deletes the pods. Volumes stay.
     pub fn scale_to(&mut self, n: usize) {
+        if let Some(api) = &self.kube_api {
+            api.set_replicas(n as u32);
+        }
         for i in 0..n {
             if !self.pods.contains(&i) {
                 self.create_pod(i);
             }
         }
         let extra: Vec<usize> = self.pods.range(n..).rev().copied().collect();
+        if extra.is_empty() {
+            return;
+        }
+        self.stop_pods(&extra);
         for i in extra {
-            self.stop(i);
             self.remove_container(i, "scale-down");
             self.say(&format!("deleted pod {} (volume kept)", pod_name(i)));
         }
@@ -756,11 +822,16 @@ impl StatefulSet {
         docker_ok(&["start", &self.container(i)]);
     }
 
-    /// Stops every member at once (one `docker stop`, which stops them in parallel).
+    /// Stops every member at once.
     pub fn stop_all(&self) {
+        self.stop_pods(&self.pods());
+    }
+
+    /// Stops `ordinals` at once (one `docker stop`, which stops them in parallel).
+    fn stop_pods(&self, ordinals: &[usize]) {
         let grace = STOP_GRACE_SECS.to_string();
         let mut args = vec!["stop".to_string(), "-t".into(), grace];
-        args.extend(self.pods.iter().map(|i| self.container(*i)));
+        args.extend(ordinals.iter().map(|i| self.container(*i)));
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let out =
             try_docker(&argv, STOP_DEADLINE).unwrap_or_else(|e| panic!("{e}\n{}", self.logs_all()));
@@ -1240,6 +1311,16 @@ impl StatefulSet {
             Ok(out) => strip_ansi(&format!("{}{}", out.stdout_str(), out.stderr)),
             Err(e) => format!("(no logs: {e})"),
         }
+    }
+
+    /// Every log of ordinal `i`: its removed containers' first, then the current one's.
+    pub fn logs_of(&self, i: usize) -> String {
+        let name = format!("{}.", pod_name(i));
+        self.all_logs()
+            .into_iter()
+            .filter(|(title, _)| title.starts_with(&name))
+            .map(|(_, logs)| logs)
+            .collect()
     }
 
     /// Every container's logs, removed ones first: `(title, full logs)`.

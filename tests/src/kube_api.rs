@@ -6,13 +6,14 @@
 //! `/var/run/secrets/kubernetes.io/serviceaccount/` (`token`, `ca.crt`, `namespace`) into a
 //! temp dir; [`FakeKubeApi::pod_env`] gives the environment that points a member at both.
 //!
-//! What it leaves out of the real API server: watches, `resourceVersion`, any other object,
-//! and RBAC beyond one token (a wrong token gets 401, another StatefulSet 403 as RBAC
+//! What it leaves out of the real API server: watches (ordkv polls), `resourceVersion`, any
+//! other object, and RBAC beyond one token (a wrong token gets 401, another StatefulSet 403 as RBAC
 //! would answer it).
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -24,6 +25,9 @@ pub struct FakeKubeApi {
     replicas: Arc<AtomicU32>,
     /// GETs of the StatefulSet answered with 200.
     reads: Arc<AtomicU64>,
+    /// Connections are closed unanswered (the API server down).
+    down: Arc<AtomicBool>,
+    ip: IpAddr,
     port: u16,
     dir: tempfile::TempDir,
     task: tokio::task::JoinHandle<()>,
@@ -33,6 +37,16 @@ impl FakeKubeApi {
     /// Serves StatefulSet `statefulset` in `namespace` with `replicas` on a free loopback
     /// port.
     pub async fn start(namespace: &str, statefulset: &str, replicas: u32) -> FakeKubeApi {
+        Self::start_at(Ipv4Addr::LOCALHOST.into(), namespace, statefulset, replicas).await
+    }
+
+    /// The same on a free port of `ip` (a Docker network's gateway, for containers).
+    pub async fn start_at(
+        ip: IpAddr,
+        namespace: &str,
+        statefulset: &str,
+        replicas: u32,
+    ) -> FakeKubeApi {
         let ca_key = rcgen::KeyPair::generate().expect("CA key");
         let mut ca_params = rcgen::CertificateParams::new(Vec::new()).expect("CA params");
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -43,14 +57,22 @@ impl FakeKubeApi {
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
         let key = rcgen::KeyPair::generate().expect("server key");
         // The API server's certificate names the Service IP it is reached by.
-        let params =
-            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("server params");
+        let params = rcgen::CertificateParams::new(vec![ip.to_string()]).expect("server params");
         let cert = params.signed_by(&key, &issuer).expect("server certificate");
 
         let dir = tempfile::tempdir().expect("service account dir");
         std::fs::write(dir.path().join("token"), TOKEN).unwrap();
         std::fs::write(dir.path().join("ca.crt"), ca.pem()).unwrap();
         std::fs::write(dir.path().join("namespace"), namespace).unwrap();
+        // Readable by a container's non-root user when mounted (Kubernetes mounts them 0644).
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |m| std::fs::Permissions::from_mode(m);
+            std::fs::set_permissions(dir.path(), mode(0o755)).unwrap();
+            for f in ["token", "ca.crt", "namespace"] {
+                std::fs::set_permissions(dir.path().join(f), mode(0o644)).unwrap();
+            }
+        }
 
         #[allow(deprecated)] // ring: see `ring_provider` in ordkv/src/intent.rs
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -64,18 +86,24 @@ impl FakeKubeApi {
             )
             .expect("server TLS config");
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind((ip, 0))
+            .await
+            .unwrap_or_else(|e| panic!("binding the fake API to {ip}: {e}"));
         let port = listener.local_addr().unwrap().port();
         let replicas = Arc::new(AtomicU32::new(replicas));
         let reads = Arc::new(AtomicU64::new(0));
+        let down = Arc::new(AtomicBool::new(false));
         let path = format!("/apis/apps/v1/namespaces/{namespace}/statefulsets/{statefulset}");
         let task = tokio::spawn({
-            let (replicas, reads) = (replicas.clone(), reads.clone());
+            let (replicas, reads, down) = (replicas.clone(), reads.clone(), down.clone());
             async move {
                 loop {
                     let Ok((tcp, _)) = listener.accept().await else {
                         return;
                     };
+                    if down.load(Ordering::SeqCst) {
+                        continue; // dropped: closed unanswered
+                    }
                     let (acceptor, path) = (acceptor.clone(), path.clone());
                     let (replicas, reads) = (replicas.clone(), reads.clone());
                     tokio::spawn(async move {
@@ -89,6 +117,8 @@ impl FakeKubeApi {
         FakeKubeApi {
             replicas,
             reads,
+            down,
+            ip,
             port,
             dir,
             task,
@@ -98,6 +128,16 @@ impl FakeKubeApi {
     /// Scales the StatefulSet: what `kubectl scale --replicas n` changes first.
     pub fn set_replicas(&self, n: u32) {
         self.replicas.store(n, Ordering::SeqCst);
+    }
+
+    /// The API server goes down (`true`: connections are closed unanswered) or comes back.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// `KUBERNETES_SERVICE_HOST` and `KUBERNETES_SERVICE_PORT`.
+    pub fn host_and_port(&self) -> (String, u16) {
+        (self.ip.to_string(), self.port)
     }
 
     /// How many times the StatefulSet was read successfully.
@@ -114,7 +154,7 @@ impl FakeKubeApi {
     /// and where the service account is mounted.
     pub fn pod_env(&self) -> Vec<(String, String)> {
         vec![
-            ("KUBERNETES_SERVICE_HOST".into(), "127.0.0.1".into()),
+            ("KUBERNETES_SERVICE_HOST".into(), self.ip.to_string()),
             ("KUBERNETES_SERVICE_PORT".into(), self.port.to_string()),
             (
                 "ORDKV_SERVICE_ACCOUNT_DIR".into(),

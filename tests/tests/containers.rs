@@ -2,17 +2,14 @@
 //! image, one container per pod with the pod's DNS names, one volume per ordinal, and the
 //! behaviours of the StatefulSet walkthrough in `/work/shared/seed` reproduced end to end:
 //! stable names and DNS records, one writer and read replicas, a deleted pod coming back as
-//! itself, scale up and down on retained volumes, a killed leader, a lost volume, a full
-//! stop, a rolling restart under load, and a partitioned leader.
+//! itself, `kubectl scale` in one step (up, down, to zero and back) on retained volumes, a
+//! killed leader, a lost volume, a full stop, a rolling restart under load, and a
+//! partitioned leader. Scale tests serve the pods the Kubernetes API slice they read their
+//! StatefulSet from ([`StatefulSet::with_kube_api`]).
 //!
 //! Each test owns its set (its own network, containers and volumes, removed on drop), so
 //! they run in parallel and fail independently; figures are printed (`--nocapture`).
 //! Needs a docker engine; the image is built by `deploy/docker/build.sh` on first use.
-//!
-//! Three tests pin down product bugs and fail until they are fixed (each says why in its
-//! doc): `scale_down_by_a_majority_in_one_step_stays_writable`,
-//! `sigterm_is_not_held_up_by_a_silent_client_connection` and
-//! `status_shows_a_killed_follower_unreachable`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -336,140 +333,244 @@ fn read_only_replicas_refuse_writes_and_name_the_leader() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 4 + 5: scale up, down, and up again on retained volumes
+// 4 + 5: scale up, down, to zero and up again in one step, by the StatefulSet's intent
 // ---------------------------------------------------------------------------------------
 
-/// 3 -> 5: `ordkv-3` and `ordkv-4` join (catching up from a snapshot: snapshots every 100
-/// entries here) and serve every key once ready. 5 -> 2: pods 4, 3, 2 go (volumes stay),
-/// the autopilot (dead-member timeout 5s) shrinks the membership to two voters, still
-/// writable. 2 -> 4: `ordkv-2` and `ordkv-3` come back on their volumes, rejoin as voters
-/// without elections, and serve every key.
-#[test]
-fn scale_up_down_and_up_again_on_retained_volumes() {
-    let mut sts = StatefulSet::new("scale")
-        .env("ORDKV_DEAD_MEMBER_TIMEOUT", "5s")
-        .env("ORDKV_SNAPSHOT_EVERY", "100");
-    start(&mut sts, 3);
-    let mut written = sts.put_many(0, "a", 150);
+/// What one scaling step did: how long until the membership matched `spec.replicas`, and
+/// what the writer saw meanwhile.
+struct Step {
+    what: String,
+    to_membership: Duration,
+    report: LoadReport,
+}
 
-    // 4. Scale up.
-    let t = Instant::now();
-    sts.scale_to(5);
-    let mut ready = Vec::new();
-    for i in [3, 4] {
-        sts.wait_ready(i);
-        ready.push(t.elapsed());
-        let served = sts.scan(i, "a/", Consistency::Serializable);
-        assert!(
-            served == written,
-            "{} is ready but does not serve every earlier key: {}",
-            pod_name(i),
-            describe_diff(&written, &served)
-        );
-    }
-    let (leader, s) = sts.wait_membership(&[0, 1, 2, 3, 4], &voters(0..5));
-    let voters_after = t.elapsed();
-    assert_eq!(leader, 0);
-    sts.say(&format!(
-        "3 -> 5: ordkv-3 ready after {}, ordkv-4 after {}, five voters after {} (term {})",
-        secs(ready[0]),
-        secs(ready[1]),
-        secs(voters_after),
-        s.term
-    ));
-    if StatefulSet::getent_available() {
-        let all: BTreeSet<_> = (0..5).map(|i| sts.ip(i).expect("IP")).collect();
-        assert_eq!(sts.lookup(SERVICE_DNS).expect("lookup"), all);
-    }
-
-    // 5. Scale down to 2, a minority at a time (5 -> 3, then 3 -> 2): pods go 4, 3, 2;
-    // volumes stay. (5 -> 2 in one step loses the quorum: see
-    // `scale_down_by_a_majority_in_one_step_stays_writable`.)
-    let ids_at_five = s.node_ids();
-    let t = Instant::now();
-    sts.scale_to(3);
-    assert_eq!(sts.pods(), vec![0, 1, 2]);
-    let (_, three) = sts.wait_membership(&[0, 1, 2], &voters(0..3));
-    let to_three = t.elapsed();
-    sts.scale_to(2);
-    assert_eq!(sts.pods(), vec![0, 1]);
-    assert_eq!(sts.volumes(), vec![0, 1, 2, 3, 4], "volumes are retained");
-    let (leader, shrunk) = sts.wait_membership(&[0, 1], &voters(0..2));
-    sts.say(&format!(
-        "5 -> 3 -> 2: three voters after {} (term {}), two after {} (leader ordkv-{leader}, \
-         term {})",
-        secs(to_three),
-        three.term,
-        secs(t.elapsed()),
-        shrunk.term
-    ));
-    let autopilot: Vec<String> = sts
-        .logs(leader)
-        .lines()
-        .filter(|l| l.contains("autopilot"))
-        .map(|l| l.chars().take(160).collect())
-        .collect();
-    sts.say(&format!(
-        "the leader's autopilot:\n  {}",
-        autopilot.join("\n  ")
-    ));
-    written.extend(sts.put_many(0, "b", 20));
-    if StatefulSet::getent_available() {
-        let all: BTreeSet<_> = (0..2).map(|i| sts.ip(i).expect("IP")).collect();
-        assert_eq!(sts.lookup(SERVICE_DNS).expect("lookup"), all);
-    }
-
-    // Scale up to 4 again: ordkv-2 and ordkv-3 reattach their volumes.
-    let t = Instant::now();
-    sts.scale_to(4);
-    for i in [2, 3] {
-        sts.wait_ready(i);
-    }
-    let (leader_after, grown) = sts.wait_membership(&[0, 1, 2, 3], &voters(0..4));
-    sts.say(&format!(
-        "2 -> 4: membership {:?} after {} (leader ordkv-{leader_after}, term {} -> {}), \
-         node ids {:?} (at five: {:?})",
-        grown.roles(),
-        secs(t.elapsed()),
-        shrunk.term,
-        grown.term,
-        grown.node_ids(),
-        ids_at_five
-    ));
-    assert_eq!(
-        leader_after, leader,
-        "returning members must not disrupt the leader"
-    );
-    assert_eq!(
-        grown.term, shrunk.term,
-        "returning members must not cause elections"
-    );
-    for i in [2, 3] {
-        let served = sts.scan(i, "", Consistency::Serializable);
-        assert!(
-            served == written,
-            "{} rejoined but does not serve every key: {}",
-            pod_name(i),
-            describe_diff(&written, &served)
-        );
-    }
-    written.insert("c".into(), "after".into());
-    sts.try_put(3, "c", "after")
-        .unwrap_or_else(|e| panic!("{e}\n{}", sts.logs_all()));
-    for i in 0..4 {
-        wait_serves(&sts, i, "", &written);
+impl Step {
+    fn line(&self) -> String {
+        let (gap, _) = self.report.longest_gap();
+        format!(
+            "{}: membership matched after {}, longest write gap {}, {} writes acknowledged, \
+             {} failed attempts",
+            self.what,
+            secs(self.to_membership),
+            secs(gap),
+            self.report.acked.len(),
+            self.report.failed_attempts
+        )
     }
 }
 
-/// Raft cannot shrink a membership without a quorum: deleting three of five voters at once
-/// (5 -> 2 in one step) leaves two voters that must refuse writes rather than risk losing
-/// acknowledged ones, and the autopilot cannot remove anybody. Bringing the pods back on
-/// their retained volumes restores the quorum with every acknowledged write. (deploy/README
-/// says to scale down by a minority of voters at a time.)
+/// One step of `kubectl scale`: a writer through the ordinals that stay (`0..writers`)
+/// runs while `spec.replicas` goes to `n` and the pods follow, until the membership is the
+/// voters `0..n` (if `n > 0`) and the writer made 20 more writes. Every acknowledged write
+/// must be served by the leader afterwards.
+fn scale_step(sts: &mut StatefulSet, prefix: &str, n: usize) -> Step {
+    let writers: Vec<_> = (0..n.min(2)).map(|i| sts.client_addr(i)).collect();
+    let load = WriteLoad::start(writers, prefix, LOAD_OP_TIMEOUT);
+    sts.wait_until("the writer runs", CONVERGE, || {
+        (load.acked() >= 10)
+            .then_some(())
+            .ok_or(format!("{} acknowledged", load.acked()))
+    });
+    let from = sts.pods().len();
+    let t = Instant::now();
+    sts.scale_to(n);
+    let ordinals: Vec<usize> = (0..n).collect();
+    let (leader, _) = sts.wait_membership(&ordinals, &voters(0..n));
+    let to_membership = t.elapsed();
+    let at = load.acked();
+    sts.wait_until("20 more writes", CONVERGE, || {
+        (load.acked() >= at + 20)
+            .then_some(())
+            .ok_or(format!("{} acknowledged", load.acked()))
+    });
+    let report = load.stop();
+    let served = sts.scan(leader, &format!("{prefix}/"), Consistency::Linearizable);
+    let lost = lost_writes(&report, &served);
+    let step = Step {
+        what: format!("{from} -> {n}"),
+        to_membership,
+        report,
+    };
+    sts.say(&format!(
+        "{}; acknowledged writes lost: {}",
+        step.line(),
+        lost.len()
+    ));
+    assert_eq!(lost, Vec::<String>::new(), "acknowledged writes lost");
+    step
+}
+
+/// How many times ordinal `i`'s logs (all its containers') say it left on purpose.
+fn times_left(sts: &StatefulSet, i: usize) -> usize {
+    sts.logs_of(i).matches("leaving: scaled to").count()
+}
+
+fn left(sts: &StatefulSet, i: usize) -> bool {
+    times_left(sts, i) > 0
+}
+
+/// The walkthrough's sequence, each in one `kubectl scale`, with the dead-member timeout at
+/// its default (10 minutes, so only intent can remove anybody in time): 3 -> 4 (ordkv-3
+/// joins from a snapshot and serves every key), 4 -> 2 (two voters of four leave at once and
+/// the quorum holds), 2 -> 4 (they come back on their volumes), 4 -> 0 (a stop: nobody
+/// leaves), 0 -> 3 (the same cluster with its data; ordkv-3, gone with the count below
+/// it, is removed by intent). A writer runs through every step but the stop.
 #[test]
-fn scale_down_by_a_majority_at_once_stops_writes_until_the_pods_return() {
-    let mut sts = StatefulSet::new("scale52").env("ORDKV_DEAD_MEMBER_TIMEOUT", "5s");
+fn walkthrough_scaling_in_one_step_by_intent() {
+    let mut sts = StatefulSet::new("walkthrough")
+        .with_kube_api()
+        .env("ORDKV_SNAPSHOT_EVERY", "100");
+    let before = start(&mut sts, 3);
+    let mut written = sts.put_many(0, "seed", 150);
+    let mut steps = Vec::new();
+
+    steps.push(scale_step(&mut sts, "w34", 4));
+    let served = sts.scan(3, "seed/", Consistency::Serializable);
+    assert!(served == written, "{}", describe_diff(&written, &served));
+
+    steps.push(scale_step(&mut sts, "w42", 2));
+    assert_eq!(sts.volumes(), vec![0, 1, 2, 3], "volumes are retained");
+    for i in [2, 3] {
+        assert!(left(&sts, i), "{} did not log that it left", pod_name(i));
+    }
+    written.extend(sts.put_many(1, "two", 20));
+
+    steps.push(scale_step(&mut sts, "w24", 4));
+    for i in [2, 3] {
+        sts.wait_ready(i);
+        wait_serves(
+            &sts,
+            i,
+            "two/",
+            &sts.scan(0, "two/", Consistency::Linearizable),
+        );
+    }
+    let at_four = sts.status(0);
+    let departures: Vec<usize> = (0..4).map(|i| times_left(&sts, i)).collect();
+
+    // 4 -> 0 is a stop: every pod terminated at once, nobody removed.
+    let t = Instant::now();
+    sts.scale_to(0);
+    sts.say(&format!(
+        "4 -> 0: every pod gone after {}",
+        secs(t.elapsed())
+    ));
+    assert_eq!(sts.pods(), Vec::<usize>::new());
+    let after: Vec<usize> = (0..4).map(|i| times_left(&sts, i)).collect();
+    assert_eq!(after, departures, "a member left on a scale to zero");
+
+    let t = Instant::now();
+    sts.scale_to(3);
+    sts.wait_all_ready();
+    let (leader, back) = sts.wait_membership(&[0, 1, 2], &voters(0..3));
+    sts.say(&format!(
+        "0 -> 3: ready with voters 0..3 after {} (leader ordkv-{leader}, term {} -> {})",
+        secs(t.elapsed()),
+        at_four.term,
+        back.term
+    ));
+    assert_eq!(
+        back.cluster_id, before.cluster_id,
+        "the same cluster came back"
+    );
+    let ids = |s: &Status| s.node_ids().into_iter().take(3).collect::<Vec<_>>();
+    assert_eq!(ids(&back), ids(&at_four), "members came back as themselves");
+    for i in 0..3 {
+        wait_serves(
+            &sts,
+            i,
+            "",
+            &sts.scan(leader, "", Consistency::Linearizable),
+        );
+    }
+    let served = sts.scan(leader, "", Consistency::Linearizable);
+    let kept: Vec<_> = written
+        .iter()
+        .filter(|(k, v)| served.get(*k) != Some(v))
+        .collect();
+    assert!(kept.is_empty(), "keys written before lost: {kept:?}");
+    steps.push(scale_step(&mut sts, "w33", 3));
+    sts.say(&format!(
+        "the walkthrough by intent:\n  {}",
+        steps
+            .iter()
+            .map(Step::line)
+            .collect::<Vec<_>>()
+            .join("\n  ")
+    ));
+}
+
+/// 5 -> 2 in one step with the leader among the three that go: it hands leadership to a
+/// member that stays, the three are removed one at a time while still up, and the two left
+/// keep taking writes.
+#[test]
+fn five_to_two_in_one_step_with_the_leader_leaving() {
+    let mut sts = StatefulSet::new("leaderleaves").with_kube_api();
     start(&mut sts, 5);
+    let out = sts.exec(0, &["cluster", "transfer-leader", "4"]);
+    assert!(out.status.success(), "transfer-leader 4\n{out}");
+    let (leader, _) = sts.wait_leader(&[0, 1, 2, 3, 4]);
+    assert_eq!(leader, 4, "ordkv-4 leads before the scale-down");
+
+    let step = scale_step(&mut sts, "w52", 2);
+    for i in 2..5 {
+        assert!(left(&sts, i), "{} did not log that it left", pod_name(i));
+    }
+    assert!(
+        step.to_membership < CONVERGE,
+        "membership took {}",
+        secs(step.to_membership)
+    );
+}
+
+/// 4 -> 2 where one of the two pods that go is SIGKILLed first (a crash, no goodbye): the
+/// other leaves on SIGTERM, and the leader removes the dead one by intent at once, without
+/// the dead-member timeout (10 minutes by default).
+#[test]
+fn four_to_two_with_a_leaving_pod_killed_is_removed_by_intent() {
+    let mut sts = StatefulSet::new("killedleaver").with_kube_api();
+    start(&mut sts, 4);
+    sts.kill(3);
+    scale_step(&mut sts, "w42k", 2);
+    assert!(left(&sts, 2), "ordkv-2 did not log that it left");
+    let (leader, _) = sts.wait_leader(&[0, 1]);
+    let metrics = ordkv_tests::http_get(sts.http_addr(leader), "/metrics")
+        .unwrap_or_else(|e| panic!("metrics of ordkv-{leader}: {e}"))
+        .1;
+    let removed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ordkv_members_removed_by_scale_intent_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64);
+    assert!(
+        removed >= 1,
+        "the leader counts no member removed by intent:\n{metrics}"
+    );
+}
+
+/// Without the API (down from the start here; the same as Docker compose or no RBAC) a
+/// member says why once, `cluster status` shows it, and scale-down falls back to today's
+/// rule: 5 -> 2 at once leaves two voters of five, which must refuse writes rather than
+/// risk acknowledged ones, and nobody can be removed. The pods coming back on their
+/// volumes restore the quorum with every acknowledged write.
+#[test]
+fn without_the_api_a_majority_scaled_away_at_once_stops_writes_until_it_returns() {
+    let mut sts = StatefulSet::new("noapi").with_kube_api();
+    sts.kube_api().set_down(true);
+    start(&mut sts, 5);
+    let s = sts.status(0);
+    assert!(
+        s.scale_intent.starts_with("unavailable ("),
+        "cluster status shows no reason: {s:?}"
+    );
+    let logs = sts.logs(0);
+    let said: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("scale-down waits for the dead-member timeout"))
+        .collect();
+    assert_eq!(said.len(), 1, "said once, with why: {said:?}");
+    sts.say(&format!("without the API: {}", s.scale_intent));
+
     sts.try_put(0, "before", "1")
         .unwrap_or_else(|e| panic!("{e}\n{}", sts.logs_all()));
     sts.scale_to(2);
@@ -493,6 +594,7 @@ fn scale_down_by_a_majority_at_once_stops_writes_until_the_pods_return() {
     let mut expected = BTreeMap::new();
     expected.insert("before".to_string(), "1".to_string());
     wait_serves(&sts, 4, "before", &expected);
+    sts.wait_membership(&[0, 1, 2, 3, 4], &voters(0..5));
 }
 
 /// SIGTERM must not wait for a client that stopped reading: here a connection that sent
@@ -500,10 +602,8 @@ fn scale_down_by_a_majority_at_once_stops_writes_until_the_pods_return() {
 /// a black-holed network). The member should stop well within the grace period and exit 0
 /// (after handing off leadership and flushing), not be SIGKILLed when it runs out.
 ///
-/// Fails today: the gRPC server's graceful shutdown waits for every connection to close
-/// (GOAWAY + PING that the silent client never acknowledges): "shutting down: NOT_SERVING,
-/// draining requests" is the last log line, and `docker stop -t 30` ends with SIGKILL
-/// after 30s (exit 137); `node.shutdown()` (leadership handoff, flush) never runs.
+/// (The gRPC server's graceful shutdown alone would wait for every connection to close:
+/// GOAWAY + PING that the silent client never acknowledges, then SIGKILL after 30 s.)
 #[test]
 fn sigterm_is_not_held_up_by_a_silent_client_connection() {
     use std::io::Write;
@@ -611,10 +711,8 @@ fn killed_leader_fails_over_without_losing_acknowledged_writes() {
 /// A killed follower shows up as `reachable: false` in the leader's `cluster status` (the
 /// field means "whether the answering member currently reaches it") within seconds.
 ///
-/// Fails today: `reachable` is computed from the leader's replication progress ("has a
-/// matched log index"), which outlives the follower, so a dead member stays reachable in
-/// the leader's view; likewise an isolated ex-leader keeps listing every peer as reachable
-/// (see the partition scenario's output).
+/// (Replication progress alone, "has a matched log index", outlives the follower: a dead
+/// member would stay reachable in the leader's view.)
 #[test]
 fn status_shows_a_killed_follower_unreachable() {
     let mut sts = StatefulSet::new("reachable");
@@ -690,10 +788,11 @@ fn wiped_ordinal_zero_joins_the_existing_cluster() {
 // ---------------------------------------------------------------------------------------
 
 /// Every container is stopped (SIGTERM) and all are started at once: they find each other,
-/// elect a leader from their data, and serve every key; membership and node ids unchanged.
+/// elect a leader from their data, and serve every key; membership and node ids unchanged
+/// (with the StatefulSet's count unchanged, nobody leaves).
 #[test]
 fn full_stop_and_start_keeps_everything() {
-    let mut sts = StatefulSet::new("fullstop");
+    let mut sts = StatefulSet::new("fullstop").with_kube_api();
     let before = start(&mut sts, 3);
     let written = sts.put_many(1, "f", 100);
 
@@ -715,6 +814,9 @@ fn full_stop_and_start_keeps_everything() {
     assert_eq!(s.cluster_id, before.cluster_id);
     assert_eq!(s.node_ids(), before.node_ids());
     for i in 0..3 {
+        assert!(!left(&sts, i), "{} left on a full stop", pod_name(i));
+    }
+    for i in 0..3 {
         wait_serves(&sts, i, "f/", &written);
         let lin = sts.scan(i, "f/", Consistency::Linearizable);
         assert!(lin == written, "{}", describe_diff(&written, &lin));
@@ -729,10 +831,11 @@ fn full_stop_and_start_keeps_everything() {
 
 /// A rolling update (pods replaced gracefully 2, 1, 0, each after the previous is ready)
 /// under a steady write load through the published client ports: reports how long writes
-/// were unavailable and asserts no acknowledged write is lost.
+/// were unavailable and asserts no acknowledged write is lost and nobody left (their
+/// ordinals stay below the StatefulSet's count).
 #[test]
 fn rolling_restart_under_write_load_loses_nothing() {
-    let mut sts = StatefulSet::new("rolling");
+    let mut sts = StatefulSet::new("rolling").with_kube_api();
     let before = start(&mut sts, 3);
     let load = WriteLoad::start(
         (0..3).map(|i| sts.client_addr(i)).collect(),
@@ -790,6 +893,9 @@ fn rolling_restart_under_write_load_loses_nothing() {
         before.node_ids(),
         "a rolling restart keeps node ids"
     );
+    for i in 0..3 {
+        assert!(!left(&sts, i), "{} left in a rolling restart", pod_name(i));
+    }
     for i in 0..3 {
         wait_serves(&sts, i, "roll/", &served);
     }

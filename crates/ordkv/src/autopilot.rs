@@ -271,7 +271,7 @@ pub(crate) async fn step(inner: &Inner, gone_since: &mut HashMap<u64, Instant>) 
                     tracing::warn!(%member, node_id = id, "autopilot: removing a member whose DNS name is gone (scale-down)")
                 }
             }
-            crate::cluster::remove_ids(inner, &BTreeSet::from([id])).await?;
+            crate::membership::remove_ids(inner, &BTreeSet::from([id])).await?;
             gone_since.remove(&id);
         }
         Action::Promote(id) => {
@@ -280,7 +280,7 @@ pub(crate) async fn step(inner: &Inner, gone_since: &mut HashMap<u64, Instant>) 
                 .raft
                 .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
                 .await
-                .map_err(crate::cluster::raft_write_err)?;
+                .map_err(crate::membership::raft_write_err)?;
         }
     }
     Ok(())

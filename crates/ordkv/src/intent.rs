@@ -29,6 +29,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// The largest StatefulSet document read.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
 
+/// The intent before the first poll answered.
+const NOT_READ_YET: &str = "not read yet";
+
 /// Where the pod's service account is mounted.
 pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
@@ -214,16 +217,15 @@ pub(crate) struct IntentWatch {
 }
 
 impl IntentWatch {
-    /// Starts polling `api` until `stop`; without an API the intent stays unavailable, for
-    /// the reason given.
-    pub(crate) fn start(
-        api: std::result::Result<KubernetesApi, String>,
-        stop: CancellationToken,
-    ) -> IntentWatch {
+    /// The intent from `api`, unavailable for the reason given without one; [`poll`] keeps
+    /// it current.
+    ///
+    /// [`poll`]: IntentWatch::poll
+    pub(crate) fn new(api: std::result::Result<KubernetesApi, String>) -> IntentWatch {
         let (api, first) = match api {
             Ok(api) => (
                 Some(Arc::new(api)),
-                ScaleIntent::Unavailable("not read yet".into()),
+                ScaleIntent::Unavailable(NOT_READ_YET.into()),
             ),
             Err(why) => (None, ScaleIntent::Unavailable(why)),
         };
@@ -231,13 +233,8 @@ impl IntentWatch {
             api,
             tx: Arc::new(watch::channel(first).0),
         };
-        match &watch.api {
-            Some(_) => {
-                tokio::spawn(watch.clone().poll(stop));
-            }
-            None => {
-                tracing::info!(scale_intent = %watch.current(), "scale intent: scale-down waits for the dead-member timeout")
-            }
+        if watch.api.is_none() {
+            tracing::info!(scale_intent = %watch.current(), "scale intent: scale-down waits for the dead-member timeout")
         }
         watch
     }
@@ -258,14 +255,24 @@ impl IntentWatch {
         self.current()
     }
 
+    fn first_read_pending(&self) -> bool {
+        matches!(&*self.tx.borrow(), ScaleIntent::Unavailable(why) if why == NOT_READ_YET)
+    }
+
     fn set(&self, next: ScaleIntent) {
         if *self.tx.borrow() == next {
             return;
         }
         let statefulset = self.api.as_ref().map(|a| a.statefulset.as_str());
+        let was_unavailable = self.current().replicas().is_none();
         match &next {
             ScaleIntent::Replicas(_) => {
                 tracing::info!(statefulset, scale_intent = %next, "scale intent")
+            }
+            // Said once per outage: only the reason's wording changed (`cluster status` shows
+            // the latest).
+            ScaleIntent::Unavailable(_) if was_unavailable && !self.first_read_pending() => {
+                tracing::debug!(statefulset, scale_intent = %next, "scale intent still unavailable")
             }
             ScaleIntent::Unavailable(_) => {
                 tracing::warn!(statefulset, scale_intent = %next, "scale intent: scale-down waits for the dead-member timeout")
@@ -274,7 +281,8 @@ impl IntentWatch {
         self.tx.send_replace(next);
     }
 
-    async fn poll(self, stop: CancellationToken) {
+    /// Reads the StatefulSet every [`POLL`] until `stop` (returns at once without an API).
+    pub(crate) async fn poll(self, stop: CancellationToken) {
         let Some(api) = self.api.clone() else { return };
         let mut last_ok = tokio::time::Instant::now();
         loop {

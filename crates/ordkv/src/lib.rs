@@ -20,10 +20,12 @@ mod datadir;
 mod error;
 mod intent;
 mod kv;
+mod membership;
 mod node;
 mod peer;
 mod read_index;
 mod resolve;
+mod status;
 #[cfg(test)]
 mod testing;
 mod validate;

@@ -39,6 +39,8 @@ pub(crate) struct Inner {
     pub(crate) intent: crate::intent::IntentWatch,
     /// Members that asked this leader to remove them.
     pub(crate) leave_requests: crate::autopilot::LeaveRequests,
+    /// The tasks the node runs (peer server, cluster lifecycle), joined on shutdown.
+    tasks: std::sync::Mutex<tokio::task::JoinSet<()>>,
 }
 
 /// An open replica. Cloning is cheap; every clone is the same node.
@@ -158,7 +160,7 @@ impl Node {
             Peers::None => Err("a cluster of one".to_string()),
             _ => config.kubernetes.clone(),
         };
-        let intent = crate::intent::IntentWatch::start(api, stop.clone());
+        let intent = crate::intent::IntentWatch::new(api);
         let inner = Arc::new(Inner {
             identity,
             node_id,
@@ -171,16 +173,19 @@ impl Node {
             reads: Default::default(),
             intent,
             leave_requests: Default::default(),
+            tasks: Default::default(),
             config,
         });
         let node = Node { inner };
+        node.inner
+            .spawn(node.inner.intent.clone().poll(node.inner.stop.clone()));
         if let Some(addr) = node.inner.config.peer_listen_addr {
             crate::cluster::serve_peers(node.inner.clone(), addr).await?;
         }
         if node.inner.config.peers == Peers::None {
             crate::cluster::bootstrap_alone(&node.inner).await?;
         } else {
-            tokio::spawn(crate::cluster::run(node.inner.clone()));
+            node.inner.spawn(crate::cluster::run(node.inner.clone()));
         }
         tracing::info!(
             member = %node.inner.identity.name,
@@ -249,18 +254,18 @@ impl Node {
 
     /// The `Cluster.Status` answer.
     pub async fn cluster_status(&self) -> Result<pb::StatusResponse> {
-        Ok(crate::cluster::status(&self.inner))
+        Ok(crate::status::build(&self.inner))
     }
 
     /// Removes the member with this ordinal from the cluster (scale-down). Runs on the
     /// leader; refused when it would leave the remaining voters without a quorum.
     pub async fn remove_member(&self, ordinal: u32) -> Result<String> {
-        crate::cluster::remove_ordinal(&self.inner, ordinal).await
+        crate::membership::remove_ordinal(&self.inner, ordinal).await
     }
 
     /// Hands leadership to the member with this ordinal.
     pub async fn transfer_leader(&self, ordinal: u32) -> Result<String> {
-        crate::cluster::transfer_to_ordinal(&self.inner, ordinal).await
+        crate::membership::transfer_to_ordinal(&self.inner, ordinal).await
     }
 
     /// A consistent backup: builds a fresh snapshot of everything applied here and opens it.
@@ -348,14 +353,15 @@ impl Node {
     /// ordinal: then it first asks the leader to remove it and waits for that, up to
     /// `leave_timeout`.
     pub async fn shutdown(&self) -> Result<()> {
-        crate::cluster::leave_if_scaled_away(&self.inner).await;
-        crate::cluster::hand_off_leadership(&self.inner).await;
+        crate::membership::leave_if_scaled_away(&self.inner).await;
+        crate::membership::hand_off_leadership(&self.inner).await;
         self.inner.stop.cancel();
         self.inner
             .raft
             .shutdown()
             .await
             .map_err(|e| Error::Internal(format!("raft shutdown: {e}")))?;
+        self.inner.join_tasks().await;
         self.inner
             .sm
             .flush()
@@ -372,11 +378,40 @@ fn no_leader_accepted(waited: Duration) -> Error {
     ))
 }
 
+/// How long shutdown waits for the node's tasks to see the stop before it aborts them (the
+/// peer server's graceful stop would wait for the leader's append stream to end).
+const TASKS_STOP_WAIT: Duration = Duration::from_secs(1);
+
 pub(crate) fn fatal(e: impl std::fmt::Display) -> Error {
     Error::Unavailable(format!("the node stopped: {e}"))
 }
 
 impl Inner {
+    /// Runs `task` until the node stops (it must end when `stop` is cancelled).
+    pub(crate) fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .spawn(task);
+    }
+
+    /// Waits for the node's tasks after `stop` was cancelled; aborts what is left after
+    /// [`TASKS_STOP_WAIT`].
+    async fn join_tasks(&self) {
+        let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        let joined = tokio::time::timeout(TASKS_STOP_WAIT, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if joined.is_err() {
+            tracing::debug!(
+                left = tasks.len(),
+                "aborting tasks still running at shutdown"
+            );
+            tasks.shutdown().await;
+        }
+    }
+
     pub(crate) fn metrics(&self) -> RaftMetrics<TypeConfig> {
         self.raft.metrics().borrow_watched().clone()
     }
@@ -481,7 +516,11 @@ impl Inner {
                         continue;
                     }
                     Some((_, leader)) => {
-                        match crate::cluster::forward(self, &leader, cmd.clone()).await {
+                        match self
+                            .peer
+                            .forward(&leader, cmd.clone(), self.config.request_wait)
+                            .await
+                        {
                             // The leader changed under us and did not apply it: try again.
                             Err(Error::NotLeader { .. }) => {
                                 if tokio::time::Instant::now() >= deadline {

@@ -131,7 +131,7 @@ impl Inner {
                 // A read index is safe to ask for again. Asking can fail for a moment, e.g.
                 // on the first call over a connection that a healed partition broke, or
                 // while the leader changes; the read waits that out within its deadline.
-                match crate::cluster::read_index(self, leader_id, &leader).await {
+                match self.peer.read_index(leader_id, &leader).await {
                     Err(e @ (Error::Unavailable(_) | Error::NotLeader { .. }))
                         if tokio::time::Instant::now() + RETRY_PAUSE < deadline =>
                     {

@@ -9,6 +9,7 @@
 pub(crate) mod client;
 pub(crate) mod health;
 pub(crate) mod server;
+mod to_leader;
 
 pub use client::PEER_APPEND_DURATION;
 pub use health::PEER_ERRORS;
@@ -18,14 +19,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
+use ordkv_store::MemberNode;
 use tonic::transport::Channel;
 
+use crate::pb;
 use crate::pb::peer_client::PeerClient;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// Largest peer message: an append of `max_payload_entries` entries of the largest values.
+/// How long a member waits for a peer to answer a cluster-info, read-index or leave call.
+pub(crate) const PEER_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
 pub(crate) const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
 /// gRPC metadata / status detail marking "you are not a member" replies.
@@ -146,3 +152,14 @@ pub(crate) fn from_status(s: tonic::Status) -> crate::Error {
 }
 
 pub(crate) const NOT_LEADER: &str = "not the leader";
+
+/// A member as peer messages carry it.
+pub(crate) fn peer_member(node_id: u64, n: &MemberNode, voter: bool) -> pb::PeerMember {
+    pb::PeerMember {
+        node_id,
+        name: n.name.clone(),
+        peer_addr: n.peer_addr.clone(),
+        client_addr: n.client_addr.clone(),
+        voter,
+    }
+}

@@ -1,6 +1,7 @@
 //! The peer gRPC service: Raft RPCs into openraft, plus cluster info, join, forwarded writes
-//! and read index.
+//! and read index, leave.
 
+use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
@@ -295,7 +296,7 @@ impl pb::peer_server::Peer for PeerService {
         &self,
         _req: Request<pb::ClusterInfoRequest>,
     ) -> Result<Response<pb::ClusterInfoReply>, Status> {
-        Ok(Response::new(crate::cluster::cluster_info(&self.inner)))
+        Ok(Response::new(cluster_info(&self.inner)))
     }
 
     async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinReply>, Status> {
@@ -306,7 +307,7 @@ impl pb::peer_server::Peer for PeerService {
         let member = req
             .member
             .ok_or_else(|| Status::invalid_argument("no member"))?;
-        let outcome = crate::cluster::admit(&self.inner, member)
+        let outcome = crate::membership::admit(&self.inner, member)
             .await
             .map_err(crate::peer::to_status)?;
         Ok(Response::new(pb::JoinReply { outcome }))
@@ -320,9 +321,28 @@ impl pb::peer_server::Peer for PeerService {
         if req.cluster_id != self.inner.peer.cluster_id() {
             return Err(Status::failed_precondition("cluster id mismatch"));
         }
-        let outcome = crate::cluster::remove_leaving(&self.inner, req.node_id, &req.name)
+        let outcome = crate::membership::remove_leaving(&self.inner, req.node_id, &req.name)
             .await
             .map_err(crate::peer::to_status)?;
         Ok(Response::new(pb::LeaveReply { outcome }))
+    }
+}
+
+/// What this member knows of its cluster.
+fn cluster_info(inner: &Inner) -> pb::ClusterInfoReply {
+    let m = inner.metrics();
+    let membership = m.membership_config.membership();
+    let voters: BTreeSet<u64> = membership.voter_ids().collect();
+    let leader = inner.leader();
+    pb::ClusterInfoReply {
+        cluster_id: inner.peer.cluster_id().to_string(),
+        name: inner.identity.name.clone(),
+        node_id: inner.node_id,
+        leader_id: leader.as_ref().map_or(0, |(id, _)| *id),
+        leader_peer_addr: leader.map(|(_, n)| n.peer_addr).unwrap_or_default(),
+        members: membership
+            .nodes()
+            .map(|(id, n)| super::peer_member(*id, n, voters.contains(id)))
+            .collect(),
     }
 }

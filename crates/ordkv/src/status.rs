@@ -1,0 +1,95 @@
+//! The `Cluster.Status` answer: membership, roles, progress and reachability as this member
+//! sees them, its store's figures, and what it knows of its StatefulSet's scale.
+
+use std::collections::BTreeSet;
+
+use crate::config::Identity;
+use crate::intent::ScaleIntent;
+use crate::node::Inner;
+use crate::pb;
+
+/// The `Cluster.Status` answer, as this member sees the cluster.
+pub(crate) fn build(inner: &Inner) -> pb::StatusResponse {
+    let m = inner.metrics();
+    let membership = m.membership_config.membership();
+    let voters: BTreeSet<u64> = membership.voter_ids().collect();
+    let last_index = m.last_log_index.unwrap_or(0);
+    let matched = m.replication.clone().unwrap_or_default();
+    let reached = crate::autopilot::recently_acked(&m);
+    let mut members = Vec::new();
+    let mut leader = None;
+    for (id, node) in membership.nodes() {
+        let ordinal = Identity::parse(&node.name).map_or(0, |i| i.ordinal);
+        if m.current_leader == Some(*id) {
+            leader = Some(ordinal);
+        }
+        let (applied, reachable) = if *id == inner.node_id {
+            (m.last_applied.as_ref().map_or(0, |l| l.index), true)
+        } else {
+            match matched.get(id) {
+                Some(Some(l)) => (l.index, reached.contains(id)),
+                // Followers see the leader through its heartbeats.
+                _ if m.current_leader == Some(*id) && m.state != openraft::ServerState::Leader => {
+                    (0, true)
+                }
+                _ => (0, false),
+            }
+        };
+        members.push(pb::Member {
+            ordinal,
+            name: node.name.clone(),
+            role: if voters.contains(id) {
+                pb::Role::Voter as i32
+            } else {
+                pb::Role::Learner as i32
+            },
+            peer_addr: node.peer_addr.clone(),
+            client_addr: node.client_addr.clone(),
+            applied_index: applied,
+            reachable,
+            node_id: *id,
+            lag: if applied == 0 {
+                0
+            } else {
+                last_index.saturating_sub(applied)
+            },
+        });
+    }
+    members.sort_by_key(|m| (m.ordinal, m.node_id));
+    let limits = inner.config.limits;
+    let revision = inner.sm.revision();
+    let intent = inner.intent.current();
+    pb::StatusResponse {
+        header: Some(pb::ResponseHeader {
+            revision,
+            member: inner.identity.name.clone(),
+            raft_term: m.current_term,
+            cluster_id: inner.peer.cluster_id().to_string(),
+        }),
+        cluster_id: inner.peer.cluster_id().to_string(),
+        leader,
+        term: m.current_term,
+        commit_index: m.local_committed.as_ref().map_or(0, |l| l.index),
+        applied_index: m.last_applied.as_ref().map_or(0, |l| l.index),
+        members,
+        member: inner.identity.name.clone(),
+        revision,
+        compact_revision: inner.sm.compact_revision(),
+        db_size_bytes: inner.sm.size_on_disk(),
+        limits: Some(pb::Limits {
+            max_key_bytes: limits.max_key_bytes as u64,
+            max_value_bytes: limits.max_value_bytes as u64,
+            max_txn_ops: limits.max_txn_ops as u64,
+            max_range_limit: limits.max_range_limit as u64,
+            watch_history_revisions: inner.config.watch_history_revisions,
+        }),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        statefulset_replicas: intent.replicas(),
+        scale_intent: match (&intent, &inner.config.kubernetes) {
+            (ScaleIntent::Replicas(_), Ok(api)) => {
+                format!("{intent} (statefulset {})", api.statefulset)
+            }
+            _ => intent.to_string(),
+        },
+    }
+}
