@@ -95,6 +95,15 @@ async fn run(cli: Cli, matches: clap::ArgMatches) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e:#}");
+            let outcome = e
+                .chain()
+                .find_map(|c| c.downcast_ref::<ordkv_client::Error>())
+                .and_then(|c| c.write_outcome());
+            if outcome == Some(ordkv_client::WriteOutcome::Unknown) {
+                eprintln!(
+                    "note: the write may or may not have happened; read the key before retrying it"
+                );
+            }
             ExitCode::FAILURE
         }
     }

@@ -9,7 +9,11 @@
 //! ```
 //!
 //! Requests go to one endpoint at a time; when it is unreachable (`UNAVAILABLE`), the next
-//! endpoint is tried and, on success, becomes the preferred one.
+//! endpoint is tried and, on success, becomes the preferred one. Reads are retried that way
+//! on any `UNAVAILABLE`; writes only when they were not applied (the server said
+//! `not-applied`, or no connection could be made). A write whose outcome is unknown is
+//! returned as an error with [`Error::write_outcome`] = [`WriteOutcome::Unknown`], never
+//! retried: a compare-and-swap that committed must not be reported as a failed compare.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -70,7 +74,27 @@ impl From<Status> for Error {
     }
 }
 
+/// Whether a write that failed happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// It entered no Raft log and never will: safe to retry.
+    NotApplied,
+    /// It may have committed, or may still commit: read before retrying a write that is not
+    /// idempotent.
+    Unknown,
+}
+
 impl Error {
+    /// For a failed write, whether it happened, as the server said it (the
+    /// `ordkv-write-outcome` metadata) or, for a transport error, as this client knows it.
+    /// `None` for errors answered before anything was proposed (e.g. `INVALID_ARGUMENT`).
+    pub fn write_outcome(&self) -> Option<WriteOutcome> {
+        match self {
+            Error::Status(s) => outcome_of(s),
+            _ => Some(WriteOutcome::NotApplied),
+        }
+    }
+
     /// The gRPC status code, if this error came from a call.
     pub fn code(&self) -> Option<Code> {
         match self {
@@ -175,7 +199,27 @@ impl Client {
 
     /// Sends `req` with `f` to the preferred endpoint, moving on to the next one while the
     /// answer is `UNAVAILABLE`.
+    /// A read, or anything safe to run twice: any `UNAVAILABLE` moves on to the next endpoint.
     async fn call<T, R, F, Fut>(&self, req: T, f: F) -> Result<R>
+    where
+        T: Clone,
+        F: Fn(Channel, tonic::Request<T>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
+    {
+        self.call_as(Retry::Unavailable, req, f).await
+    }
+
+    /// A write: it moves on to the next endpoint only when it was not applied.
+    async fn write<T, R, F, Fut>(&self, req: T, f: F) -> Result<R>
+    where
+        T: Clone,
+        F: Fn(Channel, tonic::Request<T>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
+    {
+        self.call_as(Retry::NotApplied, req, f).await
+    }
+
+    async fn call_as<T, R, F, Fut>(&self, retry: Retry, req: T, f: F) -> Result<R>
     where
         T: Clone,
         F: Fn(Channel, tonic::Request<T>) -> Fut,
@@ -191,21 +235,32 @@ impl Client {
             if let Some(timeout) = self.timeout {
                 request.set_timeout(timeout);
             }
-            match f(channel.clone(), request).await {
+            let result = match (retry, f(channel.clone(), request).await) {
+                (Retry::NotApplied, Err(status)) => Err(with_outcome(status)),
+                (_, result) => result,
+            };
+            match result {
                 Ok(response) => {
                     self.current.store(idx, Ordering::Relaxed);
                     return Ok(response.into_inner());
                 }
-                Err(status) if status.code() == Code::Unavailable => {
+                Err(status)
+                    if status.code() == Code::Unavailable
+                        && (retry == Retry::Unavailable
+                            || outcome_of(&status) == Some(WriteOutcome::NotApplied)) =>
+                {
                     failures.push(format!("{endpoint}: {}", describe(&status)));
                 }
                 // tonic reports its own client-side deadline as CANCELLED; say what it is.
                 Err(status) if sources(&status).any(|e| e.is::<tonic::TimeoutExpired>()) => {
                     let timeout = self.timeout.unwrap_or_default();
-                    return Err(Status::deadline_exceeded(format!(
+                    let mut status = Status::deadline_exceeded(format!(
                         "{endpoint}: no answer within {timeout:?}"
-                    ))
-                    .into());
+                    ));
+                    if retry == Retry::NotApplied {
+                        set_outcome(&mut status, WriteOutcome::Unknown);
+                    }
+                    return Err(status.into());
                 }
                 Err(status) => return Err(status.into()),
             }
@@ -215,7 +270,11 @@ impl Client {
         } else {
             format!("no endpoint reachable: {}", failures.join("; "))
         };
-        Err(Status::unavailable(message).into())
+        let mut status = Status::unavailable(message);
+        if retry == Retry::NotApplied {
+            set_outcome(&mut status, WriteOutcome::NotApplied);
+        }
+        Err(status.into())
     }
 
     fn kv(channel: Channel) -> KvClient<Channel> {
@@ -228,7 +287,7 @@ impl Client {
 
     /// Sets one key.
     pub async fn put(&self, req: PutRequest) -> Result<PutResponse> {
-        self.call(req, |ch, r| async move { Self::kv(ch).put(r).await })
+        self.write(req, |ch, r| async move { Self::kv(ch).put(r).await })
             .await
     }
 
@@ -240,7 +299,7 @@ impl Client {
 
     /// Deletes one key, a range or a prefix.
     pub async fn delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {
-        self.call(req, |ch, r| async move { Self::kv(ch).delete(r).await })
+        self.write(req, |ch, r| async move { Self::kv(ch).delete(r).await })
             .await
     }
 
@@ -252,7 +311,7 @@ impl Client {
 
     /// Runs a transaction (compare-and-swap).
     pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
-        self.call(req, |ch, r| async move { Self::kv(ch).txn(r).await })
+        self.write(req, |ch, r| async move { Self::kv(ch).txn(r).await })
             .await
     }
 
@@ -268,7 +327,7 @@ impl Client {
 
     /// Discards watch history older than `req.revision`.
     pub async fn compact(&self, req: CompactRequest) -> Result<CompactResponse> {
-        self.call(req, |ch, r| async move { Self::kv(ch).compact(r).await })
+        self.write(req, |ch, r| async move { Self::kv(ch).compact(r).await })
             .await
     }
 
@@ -350,6 +409,67 @@ impl Client {
     }
 }
 
+/// Which failures move a call on to the next endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Every `UNAVAILABLE` (reads).
+    Unavailable,
+    /// Only writes that were not applied.
+    NotApplied,
+}
+
+/// The outcome a status carries in its `ordkv-write-outcome` metadata.
+fn outcome_of(status: &Status) -> Option<WriteOutcome> {
+    match status
+        .metadata()
+        .get(ordkv_proto::WRITE_OUTCOME_METADATA_KEY)?
+        .to_str()
+        .ok()?
+    {
+        ordkv_proto::NOT_APPLIED => Some(WriteOutcome::NotApplied),
+        ordkv_proto::OUTCOME_UNKNOWN => Some(WriteOutcome::Unknown),
+        _ => None,
+    }
+}
+
+fn set_outcome(status: &mut Status, outcome: WriteOutcome) {
+    let value = match outcome {
+        WriteOutcome::NotApplied => ordkv_proto::NOT_APPLIED,
+        WriteOutcome::Unknown => ordkv_proto::OUTCOME_UNKNOWN,
+    };
+    status.metadata_mut().insert(
+        ordkv_proto::WRITE_OUTCOME_METADATA_KEY,
+        tonic::metadata::MetadataValue::from_static(value),
+    );
+}
+
+/// A failed write's status with its outcome said: the server's, else this client's own for
+/// a transport error (not applied only when no connection could be made). Statuses the
+/// server answered before proposing anything (`INVALID_ARGUMENT`...) are left as they are.
+fn with_outcome(mut status: Status) -> Status {
+    if outcome_of(&status).is_some() {
+        return status;
+    }
+    let transport = matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+    );
+    if transport {
+        let never_sent = sources(&status).any(|e| {
+            e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+                || e.to_string().starts_with("tcp connect error")
+        });
+        let outcome = if never_sent {
+            WriteOutcome::NotApplied
+        } else {
+            WriteOutcome::Unknown
+        };
+        set_outcome(&mut status, outcome);
+    }
+    status
+}
+
 /// The source chain of a status (transport errors keep their cause there).
 fn sources(status: &Status) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
     std::iter::successors(std::error::Error::source(status), |e| e.source())
@@ -416,5 +536,159 @@ mod tests {
         let err = c.get_value("k").await.unwrap_err();
         assert_eq!(err.code(), Some(Code::Unavailable), "{err}");
         assert!(err.to_string().contains("no endpoint reachable"), "{err}");
+    }
+
+    /// A KV server whose Txn and Put count each call (as applied) and then answer `answer`.
+    struct FakeKv {
+        calls: Arc<AtomicUsize>,
+        answer: fn() -> Result<(), Status>,
+        delay: Duration,
+    }
+
+    use ordkv_proto::v1::kv_server::{Kv, KvServer};
+    use std::sync::Arc;
+
+    impl FakeKv {
+        async fn apply(&self) -> Result<(), Status> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            (self.answer)()
+        }
+    }
+
+    #[tonic::async_trait]
+    impl Kv for FakeKv {
+        async fn put(
+            &self,
+            _: tonic::Request<PutRequest>,
+        ) -> Result<tonic::Response<PutResponse>, Status> {
+            self.apply().await?;
+            Ok(tonic::Response::new(PutResponse::default()))
+        }
+        async fn get(
+            &self,
+            _: tonic::Request<GetRequest>,
+        ) -> Result<tonic::Response<GetResponse>, Status> {
+            Err(Status::unimplemented("get"))
+        }
+        async fn delete(
+            &self,
+            _: tonic::Request<DeleteRequest>,
+        ) -> Result<tonic::Response<DeleteResponse>, Status> {
+            Err(Status::unimplemented("delete"))
+        }
+        async fn range(
+            &self,
+            _: tonic::Request<RangeRequest>,
+        ) -> Result<tonic::Response<RangeResponse>, Status> {
+            Err(Status::unimplemented("range"))
+        }
+        async fn txn(
+            &self,
+            _: tonic::Request<TxnRequest>,
+        ) -> Result<tonic::Response<TxnResponse>, Status> {
+            self.apply().await?;
+            // What a retry sees after a first attempt committed: the compare fails now.
+            Ok(tonic::Response::new(TxnResponse {
+                succeeded: false,
+                ..Default::default()
+            }))
+        }
+        type WatchStream = BoxStream<'static, Result<WatchResponse, Status>>;
+        async fn watch(
+            &self,
+            _: tonic::Request<WatchRequest>,
+        ) -> Result<tonic::Response<Self::WatchStream>, Status> {
+            Err(Status::unimplemented("watch"))
+        }
+        async fn compact(
+            &self,
+            _: tonic::Request<CompactRequest>,
+        ) -> Result<tonic::Response<CompactResponse>, Status> {
+            Err(Status::unimplemented("compact"))
+        }
+    }
+
+    /// Serves a [`FakeKv`] on a free loopback port: `(endpoint, calls)`.
+    async fn fake(
+        answer: fn() -> Result<(), Status>,
+        delay: Duration,
+    ) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = listener.local_addr().unwrap().to_string();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let service = KvServer::new(FakeKv {
+            calls: calls.clone(),
+            answer,
+            delay,
+        });
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming),
+        );
+        (endpoint, calls)
+    }
+
+    fn unavailable_with(outcome: WriteOutcome) -> Status {
+        let mut status = Status::unavailable("the leader changed");
+        set_outcome(&mut status, outcome);
+        status
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_outcome_is_unknown_is_not_retried_elsewhere() {
+        let (first, first_calls) = fake(
+            || Err(unavailable_with(WriteOutcome::Unknown)),
+            Duration::ZERO,
+        )
+        .await;
+        let (second, second_calls) = fake(|| Ok(()), Duration::ZERO).await;
+        let c = Client::connect(&[first, second]).await.unwrap();
+        let err = c.txn(TxnRequest::default()).await.unwrap_err();
+        assert_eq!(err.write_outcome(), Some(WriteOutcome::Unknown), "{err}");
+        assert_eq!(err.code(), Some(Code::Unavailable));
+        // Retried on the second endpoint, the compare-and-swap would have reported a failed
+        // compare although its first attempt may have committed.
+        assert_eq!(first_calls.load(Ordering::SeqCst), 1);
+        assert_eq!(second_calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_write_that_was_not_applied_moves_on_to_the_next_endpoint() {
+        let (first, first_calls) = fake(
+            || Err(unavailable_with(WriteOutcome::NotApplied)),
+            Duration::ZERO,
+        )
+        .await;
+        let (second, second_calls) = fake(|| Ok(()), Duration::ZERO).await;
+        let c = Client::connect(&["127.0.0.1:1".into(), first, second])
+            .await
+            .unwrap();
+        c.put_value("k", "v").await.unwrap();
+        assert_eq!(first_calls.load(Ordering::SeqCst), 1);
+        assert_eq!(second_calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_write_without_an_answer_in_time_is_unknown() {
+        let (first, first_calls) = fake(|| Ok(()), Duration::from_secs(5)).await;
+        let (second, second_calls) = fake(|| Ok(()), Duration::ZERO).await;
+        let c = Client::connect(&[first, second])
+            .await
+            .unwrap()
+            .with_timeout(Some(Duration::from_millis(300)));
+        let err = c.put_value("k", "v").await.unwrap_err();
+        assert_eq!(err.write_outcome(), Some(WriteOutcome::Unknown), "{err}");
+        assert_eq!(first_calls.load(Ordering::SeqCst), 1);
+        assert_eq!(second_calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_write_no_endpoint_accepted_was_not_applied() {
+        let c = Client::connect(&["127.0.0.1:1".into()]).await.unwrap();
+        let err = c.put_value("k", "v").await.unwrap_err();
+        assert_eq!(err.write_outcome(), Some(WriteOutcome::NotApplied), "{err}");
     }
 }

@@ -13,3 +13,10 @@ pub mod v1 {
 }
 
 pub use v1::*;
+
+/// The trailing metadata key that says whether a failed write happened (see `kv.proto`).
+pub const WRITE_OUTCOME_METADATA_KEY: &str = "ordkv-write-outcome";
+/// [`WRITE_OUTCOME_METADATA_KEY`]: the write entered no log; safe to retry.
+pub const NOT_APPLIED: &str = "not-applied";
+/// [`WRITE_OUTCOME_METADATA_KEY`]: the write may or may not commit.
+pub const OUTCOME_UNKNOWN: &str = "unknown";

@@ -15,6 +15,10 @@ pub const LEADER_METADATA_KEY: &str = "ordkv-leader";
 /// | `Compacted` | `OUT_OF_RANGE` |
 /// | `NotLeader` | `FAILED_PRECONDITION`, metadata `ordkv-leader: <addr>` when known |
 /// | `Unavailable` | `UNAVAILABLE` |
+/// | `OutcomeUnknown` | `UNAVAILABLE` |
+///
+/// `NotLeader` and `Unavailable` also carry `ordkv-write-outcome: not-applied`,
+/// `OutcomeUnknown` carries `ordkv-write-outcome: unknown` (see `kv.proto`).
 /// | `DeadlineExceeded` | `DEADLINE_EXCEEDED` |
 /// | `DataDir`, `Storage`, `Internal` | `INTERNAL` |
 pub fn status_from_error(e: ordkv::Error) -> Status {
@@ -24,7 +28,7 @@ pub fn status_from_error(e: ordkv::Error) -> Status {
         E::InvalidArgument(_) => Code::InvalidArgument,
         E::Compacted { .. } => Code::OutOfRange,
         E::NotLeader { .. } => Code::FailedPrecondition,
-        E::Unavailable(_) => Code::Unavailable,
+        E::Unavailable(_) | E::OutcomeUnknown(_) => Code::Unavailable,
         E::DeadlineExceeded(_) => Code::DeadlineExceeded,
         E::DataDir { .. } | E::Storage(_) | E::Internal(_) => Code::Internal,
     };
@@ -34,6 +38,17 @@ pub fn status_from_error(e: ordkv::Error) -> Status {
         tracing::debug!(code = code_name(code), error = %message, "request failed");
     }
     let mut status = Status::new(code, message);
+    let outcome = match &e {
+        E::NotLeader { .. } | E::Unavailable(_) => Some(ordkv_proto::NOT_APPLIED),
+        E::OutcomeUnknown(_) => Some(ordkv_proto::OUTCOME_UNKNOWN),
+        _ => None,
+    };
+    if let Some(outcome) = outcome {
+        status.metadata_mut().insert(
+            ordkv_proto::WRITE_OUTCOME_METADATA_KEY,
+            MetadataValue::from_static(outcome),
+        );
+    }
     if let E::NotLeader {
         leader_client_addr: Some(addr),
     } = &e
@@ -99,6 +114,10 @@ mod tests {
             ),
             (E::Unavailable("no leader".into()), Code::Unavailable),
             (
+                E::OutcomeUnknown("leader changed".into()),
+                Code::Unavailable,
+            ),
+            (
                 E::DeadlineExceeded("min revision".into()),
                 Code::DeadlineExceeded,
             ),
@@ -118,6 +137,28 @@ mod tests {
             assert_eq!(status.code(), code, "{display}");
             assert_eq!(status.message(), display);
         }
+    }
+
+    #[test]
+    fn write_errors_say_whether_the_write_happened() {
+        let outcome = |e: E| {
+            let status = status_from_error(e);
+            status
+                .metadata()
+                .get(ordkv_proto::WRITE_OUTCOME_METADATA_KEY)
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        let not_leader = E::NotLeader {
+            leader_client_addr: None,
+        };
+        assert_eq!(outcome(not_leader).as_deref(), Some("not-applied"));
+        assert_eq!(
+            outcome(E::Unavailable("no leader".into())).as_deref(),
+            Some("not-applied")
+        );
+        let unknown = E::OutcomeUnknown("the leader changed".into());
+        assert_eq!(outcome(unknown).as_deref(), Some("unknown"));
+        assert_eq!(outcome(E::InvalidArgument("bad".into())), None);
     }
 
     #[test]

@@ -28,8 +28,16 @@ pub enum Error {
     },
 
     /// The node cannot serve right now (no leader, shutting down); retry later or elsewhere.
+    /// A write that fails this way was not applied and never will be: it is safe to retry.
     #[error("unavailable: {0}")]
     Unavailable(String),
+
+    /// A write was proposed but its outcome is unknown: it may have committed, or may still
+    /// commit through another leader (the leader changed under it, or did not answer in
+    /// time). Read before retrying a write that is not idempotent (a compare-and-swap, a put
+    /// whose revision matters).
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
 
     /// The request's deadline passed (e.g. waiting for `min_revision`).
     #[error("deadline exceeded: {0}")]

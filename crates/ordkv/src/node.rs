@@ -473,17 +473,29 @@ impl Inner {
             })
     }
 
-    /// Proposes a command on this node; fails with `NotLeader` when another node leads.
+    /// Proposes a command on this node; fails with `NotLeader` (not applied) when another
+    /// node leads, and with `OutcomeUnknown` when its entry may or may not commit.
     pub(crate) async fn write_here(&self, cmd: pb::Command) -> Result<pb::CommandResponse> {
         match self.raft.client_write(Command(cmd)).await {
             Ok(r) => Ok(r.data.0),
+            // Refused before its entry was appended.
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(Error::NotLeader {
                     leader_client_addr: f.leader_node.map(|n| n.client_addr),
                 })
             }
+            // Appended here, then this member lost the leadership: another leader may have
+            // the entry and commit it.
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
+                Err(Error::OutcomeUnknown(
+                    "the leader changed while the write was in its log; it may or may not commit"
+                        .into(),
+                ))
+            }
             Err(RaftError::APIError(e)) => Err(Error::Internal(e.to_string())),
-            Err(RaftError::Fatal(f)) => Err(fatal(f)),
+            Err(RaftError::Fatal(f)) => Err(Error::OutcomeUnknown(format!(
+                "the node stopped during the write ({f}); it may or may not commit"
+            ))),
         }
     }
 
@@ -516,15 +528,21 @@ impl Inner {
                         continue;
                     }
                     Some((_, leader)) => {
-                        match self
-                            .peer
-                            .forward(&leader, cmd.clone(), self.config.request_wait)
-                            .await
-                        {
-                            // The leader changed under us and did not apply it: try again.
-                            Err(Error::NotLeader { .. }) => {
+                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                        if left.is_zero() {
+                            return Err(no_leader_accepted(self.config.request_wait));
+                        }
+                        match self.peer.forward(&leader, cmd.clone(), left).await {
+                            // Not applied (the leader changed, or could not be reached): wait
+                            // for the next leader and try again within the deadline.
+                            Err(e @ (Error::NotLeader { .. } | Error::Unavailable(_))) => {
                                 if tokio::time::Instant::now() >= deadline {
-                                    return Err(no_leader_accepted(self.config.request_wait));
+                                    return Err(match e {
+                                        Error::NotLeader { .. } => {
+                                            no_leader_accepted(self.config.request_wait)
+                                        }
+                                        e => e,
+                                    });
                                 }
                                 tokio::time::sleep(Duration::from_millis(50)).await;
                                 continue;

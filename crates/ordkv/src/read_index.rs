@@ -124,7 +124,13 @@ impl Inner {
             {
                 Ok(linearizer) => return Ok(linearizer.read_log_id().index()),
                 Err(RaftError::APIError(L::ForwardToLeader(_))) => {}
-                Err(RaftError::APIError(e)) => return Err(Error::Unavailable(e.to_string())),
+                Err(RaftError::APIError(L::QuorumNotEnough(_))) => {
+                    return Err(Error::Unavailable(
+                        "this leader does not reach a quorum of voters (it may have been deposed); \
+                         retry, on another member if this one stays unavailable"
+                            .into(),
+                    ));
+                }
                 Err(RaftError::Fatal(f)) => return Err(fatal(f)),
             }
             if let Some((leader_id, leader)) = self.leader() {
@@ -132,13 +138,17 @@ impl Inner {
                 // on the first call over a connection that a healed partition broke, or
                 // while the leader changes; the read waits that out within its deadline.
                 match self.peer.read_index(leader_id, &leader).await {
-                    Err(e @ (Error::Unavailable(_) | Error::NotLeader { .. }))
-                        if tokio::time::Instant::now() + RETRY_PAUSE < deadline =>
-                    {
+                    Err(
+                        e @ (Error::Unavailable(_)
+                        | Error::OutcomeUnknown(_)
+                        | Error::NotLeader { .. }),
+                    ) if tokio::time::Instant::now() + RETRY_PAUSE < deadline => {
                         tracing::debug!(leader = %leader.name, error = %e, "read index not given; asking again");
                         tokio::time::sleep(RETRY_PAUSE).await;
                         continue;
                     }
+                    // A lost answer to a read is just a failed read.
+                    Err(Error::OutcomeUnknown(m)) => return Err(Error::Unavailable(m)),
                     result => return result,
                 }
             }

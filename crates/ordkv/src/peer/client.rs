@@ -18,7 +18,7 @@ use ordkv_store::{MemberNode, NodeId, SnapshotData, TypeConfig, Vote};
 use tokio::io::AsyncReadExt;
 use tonic::transport::Channel;
 
-use super::{NOT_A_MEMBER, PeerShared, decode, encode};
+use super::{PeerError, PeerShared, decode, encode};
 use crate::pb;
 use crate::pb::peer_client::PeerClient;
 
@@ -426,8 +426,7 @@ impl RaftPeer {
                 self.target_name
             )))),
             Ok(Err(s)) => {
-                if s.code() == tonic::Code::FailedPrecondition && s.message().contains(NOT_A_MEMBER)
-                {
+                if PeerError::of(&s) == Some(PeerError::NotAMember) {
                     self.shared.mark_removed();
                 }
                 Err(self.status(s))

@@ -118,37 +118,138 @@ pub(crate) fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, String> {
     postcard::from_bytes(b).map_err(|e| format!("decode: {e}"))
 }
 
+/// The metadata key that says which [`PeerError`] a peer's answer is, so that no message
+/// is parsed.
+const PEER_ERROR_KEY: &str = "ordkv-peer-error";
+
+/// The errors a member acts on when a peer answers with them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PeerError {
+    /// The peer does not lead (any more); nothing was applied.
+    NotLeader,
+    /// The peer says the asking member is not in the cluster: it must rejoin.
+    NotAMember,
+    /// The peer proposed the write; it may or may not commit.
+    OutcomeUnknown,
+    /// The peer refused the write before proposing it (no leader, stopping).
+    NotApplied,
+}
+
+impl PeerError {
+    fn as_str(self) -> &'static str {
+        match self {
+            PeerError::NotLeader => "not-leader",
+            PeerError::NotAMember => "not-a-member",
+            PeerError::OutcomeUnknown => "outcome-unknown",
+            PeerError::NotApplied => "not-applied",
+        }
+    }
+
+    /// `status` marked as this error.
+    pub(crate) fn tag(self, mut status: tonic::Status) -> tonic::Status {
+        status.metadata_mut().insert(
+            PEER_ERROR_KEY,
+            tonic::metadata::MetadataValue::from_static(self.as_str()),
+        );
+        status
+    }
+
+    /// The error a peer's answer was marked as. Members of earlier versions only said it in
+    /// the message; their words are recognised too.
+    pub(crate) fn of(status: &tonic::Status) -> Option<PeerError> {
+        let tagged = status
+            .metadata()
+            .get(PEER_ERROR_KEY)
+            .and_then(|v| v.to_str().ok());
+        let all = [
+            PeerError::NotLeader,
+            PeerError::NotAMember,
+            PeerError::OutcomeUnknown,
+            PeerError::NotApplied,
+        ];
+        if let Some(kind) = tagged.and_then(|t| all.into_iter().find(|k| k.as_str() == t)) {
+            return Some(kind);
+        }
+        match status.code() {
+            tonic::Code::FailedPrecondition if status.message().starts_with(NOT_LEADER) => {
+                Some(PeerError::NotLeader)
+            }
+            tonic::Code::FailedPrecondition if status.message().contains(NOT_A_MEMBER) => {
+                Some(PeerError::NotAMember)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// The peer protocol's own error mapping (internal: clients never see it).
 pub(crate) fn to_status(e: crate::Error) -> tonic::Status {
     use crate::Error as E;
     match e {
-        E::NotLeader { leader_client_addr } => tonic::Status::failed_precondition(format!(
-            "{NOT_LEADER}; leader is {}",
-            leader_client_addr.as_deref().unwrap_or("unknown")
-        )),
+        E::NotLeader { leader_client_addr } => {
+            PeerError::NotLeader.tag(tonic::Status::failed_precondition(format!(
+                "{NOT_LEADER}; leader is {}",
+                leader_client_addr.as_deref().unwrap_or("unknown")
+            )))
+        }
         E::InvalidArgument(m) => tonic::Status::invalid_argument(m),
-        E::Unavailable(m) => tonic::Status::unavailable(m),
+        E::Unavailable(m) => PeerError::NotApplied.tag(tonic::Status::unavailable(m)),
+        E::OutcomeUnknown(m) => PeerError::OutcomeUnknown.tag(tonic::Status::unavailable(m)),
         E::DeadlineExceeded(m) => tonic::Status::deadline_exceeded(m),
         other => tonic::Status::internal(other.to_string()),
     }
 }
 
-/// The reverse of [`to_status`], for answers from a peer.
+/// The reverse of [`to_status`], for answers from a peer. A transport error is
+/// `Unavailable` when the request never left this member (no connection could be made),
+/// else `OutcomeUnknown`: the peer may have acted on it.
 pub(crate) fn from_status(s: tonic::Status) -> crate::Error {
     use crate::Error as E;
+    match PeerError::of(&s) {
+        Some(PeerError::NotLeader) => {
+            return E::NotLeader {
+                leader_client_addr: None,
+            };
+        }
+        Some(PeerError::OutcomeUnknown) => return E::OutcomeUnknown(s.message().to_string()),
+        Some(PeerError::NotApplied) => return E::Unavailable(s.message().to_string()),
+        Some(PeerError::NotAMember) | None => {}
+    }
     match s.code() {
-        tonic::Code::FailedPrecondition if s.message().starts_with(NOT_LEADER) => E::NotLeader {
-            leader_client_addr: None,
-        },
         tonic::Code::InvalidArgument => E::InvalidArgument(s.message().to_string()),
         tonic::Code::DeadlineExceeded => E::DeadlineExceeded(s.message().to_string()),
-        // `Unknown` is how tonic reports a dropped connection: the outcome is unknown, and
-        // the caller may retry elsewhere.
+        _ if never_sent(&s) => E::Unavailable(format!("peer unreachable: {}", s.message())),
+        // `Unknown` is how tonic reports a dropped connection.
         tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown => {
-            E::Unavailable(format!("peer unavailable: {}", s.message()))
+            E::OutcomeUnknown(format!("the peer's answer was lost: {}", s.message()))
         }
         _ => E::Internal(format!("peer answered {:?}: {}", s.code(), s.message())),
     }
+}
+
+/// Whether a transport error happened before the request was sent: the connection could
+/// not be made (refused, no route, the name does not resolve).
+fn never_sent(s: &tonic::Status) -> bool {
+    use std::error::Error as _;
+    let mut source = s.source();
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable
+                    | std::io::ErrorKind::AddrNotAvailable
+            )
+        {
+            return true;
+        }
+        if e.to_string().starts_with("tcp connect error") {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 pub(crate) const NOT_LEADER: &str = "not the leader";

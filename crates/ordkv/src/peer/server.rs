@@ -13,7 +13,7 @@ use ordkv_store::{SnapshotData, SnapshotMeta, TypeConfig, Vote};
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{NOT_A_MEMBER, NOT_LEADER, PeerShared, decode, encode};
+use super::{NOT_A_MEMBER, NOT_LEADER, PeerError, PeerShared, decode, encode};
 use crate::node::Inner;
 use crate::pb;
 
@@ -162,12 +162,14 @@ impl pb::peer_server::Peer for PeerService {
         if !self.is_member(req.from_node) {
             // A removed member (scale-down, then back on its old volume) must not disturb the
             // cluster: refuse it, and tell it why so that it asks to rejoin as a learner.
-            return Err(Status::failed_precondition(format!(
-                "{} (node {}) is {NOT_A_MEMBER} of cluster {}; it must rejoin",
-                req.from_name,
-                req.from_node,
-                self.inner.peer.cluster_id()
-            )));
+            return Err(
+                PeerError::NotAMember.tag(Status::failed_precondition(format!(
+                    "{} (node {}) is {NOT_A_MEMBER} of cluster {}; it must rejoin",
+                    req.from_name,
+                    req.from_node,
+                    self.inner.peer.cluster_id()
+                ))),
+            );
         }
         let (pre_vote, rpc): (bool, _) = decode(&req.payload).map_err(Status::invalid_argument)?;
         let raft = &self.inner.raft;
@@ -285,7 +287,12 @@ impl pb::peer_server::Peer for PeerService {
             .map_err(|e| match e {
                 // The asker retries these (a leader change, a quorum out of reach).
                 RaftError::APIError(LinearizableReadError::ForwardToLeader(_)) => {
-                    Status::failed_precondition(format!("{NOT_LEADER}: {e}"))
+                    PeerError::NotLeader.tag(Status::failed_precondition(format!(
+                        "{NOT_LEADER} any more"
+                    )))
+                }
+                RaftError::APIError(LinearizableReadError::QuorumNotEnough(_)) => {
+                    Status::unavailable("no read index here: the leader does not reach a quorum")
                 }
                 e => Status::unavailable(format!("no read index here: {e}")),
             })?;

@@ -10,7 +10,8 @@ use crate::error::{Error, Result};
 use crate::pb;
 
 impl PeerShared {
-    /// Runs a write on the leader; gives up after `wait` (the outcome is then unknown).
+    /// Runs a write on the leader; gives up after `wait` (the outcome is then unknown). A
+    /// leader that cannot be reached is `Unavailable`: the write never left this member.
     pub(crate) async fn forward(
         &self,
         leader: &MemberNode,
@@ -25,12 +26,20 @@ impl PeerShared {
         let resp = tokio::time::timeout(wait, client.forward(req))
             .await
             .map_err(|_| {
-                Error::Unavailable(format!(
-                    "the leader {} did not answer in time; the write may or may not have happened",
+                Error::OutcomeUnknown(format!(
+                    "the leader {} did not answer within {wait:?}; the write may or may not commit",
                     leader.name
                 ))
             })?
-            .map_err(from_status)?;
+            .map_err(|s| match from_status(s) {
+                Error::OutcomeUnknown(m) => {
+                    Error::OutcomeUnknown(format!("forwarded to the leader {}: {m}", leader.name))
+                }
+                Error::Unavailable(m) => {
+                    Error::Unavailable(format!("forwarding to the leader {}: {m}", leader.name))
+                }
+                e => e,
+            })?;
         Ok(resp.into_inner())
     }
 
