@@ -1266,6 +1266,45 @@ async fn a_write_through_a_follower_waits_out_the_leaders_death() {
     }
 }
 
+/// A follower that comes back far behind (it was SIGKILLed while 64 values of 1 MiB were
+/// written) is not ready until it has applied what the leader had committed: `/readyz`
+/// decides whether Kubernetes sends it read-Service traffic and lets a rolling update move
+/// on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_far_behind_is_not_ready_until_it_caught_up() {
+    let mut c = Cluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    let follower = (0..3).find(|i| *i != leader).expect("a follower");
+    c.kill_9(follower);
+    let big = "x".repeat(1024 * 1024 - 64);
+    for n in 0..64 {
+        put(&c, leader, &format!("big/{n:03}"), &big).await;
+    }
+    let committed = c.status(leader).await.commit_index;
+    c.node_mut(follower).spawn();
+    let started = Instant::now();
+    let (ready_after, applied) = c
+        .wait_until("the follower answers /readyz with 200", CONVERGE, || async {
+            match c.node(follower).http_get("/readyz").await {
+                Ok((200, _)) => {
+                    let applied = c.try_status(follower).await?.applied_index;
+                    Ok((started.elapsed(), applied))
+                }
+                Ok((code, body)) => Err(format!("{code} {}", body.trim())),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await;
+    println!(
+        "kv-{follower} ready {ready_after:?} after its restart, applied {applied} of the \
+         leader's {committed}"
+    );
+    assert!(
+        applied >= committed,
+        "kv-{follower} said ready at applied {applied}, the leader had committed {committed}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // 7. Full stop, restart in random order
 // ---------------------------------------------------------------------------------------

@@ -86,9 +86,16 @@ mod tests {
             leader_known: true,
             commit_index: 9,
             applied_index: 9,
+            leader_commit_index: Some(9),
             ..Default::default()
         };
         assert_eq!(ready.not_ready_reason(), None);
+        let leader = ordkv::NodeStatus {
+            is_leader: true,
+            leader_commit_index: None,
+            ..ready.clone()
+        };
+        assert_eq!(leader.not_ready_reason(), None);
         let cases = [
             (
                 ordkv::NodeStatus {
@@ -110,6 +117,20 @@ mod tests {
                     ..ready.clone()
                 },
                 "catching up: applied 4 < commit 9",
+            ),
+            (
+                ordkv::NodeStatus {
+                    leader_commit_index: Some(158),
+                    ..ready.clone()
+                },
+                "catching up: applied 9 of the leader's 158",
+            ),
+            (
+                ordkv::NodeStatus {
+                    leader_commit_index: None,
+                    ..ready.clone()
+                },
+                "catching up: the leader's commit index is not known yet",
             ),
             (
                 ordkv::NodeStatus {

@@ -298,6 +298,11 @@ async fn tick(
     let status = inner.status();
     if !status.is_leader && !inner.peer.removed.load(std::sync::atomic::Ordering::SeqCst) {
         check_still_member(inner).await;
+        if let Some((leader_id, leader)) = inner.leader()
+            && let Ok(index) = inner.peer.read_index(leader_id, &leader).await
+        {
+            inner.leader_commits.record(index);
+        }
     }
     if inner.peer.removed.load(std::sync::atomic::Ordering::SeqCst) {
         if inner.intent.current().removes(inner.identity.ordinal) {

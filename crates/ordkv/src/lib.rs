@@ -14,6 +14,7 @@
 //! ```
 
 mod autopilot;
+mod catch_up;
 mod cluster;
 mod config;
 mod datadir;

@@ -39,6 +39,8 @@ pub(crate) struct Inner {
     pub(crate) intent: crate::intent::IntentWatch,
     /// Members that asked this leader to remove them.
     pub(crate) leave_requests: crate::autopilot::LeaveRequests,
+    /// What the leader committed, as this follower learned it (readiness).
+    pub(crate) leader_commits: crate::catch_up::LeaderCommits,
     /// The tasks the node runs (peer server, cluster lifecycle), joined on shutdown.
     tasks: std::sync::Mutex<tokio::task::JoinSet<()>>,
 }
@@ -78,6 +80,9 @@ pub struct NodeStatus {
     pub db_size_bytes: u64,
     /// Set once the node hit a fatal error (e.g. a failed fsync).
     pub fatal: Option<String>,
+    /// On a follower: the leader's commit index it must have applied to be caught up (see
+    /// `catch_up`); `None` until the leader was asked.
+    pub leader_commit_index: Option<u64>,
 }
 
 impl NodeStatus {
@@ -94,8 +99,17 @@ impl NodeStatus {
                 "catching up: applied {} < commit {}",
                 self.applied_index, self.commit_index
             ))
-        } else {
+        } else if self.is_leader {
             None
+        } else {
+            match self.leader_commit_index {
+                None => Some("catching up: the leader's commit index is not known yet".into()),
+                Some(c) if self.applied_index < c => Some(format!(
+                    "catching up: applied {} of the leader's {c}",
+                    self.applied_index
+                )),
+                Some(_) => None,
+            }
         }
     }
 }
@@ -173,6 +187,7 @@ impl Node {
             reads: Default::default(),
             intent,
             leave_requests: Default::default(),
+            leader_commits: Default::default(),
             tasks: Default::default(),
             config,
         });
@@ -447,6 +462,7 @@ impl Inner {
             is_voter: membership.voter_ids().any(|id| id == self.node_id),
             db_size_bytes: sm.size_on_disk(),
             fatal,
+            leader_commit_index: self.leader_commits.target(),
         }
     }
 
