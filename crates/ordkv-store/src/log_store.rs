@@ -17,6 +17,9 @@ use crate::wal::Wal;
 const VOTE: &[u8] = b"vote";
 const LAST_PURGED: &[u8] = b"last_purged";
 const COMMITTED: &[u8] = b"committed";
+/// The most log bytes one append to a follower carries (more when one entry is larger):
+/// 64 entries of 1 MiB values made 64 MiB messages.
+const MAX_APPEND_BYTES: usize = 4 * 1024 * 1024;
 
 /// The log store. Cloning shares the same trees.
 #[derive(Clone)]
@@ -131,10 +134,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
         self.wal.read(start.max(first), end)
     }
 
-    /// The replication streams' read: entries purged since the previous purge point are still
-    /// served (see [`PurgePoints`]); they are committed entries, the same on every member.
+    /// The replication streams' read: at most [`MAX_APPEND_BYTES`] of entries, so an append
+    /// of large values stays small enough to be sent and answered quickly; entries purged
+    /// since the previous purge point are still served (see [`PurgePoints`]): they are
+    /// committed entries, the same on every member.
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
-        self.wal.read(start, end)
+        self.wal.read_limited(start, end, MAX_APPEND_BYTES)
     }
 
     async fn read_vote(&mut self) -> io::Result<Option<Vote>> {

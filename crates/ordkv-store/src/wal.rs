@@ -341,22 +341,35 @@ impl Wal {
 
     /// Entries with index in `[from, to)` that are present.
     pub(crate) fn read(&self, from: u64, to: u64) -> io::Result<Vec<Entry>> {
-        let (first, wanted): (u64, Vec<(Arc<File>, Loc)>) = {
+        self.read_limited(from, to, usize::MAX)
+    }
+
+    /// Like [`Wal::read`], but stops before the records' total size passes `max_bytes`
+    /// (always returning the first entry present).
+    pub(crate) fn read_limited(
+        &self,
+        from: u64,
+        to: u64,
+        max_bytes: usize,
+    ) -> io::Result<Vec<Entry>> {
+        let wanted: Vec<(Arc<File>, Loc)> = {
             let inner = self.lock();
             let Some(first) = inner.locs.front().map(|l| l.log_id.index) else {
                 return Ok(vec![]);
             };
             let start = from.max(first);
             let end = to.min(first + inner.locs.len() as u64);
-            let wanted = (start..end)
-                .map(|i| {
-                    let loc = inner.locs[(i - first) as usize];
-                    (inner.segments[loc.segment].file.clone(), loc)
+            let mut bytes = 0usize;
+            (start..end)
+                .map(|i| inner.locs[(i - first) as usize])
+                .take_while(|loc| {
+                    let within = bytes == 0 || bytes + loc.len as usize <= max_bytes;
+                    bytes += loc.len as usize;
+                    within
                 })
-                .collect();
-            (first, wanted)
+                .map(|loc| (inner.segments[loc.segment].file.clone(), loc))
+                .collect()
         };
-        let _ = first;
         let mut out = Vec::with_capacity(wanted.len());
         for (file, loc) in wanted {
             let mut buf = vec![0u8; HEADER + loc.len as usize];
@@ -872,6 +885,20 @@ mod tests {
             indexes(&Wal::open(dir.path(), None).unwrap()),
             vec![4, 5, 6, 7]
         );
+    }
+
+    #[test]
+    fn a_limited_read_stops_at_its_size_but_returns_one_entry_at_least() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path(), None).unwrap();
+        wal.append((1..=4).map(|i| big_entry(i, 1000))).unwrap();
+        let read = |max| -> Vec<u64> {
+            let entries = wal.read_limited(1, 5, max).unwrap();
+            entries.iter().map(|e| e.log_id.index).collect()
+        };
+        assert_eq!(read(10), vec![1], "one entry even when it alone is larger");
+        assert_eq!(read(2100), vec![1, 2]);
+        assert_eq!(read(usize::MAX), vec![1, 2, 3, 4]);
     }
 
     #[test]

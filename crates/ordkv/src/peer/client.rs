@@ -64,6 +64,17 @@ pub(crate) struct RaftPeer {
 
 type RpcErr = RPCError<TypeConfig>;
 
+/// The least time an append (or an append stream's setup) gets before the target counts as
+/// unreachable. openraft's deadline is the heartbeat interval (100 ms); an append of a few
+/// MiB, or any append on a busy machine, takes longer, and an append cut off at the deadline
+/// is sent again whole: a follower far behind then never caught up ("append stream not
+/// opened within 100ms" once a second for over a minute, on a loaded machine).
+const APPEND_DEADLINE_FLOOR: Duration = Duration::from_secs(1);
+
+fn append_deadline(option: &RPCOption) -> Duration {
+    option.hard_ttl().max(APPEND_DEADLINE_FLOOR)
+}
+
 fn unreachable(msg: impl ToString) -> Unreachable<TypeConfig> {
     Unreachable::from_string(msg)
 }
@@ -137,7 +148,7 @@ impl RaftPeer {
             }
             std::future::ready(msg)
         });
-        let ttl = option.hard_ttl();
+        let ttl = append_deadline(&option);
         let answers = match tokio::time::timeout(ttl, grpc.append_stream(requests)).await {
             Err(_) => {
                 return Err(RPCError::Unreachable(unreachable(format!(
@@ -277,7 +288,7 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
         let sent = Instant::now();
         let reply = self
             .unary(
-                option.hard_ttl(),
+                append_deadline(&option),
                 encode(&rpc).map_err(net)?,
                 |mut c, r| async move { c.append(r).await },
             )
