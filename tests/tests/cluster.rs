@@ -1284,16 +1284,20 @@ async fn a_follower_far_behind_is_not_ready_until_it_caught_up() {
     c.node_mut(follower).spawn();
     let started = Instant::now();
     let (ready_after, applied) = c
-        .wait_until("the follower answers /readyz with 200", CONVERGE, || async {
-            match c.node(follower).http_get("/readyz").await {
-                Ok((200, _)) => {
-                    let applied = c.try_status(follower).await?.applied_index;
-                    Ok((started.elapsed(), applied))
+        .wait_until(
+            "the follower answers /readyz with 200",
+            CONVERGE,
+            || async {
+                match c.node(follower).http_get("/readyz").await {
+                    Ok((200, _)) => {
+                        let applied = c.try_status(follower).await?.applied_index;
+                        Ok((started.elapsed(), applied))
+                    }
+                    Ok((code, body)) => Err(format!("{code} {}", body.trim())),
+                    Err(e) => Err(e.to_string()),
                 }
-                Ok((code, body)) => Err(format!("{code} {}", body.trim())),
-                Err(e) => Err(e.to_string()),
-            }
-        })
+            },
+        )
         .await;
     println!(
         "kv-{follower} ready {ready_after:?} after its restart, applied {applied} of the \
