@@ -115,6 +115,9 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
         args.replicas,
         args.dir.display()
     );
+    // Before any member starts, so that no signal leaves one behind.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
     let stop = CancellationToken::new();
     let mut supervisors = Vec::new();
     for (i, &(client, peer, http)) in members.iter().enumerate() {
@@ -156,8 +159,6 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
         args.dir.display()
     );
 
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
@@ -194,21 +195,45 @@ fn lock_dir(dir: &Path) -> anyhow::Result<File> {
     Ok(lock)
 }
 
-/// `dev-cluster stop N`: marks the member held, then SIGTERMs it.
+/// `dev-cluster stop N`: marks the member held, then SIGTERMs it if it runs.
 fn hold(dir: &Path, i: u16) -> anyhow::Result<()> {
-    let pid = running_pid(dir, i)?;
+    ensure_running(dir)?;
     File::create(file(dir, i, "held"))
         .with_context(|| format!("marking kv-{i} held in {}", dir.display()))?;
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    println!("kv-{i} (pid {pid}) is stopping; `ordkv dev-cluster start {i}` brings it back");
+    match running_pid(dir, i) {
+        Some(pid) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            println!(
+                "kv-{i} (pid {pid}) is stopping; `ordkv dev-cluster start {i}` brings it back"
+            );
+        }
+        None => {
+            println!("kv-{i} is not running; it stays down until `ordkv dev-cluster start {i}`")
+        }
+    }
+    Ok(())
+}
+
+/// Fails unless a dev-cluster holds the dir's lock (pid files of a dev-cluster that was
+/// killed may name other processes by now).
+fn ensure_running(dir: &Path) -> anyhow::Result<()> {
+    let path = dir.join("dev-cluster.lock");
+    let free = File::open(&path).is_ok_and(|f| f.try_lock().is_ok());
+    if free || !path.exists() {
+        bail!(
+            "no dev-cluster runs in {} (start one with `ordkv dev-cluster`)",
+            dir.display()
+        );
+    }
     Ok(())
 }
 
 /// `dev-cluster start N`: lifts the hold; the dev-cluster starts the member again.
 fn release(dir: &Path, i: u16) -> anyhow::Result<()> {
+    ensure_running(dir)?;
     match std::fs::remove_file(file(dir, i, "held")) {
         Ok(()) => {
             println!(
@@ -224,16 +249,13 @@ fn release(dir: &Path, i: u16) -> anyhow::Result<()> {
     }
 }
 
-fn running_pid(dir: &Path, i: u16) -> anyhow::Result<i32> {
-    let text = std::fs::read_to_string(file(dir, i, "pid")).with_context(|| {
-        format!(
-            "kv-{i} is not running under a dev-cluster in {} (no kv-{i}.pid)",
-            dir.display()
-        )
-    })?;
-    text.trim()
+/// The pid of member `i`, when it runs.
+fn running_pid(dir: &Path, i: u16) -> Option<i32> {
+    std::fs::read_to_string(file(dir, i, "pid"))
+        .ok()?
+        .trim()
         .parse()
-        .with_context(|| format!("kv-{i}.pid holds {text:?}"))
+        .ok()
 }
 
 /// The last error a member logged, for the exit message.
@@ -276,6 +298,9 @@ impl Member {
             };
             let mut child = match tokio::process::Command::new(&self.exe)
                 .args(&self.args)
+                // Its own process group: Ctrl-C in the terminal reaches dev-cluster only,
+                // which stops the members in order.
+                .process_group(0)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log)

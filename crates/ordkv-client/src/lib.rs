@@ -86,8 +86,10 @@ pub enum WriteOutcome {
 
 impl Error {
     /// For a failed write, whether it happened, as the server said it (the
-    /// `ordkv-write-outcome` metadata) or, for a transport error, as this client knows it.
-    /// `None` for errors answered before anything was proposed (e.g. `INVALID_ARGUMENT`).
+    /// `ordkv-write-outcome` metadata) or, for any other failure of a write, as this client
+    /// knows it (`Unknown` unless no connection was made); errors of this client itself (no
+    /// endpoints, a bad endpoint) are `NotApplied`. `None` for statuses that refuse the
+    /// request itself (e.g. `INVALID_ARGUMENT`) and for failed reads.
     pub fn write_outcome(&self) -> Option<WriteOutcome> {
         match self {
             Error::Status(s) => outcome_of(s),
@@ -197,8 +199,6 @@ impl Client {
         self.timeout
     }
 
-    /// Sends `req` with `f` to the preferred endpoint, moving on to the next one while the
-    /// answer is `UNAVAILABLE`.
     /// A read, or anything safe to run twice: any `UNAVAILABLE` moves on to the next endpoint.
     async fn call<T, R, F, Fut>(&self, req: T, f: F) -> Result<R>
     where
@@ -219,6 +219,8 @@ impl Client {
         self.call_as(Retry::NotApplied, req, f).await
     }
 
+    /// Sends `req` with `f` to the preferred endpoint, moving on to the next one while the
+    /// answer is `UNAVAILABLE` and `retry` allows it.
     async fn call_as<T, R, F, Fut>(&self, retry: Retry, req: T, f: F) -> Result<R>
     where
         T: Clone,
@@ -443,18 +445,26 @@ fn set_outcome(status: &mut Status, outcome: WriteOutcome) {
     );
 }
 
-/// A failed write's status with its outcome said: the server's, else this client's own for
-/// a transport error (not applied only when no connection could be made). Statuses the
-/// server answered before proposing anything (`INVALID_ARGUMENT`...) are left as they are.
+/// A failed write's status with its outcome said: the server's, else this client's own
+/// (not applied only when no connection could be made). Statuses that refuse the request
+/// itself (`INVALID_ARGUMENT`, `OUT_OF_RANGE`...) are left as they are.
 fn with_outcome(mut status: Status) -> Status {
     if outcome_of(&status).is_some() {
         return status;
     }
-    let transport = matches!(
+    let refused = matches!(
         status.code(),
-        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+        Code::InvalidArgument
+            | Code::OutOfRange
+            | Code::FailedPrecondition
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::ResourceExhausted
+            | Code::Unimplemented
     );
-    if transport {
+    if !refused {
         let never_sent = sources(&status).any(|e| {
             e.downcast_ref::<std::io::Error>()
                 .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)

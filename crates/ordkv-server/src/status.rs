@@ -16,11 +16,11 @@ pub const LEADER_METADATA_KEY: &str = "ordkv-leader";
 /// | `NotLeader` | `FAILED_PRECONDITION`, metadata `ordkv-leader: <addr>` when known |
 /// | `Unavailable` | `UNAVAILABLE` |
 /// | `OutcomeUnknown` | `UNAVAILABLE` |
+/// | `DeadlineExceeded` | `DEADLINE_EXCEEDED` |
+/// | `DataDir`, `Storage`, `Internal` | `INTERNAL` |
 ///
 /// `NotLeader` and `Unavailable` also carry `ordkv-write-outcome: not-applied`,
 /// `OutcomeUnknown` carries `ordkv-write-outcome: unknown` (see `kv.proto`).
-/// | `DeadlineExceeded` | `DEADLINE_EXCEEDED` |
-/// | `DataDir`, `Storage`, `Internal` | `INTERNAL` |
 pub fn status_from_error(e: ordkv::Error) -> Status {
     use ordkv::Error as E;
     let message = e.to_string();

@@ -33,10 +33,11 @@ pub struct LogStore {
     purge: Arc<Mutex<PurgePoints>>,
 }
 
-/// openraft's purge point and the one before it. Segment files are purged only up to the
-/// earlier one: a replication stream to a member just removed from the membership is no
-/// longer counted by openraft's "log in use" check, and can still read from where that
-/// member was after a purge (openraft debug-asserts its entries start at the index asked).
+/// openraft's purge point and the one before it (the same one after a restart, a restore
+/// or a purge past the log's end). Segment files are purged only up to the earlier one: a
+/// replication stream to a member just removed from the membership is no longer counted by
+/// openraft's "log in use" check, and can still read from where that member was after a
+/// purge (openraft debug-asserts its entries start at the index asked).
 /// Reads for openraft's own use stop at its purge point, as its log contract says.
 #[derive(Default)]
 struct PurgePoints {
@@ -137,7 +138,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
     /// The replication streams' read: at most [`MAX_APPEND_BYTES`] of entries, so an append
     /// of large values stays small enough to be sent and answered quickly; entries purged
     /// since the previous purge point are still served (see [`PurgePoints`]): they are
-    /// committed entries, the same on every member.
+    /// committed entries, the same on every member. A stream further behind gets nothing
+    /// (openraft sends a heartbeat instead) rather than entries after a gap.
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
         self.wal.read_limited(start, end, MAX_APPEND_BYTES)
     }
@@ -261,6 +263,11 @@ mod tests {
             first_index(&log.limited_get_log_entries(11, 31).await.unwrap()),
             Some(11)
         );
+        // Further behind, nothing rather than entries after a gap.
+        assert_eq!(
+            first_index(&log.limited_get_log_entries(5, 31).await.unwrap()),
+            None
+        );
         let state = log.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(20));
 
@@ -278,6 +285,10 @@ mod tests {
         };
         assert_eq!(
             first_index(&log.limited_get_log_entries(11, 31).await.unwrap()),
+            None
+        );
+        assert_eq!(
+            first_index(&log.limited_get_log_entries(21, 31).await.unwrap()),
             Some(21)
         );
     }

@@ -341,22 +341,36 @@ impl Wal {
 
     /// Entries with index in `[from, to)` that are present.
     pub(crate) fn read(&self, from: u64, to: u64) -> io::Result<Vec<Entry>> {
-        self.read_limited(from, to, usize::MAX)
+        self.read_at(from, to, usize::MAX, true)
     }
 
-    /// Like [`Wal::read`], but stops before the records' total size passes `max_bytes`
-    /// (always returning the first entry present).
+    /// Entries from index `from` on, below `to`, stopping before their payloads' total size
+    /// passes `max_bytes` (but with one entry at least); none when `from` is no longer here.
     pub(crate) fn read_limited(
         &self,
         from: u64,
         to: u64,
         max_bytes: usize,
     ) -> io::Result<Vec<Entry>> {
+        self.read_at(from, to, max_bytes, false)
+    }
+
+    /// `skip_missing`: start at the first entry present when `from` is gone.
+    fn read_at(
+        &self,
+        from: u64,
+        to: u64,
+        max_bytes: usize,
+        skip_missing: bool,
+    ) -> io::Result<Vec<Entry>> {
         let wanted: Vec<(Arc<File>, Loc)> = {
             let inner = self.lock();
             let Some(first) = inner.locs.front().map(|l| l.log_id.index) else {
                 return Ok(vec![]);
             };
+            if from < first && !skip_missing {
+                return Ok(vec![]);
+            }
             let start = from.max(first);
             let end = to.min(first + inner.locs.len() as u64);
             let mut bytes = 0usize;
@@ -899,6 +913,12 @@ mod tests {
         assert_eq!(read(10), vec![1], "one entry even when it alone is larger");
         assert_eq!(read(2100), vec![1, 2]);
         assert_eq!(read(usize::MAX), vec![1, 2, 3, 4]);
+        wal.purge(2).unwrap();
+        assert!(
+            wal.read_limited(1, 5, usize::MAX).unwrap().is_empty(),
+            "no gap after 1"
+        );
+        assert_eq!(indexes(&wal), vec![3, 4]);
     }
 
     #[test]

@@ -192,6 +192,7 @@ pub(crate) async fn view(inner: &Inner, gone_since: &mut HashMap<u64, Instant>) 
     let dns = matches!(inner.config.peers, Peers::Dns { .. });
     gone_since.retain(|id, _| membership.get_node(id).is_some());
     inner
+        .membership
         .leave_requests
         .retain(|id| membership.get_node(&id).is_some());
     let mut members = BTreeMap::new();
@@ -219,7 +220,7 @@ pub(crate) async fn view(inner: &Inner, gone_since: &mut HashMap<u64, Instant>) 
                 },
                 reachable: reached.contains(id),
                 name_gone,
-                leaving: inner.leave_requests.contains(*id),
+                leaving: inner.membership.leave_requests.contains(*id),
             },
         );
     }
@@ -271,7 +272,7 @@ pub(crate) async fn step(inner: &Inner, gone_since: &mut HashMap<u64, Instant>) 
                     tracing::warn!(%member, node_id = id, "autopilot: removing a member whose DNS name is gone (scale-down)")
                 }
             }
-            crate::membership::remove_ids(inner, &BTreeSet::from([id])).await?;
+            inner.membership.remove_ids(&BTreeSet::from([id])).await?;
             gone_since.remove(&id);
         }
         Action::Promote(id) => {

@@ -253,7 +253,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
         tokio::select! {
             _ = inner.stop.cancelled() => return,
             _ = tokio::time::sleep(TICK) => {}
-            _ = inner.leave_requests.wake.notified() => {}
+            _ = inner.membership.leave_requests.wake.notified() => {}
         }
     }
 }
@@ -298,10 +298,11 @@ async fn tick(
     let status = inner.status();
     if !status.is_leader && !inner.peer.removed.load(std::sync::atomic::Ordering::SeqCst) {
         check_still_member(inner).await;
-        if let Some((leader_id, leader)) = inner.leader()
-            && let Ok(index) = inner.peer.read_index(leader_id, &leader).await
-        {
-            inner.leader_commits.record(index);
+        if let Some((leader_id, leader)) = inner.leader() {
+            match inner.peer.read_index(leader_id, &leader).await {
+                Ok(index) => inner.leader_commits.record(leader_id, index),
+                Err(_) => inner.leader_commits.forget(),
+            }
         }
     }
     if inner.peer.removed.load(std::sync::atomic::Ordering::SeqCst) {

@@ -28,7 +28,7 @@ pub enum Error {
     },
 
     /// The node cannot serve right now (no leader, shutting down); retry later or elsewhere.
-    /// A write that fails this way was not applied and never will be: it is safe to retry.
+    /// A write that fails this way was not proposed and never will be: it is safe to retry.
     #[error("unavailable: {0}")]
     Unavailable(String),
 

@@ -37,8 +37,8 @@ pub(crate) struct Inner {
     pub(crate) reads: Arc<crate::read_index::ReadBatcher>,
     /// The StatefulSet's intended size, polled from the Kubernetes API.
     pub(crate) intent: crate::intent::IntentWatch,
-    /// Members that asked this leader to remove them.
-    pub(crate) leave_requests: crate::autopilot::LeaveRequests,
+    /// Admits, removes and hands off (see `membership`).
+    pub(crate) membership: crate::membership::Membership,
     /// What the leader committed, as this follower learned it (readiness).
     pub(crate) leader_commits: crate::catch_up::LeaderCommits,
     /// The tasks the node runs (peer server, cluster lifecycle), joined on shutdown.
@@ -175,6 +175,13 @@ impl Node {
             _ => config.kubernetes.clone(),
         };
         let intent = crate::intent::IntentWatch::new(api);
+        let membership = crate::membership::Membership::new(
+            raft.clone(),
+            &identity,
+            &config,
+            intent.clone(),
+            peer.clone(),
+        );
         let inner = Arc::new(Inner {
             identity,
             node_id,
@@ -186,7 +193,7 @@ impl Node {
             fatal: OnceLock::new(),
             reads: Default::default(),
             intent,
-            leave_requests: Default::default(),
+            membership,
             leader_commits: Default::default(),
             tasks: Default::default(),
             config,
@@ -275,12 +282,12 @@ impl Node {
     /// Removes the member with this ordinal from the cluster (scale-down). Runs on the
     /// leader; refused when it would leave the remaining voters without a quorum.
     pub async fn remove_member(&self, ordinal: u32) -> Result<String> {
-        crate::membership::remove_ordinal(&self.inner, ordinal).await
+        self.inner.membership.remove_ordinal(ordinal).await
     }
 
     /// Hands leadership to the member with this ordinal.
     pub async fn transfer_leader(&self, ordinal: u32) -> Result<String> {
-        crate::membership::transfer_to_ordinal(&self.inner, ordinal).await
+        self.inner.membership.transfer_to_ordinal(ordinal).await
     }
 
     /// A consistent backup: builds a fresh snapshot of everything applied here and opens it.
@@ -368,8 +375,8 @@ impl Node {
     /// ordinal: then it first asks the leader to remove it and waits for that, up to
     /// `leave_timeout`.
     pub async fn shutdown(&self) -> Result<()> {
-        crate::membership::leave_if_scaled_away(&self.inner).await;
-        crate::membership::hand_off_leadership(&self.inner).await;
+        self.inner.membership.leave_if_scaled_away().await;
+        self.inner.membership.hand_off_leadership().await;
         self.inner.stop.cancel();
         self.inner
             .raft
@@ -391,6 +398,13 @@ fn no_leader_accepted(waited: Duration) -> Error {
     Error::Unavailable(format!(
         "no leader accepted the write within {waited:?}; the cluster may be partitioned or electing"
     ))
+}
+
+/// The leader's id and node record in `m`, when one is known.
+pub(crate) fn leader_of(m: &RaftMetrics<TypeConfig>) -> Option<(u64, MemberNode)> {
+    let id = m.current_leader?;
+    let node = m.membership_config.membership().get_node(&id)?.clone();
+    Some((id, node))
 }
 
 /// How long shutdown waits for the node's tasks to see the stop before it aborts them (the
@@ -462,16 +476,13 @@ impl Inner {
             is_voter: membership.voter_ids().any(|id| id == self.node_id),
             db_size_bytes: sm.size_on_disk(),
             fatal,
-            leader_commit_index: self.leader_commits.target(),
+            leader_commit_index: self.leader_commits.target(m.current_leader),
         }
     }
 
     /// The leader's node record, when one is known.
     pub(crate) fn leader(&self) -> Option<(u64, MemberNode)> {
-        let m = self.metrics();
-        let id = m.current_leader?;
-        let node = m.membership_config.membership().get_node(&id)?.clone();
-        Some((id, node))
+        leader_of(&self.metrics())
     }
 
     /// Waits (up to the request wait) until some leader is known.

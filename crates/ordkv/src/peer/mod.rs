@@ -28,10 +28,11 @@ use crate::pb::peer_client::PeerClient;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// Largest peer message: an append of `max_payload_entries` entries of the largest values.
 /// How long a member waits for a peer to answer a cluster-info, read-index or leave call.
 pub(crate) const PEER_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Largest peer message: a snapshot chunk, or an append of one entry of the largest value
+/// (appends carry at most 4 MiB of entries otherwise).
 pub(crate) const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
 /// gRPC metadata / status detail marking "you are not a member" replies.
@@ -228,23 +229,16 @@ pub(crate) fn from_status(s: tonic::Status) -> crate::Error {
 }
 
 /// Whether a transport error happened before the request was sent: the connection could
-/// not be made (refused, no route, the name does not resolve).
+/// not be made. Only the connector's own errors count: an unreachable host or network on a
+/// connection already open says nothing about what the peer received.
 fn never_sent(s: &tonic::Status) -> bool {
     use std::error::Error as _;
     let mut source = s.source();
     while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionRefused
-                    | std::io::ErrorKind::HostUnreachable
-                    | std::io::ErrorKind::NetworkUnreachable
-                    | std::io::ErrorKind::AddrNotAvailable
-            )
-        {
-            return true;
-        }
-        if e.to_string().starts_with("tcp connect error") {
+        let refused = e
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused);
+        if refused || e.to_string().starts_with("tcp connect error") {
             return true;
         }
         source = e.source();

@@ -314,7 +314,10 @@ impl pb::peer_server::Peer for PeerService {
         let member = req
             .member
             .ok_or_else(|| Status::invalid_argument("no member"))?;
-        let outcome = crate::membership::admit(&self.inner, member)
+        let outcome = self
+            .inner
+            .membership
+            .admit(member)
             .await
             .map_err(crate::peer::to_status)?;
         Ok(Response::new(pb::JoinReply { outcome }))
@@ -328,7 +331,10 @@ impl pb::peer_server::Peer for PeerService {
         if req.cluster_id != self.inner.peer.cluster_id() {
             return Err(Status::failed_precondition("cluster id mismatch"));
         }
-        let outcome = crate::membership::remove_leaving(&self.inner, req.node_id, &req.name)
+        let outcome = self
+            .inner
+            .membership
+            .remove_leaving(req.node_id, &req.name)
             .await
             .map_err(crate::peer::to_status)?;
         Ok(Response::new(pb::LeaveReply { outcome }))
