@@ -356,14 +356,7 @@ impl Membership {
                 Some((leader, _)) if leader == self.node_id => {
                     // The autopilot hands off to a member that stays; wait for it.
                     self.leave_requests.ask(self.node_id);
-                    let _ = self
-                        .raft
-                        .wait(Some(Duration::from_secs(2)))
-                        .metrics(
-                            |m| m.current_leader != Some(self.node_id),
-                            "leadership handed off",
-                        )
-                        .await;
+                    self.led_by_another(Duration::from_secs(2)).await;
                     continue;
                 }
                 Some((_, leader)) => match self.peer.leave(&leader, LEAVE_WAIT).await {
@@ -401,15 +394,20 @@ impl Membership {
             .max();
         let Some((_, target)) = best else { return };
         if self.raft.trigger().transfer_leader(target).await.is_ok() {
-            let moved = self
-                .raft
-                .wait(Some(Duration::from_secs(3)))
-                .metrics(
-                    |m| m.current_leader != Some(self.node_id),
-                    "leadership handed off",
-                )
-                .await;
-            tracing::info!(to = target, ok = moved.is_ok(), "handed off leadership");
+            let moved = self.led_by_another(Duration::from_secs(3)).await;
+            tracing::info!(to = target, ok = moved, "handed off leadership");
         }
+    }
+
+    /// Waits up to `within` until another member leads; whether one does.
+    async fn led_by_another(&self, within: Duration) -> bool {
+        self.raft
+            .wait(Some(within))
+            .metrics(
+                |m| m.current_leader != Some(self.node_id),
+                "leadership handed off",
+            )
+            .await
+            .is_ok()
     }
 }
