@@ -69,6 +69,14 @@ pub struct ServeArgs {
     /// below the pod's terminationGracePeriodSeconds less 5 s of client draining.
     #[arg(long, env = "ORDKV_LEAVE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub leave_timeout: Duration,
+    /// Refuse writes that add data (RESOURCE_EXHAUSTED) once the store is this many bytes on
+    /// disk (8 GiB); 0 for no quota. Deletes and compactions still pass.
+    #[arg(long, env = "ORDKV_QUOTA_BYTES", default_value_t = 8 << 30)]
+    pub quota_bytes: u64,
+    /// Refuse writes that add data while the data dir's filesystem has fewer bytes free
+    /// (128 MiB), so that the disk never fills under the Raft log and the store.
+    #[arg(long, env = "ORDKV_MIN_FREE_BYTES", default_value_t = 128 << 20)]
+    pub min_free_bytes: u64,
     /// Longest key accepted.
     #[arg(long, env = "ORDKV_MAX_KEY_BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub max_key_bytes: u64,
@@ -222,6 +230,8 @@ pub(crate) fn resolve(args: &ServeArgs) -> anyhow::Result<Resolved> {
     node.dead_member_timeout = args.dead_member_timeout;
     node.snapshot_every_entries = args.snapshot_every;
     node.leave_timeout = args.leave_timeout;
+    node.quota_bytes = args.quota_bytes;
+    node.min_free_bytes = args.min_free_bytes;
     let statefulset = args.statefulset.as_deref().unwrap_or(&identity.set);
     ordkv::Identity::parse(statefulset).context("--statefulset must be a DNS label")?;
     node.kubernetes = ordkv::KubernetesApi::in_cluster(

@@ -153,6 +153,10 @@ fn describe() {
         ordkv::REMOVED_BY_INTENT,
         "Members the leader removed because the StatefulSet was scaled below their ordinal."
     );
+    metrics::describe_gauge!(
+        ordkv::NO_SPACE_ALARM,
+        "1 while this member refuses writes that add data (over --quota-bytes, or under --min-free-bytes free)."
+    );
     for (name, help, _) in GAUGES {
         metrics::describe_gauge!(*name, *help);
     }

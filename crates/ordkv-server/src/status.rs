@@ -16,10 +16,11 @@ pub const LEADER_METADATA_KEY: &str = "ordkv-leader";
 /// | `NotLeader` | `FAILED_PRECONDITION`, metadata `ordkv-leader: <addr>` when known |
 /// | `Unavailable` | `UNAVAILABLE` |
 /// | `OutcomeUnknown` | `UNAVAILABLE` |
+/// | `NoSpace` | `RESOURCE_EXHAUSTED` |
 /// | `DeadlineExceeded` | `DEADLINE_EXCEEDED` |
 /// | `DataDir`, `Storage`, `Internal` | `INTERNAL` |
 ///
-/// `NotLeader` and `Unavailable` also carry `ordkv-write-outcome: not-applied`,
+/// `NotLeader`, `Unavailable` and `NoSpace` also carry `ordkv-write-outcome: not-applied`,
 /// `OutcomeUnknown` carries `ordkv-write-outcome: unknown` (see `kv.proto`).
 pub fn status_from_error(e: ordkv::Error) -> Status {
     use ordkv::Error as E;
@@ -29,6 +30,7 @@ pub fn status_from_error(e: ordkv::Error) -> Status {
         E::Compacted { .. } => Code::OutOfRange,
         E::NotLeader { .. } => Code::FailedPrecondition,
         E::Unavailable(_) | E::OutcomeUnknown(_) => Code::Unavailable,
+        E::NoSpace(_) => Code::ResourceExhausted,
         E::DeadlineExceeded(_) => Code::DeadlineExceeded,
         E::DataDir { .. } | E::Storage(_) | E::Internal(_) => Code::Internal,
     };
@@ -39,7 +41,7 @@ pub fn status_from_error(e: ordkv::Error) -> Status {
     }
     let mut status = Status::new(code, message);
     let outcome = match &e {
-        E::NotLeader { .. } | E::Unavailable(_) => Some(ordkv_proto::NOT_APPLIED),
+        E::NotLeader { .. } | E::Unavailable(_) | E::NoSpace(_) => Some(ordkv_proto::NOT_APPLIED),
         E::OutcomeUnknown(_) => Some(ordkv_proto::OUTCOME_UNKNOWN),
         _ => None,
     };

@@ -16,17 +16,14 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use openraft::ChangeMembers;
-
-use crate::config::{Identity, Peers};
+use crate::config::Identity;
 use crate::error::Result;
 use crate::intent::ScaleIntent;
-use crate::node::Inner;
+use crate::membership::Membership;
+use crate::replica::recently_acked;
 
 /// A learner this close to the leader's last log index counts as caught up.
 pub(crate) const CAUGHT_UP_ENTRIES: u64 = 100;
-/// A member that acknowledged the leader within this long counts as reachable.
-pub(crate) const REACHABLE_WITHIN: Duration = Duration::from_secs(3);
 
 /// One member as the leader sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,154 +134,123 @@ pub(crate) fn plan(v: &View) -> Option<Action> {
         })
 }
 
-/// Members that asked the leader to remove them (`Peer.Leave`): the autopilot removes them
-/// as it removes members scaled away, one change at a time.
-#[derive(Default)]
-pub(crate) struct LeaveRequests {
-    ids: std::sync::Mutex<BTreeSet<u64>>,
-    /// Wakes the lifecycle task so a request does not wait for its next tick.
-    pub(crate) wake: tokio::sync::Notify,
+/// The leader's autopilot: the membership handle it acts through, and how long each
+/// member's DNS name has been unresolvable (DNS discovery only).
+pub(crate) struct Autopilot {
+    membership: Membership,
+    /// With DNS discovery: how long a member's name may stay unresolvable before it is
+    /// removed. `None` with static peers (a name there always "resolves").
+    dead_member_timeout: Option<Duration>,
+    gone_since: HashMap<u64, Instant>,
 }
 
-impl LeaveRequests {
-    fn ids(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
-        self.ids.lock().unwrap_or_else(|p| p.into_inner())
+impl Autopilot {
+    pub(crate) fn new(membership: Membership, dead_member_timeout: Option<Duration>) -> Autopilot {
+        Autopilot {
+            membership,
+            dead_member_timeout,
+            gone_since: HashMap::new(),
+        }
     }
 
-    pub(crate) fn ask(&self, id: u64) {
-        self.ids().insert(id);
-        self.wake.notify_one();
-    }
-
-    fn contains(&self, id: u64) -> bool {
-        self.ids().contains(&id)
-    }
-
-    /// Forgets requests of members that are gone from `membership`.
-    fn retain(&self, present: impl Fn(u64) -> bool) {
-        self.ids().retain(|id| present(*id));
-    }
-}
-
-/// The members that acknowledged the leader's heartbeats or appends recently (only the
-/// leader knows; elsewhere this is empty).
-pub(crate) fn recently_acked(m: &openraft::RaftMetrics<ordkv_store::TypeConfig>) -> BTreeSet<u64> {
-    use openraft::Instant as _;
-    m.heartbeat
-        .iter()
-        .flatten()
-        .filter(|(_, at)| {
-            at.as_ref()
-                .is_some_and(|at| at.elapsed() < REACHABLE_WITHIN)
-        })
-        .map(|(id, _)| *id)
-        .collect()
-}
-
-/// The leader's view of its cluster now; `gone_since` tracks how long each member's DNS name
-/// has been unresolvable (DNS discovery only).
-pub(crate) async fn view(inner: &Inner, gone_since: &mut HashMap<u64, Instant>) -> View {
-    let m = inner.metrics();
-    let membership = m.membership_config.membership();
-    let voters: BTreeSet<u64> = membership.voter_ids().collect();
-    let matched = m.replication.clone().unwrap_or_default();
-    let reached = recently_acked(&m);
-    let dns = matches!(inner.config.peers, Peers::Dns { .. });
-    gone_since.retain(|id, _| membership.get_node(id).is_some());
-    inner
-        .membership
-        .leave_requests
-        .retain(|id| membership.get_node(&id).is_some());
-    let mut members = BTreeMap::new();
-    for (id, node) in membership.nodes() {
-        let name_gone = if dns && *id != inner.node_id {
-            if crate::cluster::resolves(&node.peer_addr).await {
-                gone_since.remove(id);
-                false
-            } else {
-                gone_since.entry(*id).or_insert_with(Instant::now).elapsed()
-                    >= inner.config.dead_member_timeout
-            }
-        } else {
-            false
-        };
-        members.insert(
-            *id,
-            MemberView {
-                ordinal: Identity::parse(&node.name).map_or(0, |i| i.ordinal),
-                voter: voters.contains(id),
-                matched: if *id == inner.node_id {
-                    m.last_log_index
-                } else {
-                    matched.get(id).cloned().flatten().map(|l| l.index)
+    /// The leader's view of its cluster now.
+    async fn view(&mut self) -> View {
+        let me = self.membership.node_id();
+        let m = self.membership.metrics();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let matched = m.replication.clone().unwrap_or_default();
+        let reached = recently_acked(&m);
+        let leave_requests = &self.membership.leave_requests;
+        self.gone_since
+            .retain(|id, _| membership.get_node(id).is_some());
+        leave_requests.retain(|id| membership.get_node(&id).is_some());
+        let mut members = BTreeMap::new();
+        for (id, node) in membership.nodes() {
+            let name_gone = match self.dead_member_timeout {
+                Some(timeout) if *id != me => {
+                    if crate::resolve::resolves(&node.peer_addr).await {
+                        self.gone_since.remove(id);
+                        false
+                    } else {
+                        self.gone_since
+                            .entry(*id)
+                            .or_insert_with(Instant::now)
+                            .elapsed()
+                            >= timeout
+                    }
+                }
+                _ => false,
+            };
+            members.insert(
+                *id,
+                MemberView {
+                    ordinal: Identity::parse(&node.name).map_or(0, |i| i.ordinal),
+                    voter: voters.contains(id),
+                    matched: if *id == me {
+                        m.last_log_index
+                    } else {
+                        matched.get(id).cloned().flatten().map(|l| l.index)
+                    },
+                    reachable: reached.contains(id),
+                    name_gone,
+                    leaving: leave_requests.contains(*id),
                 },
-                reachable: reached.contains(id),
-                name_gone,
-                leaving: inner.membership.leave_requests.contains(*id),
-            },
-        );
+            );
+        }
+        View {
+            me,
+            members,
+            last_index: m.last_log_index.unwrap_or(0),
+            max_voters: self.membership.max_voters(),
+            intent: self.membership.intent(),
+        }
     }
-    View {
-        me: inner.node_id,
-        members,
-        last_index: m.last_log_index.unwrap_or(0),
-        max_voters: inner.config.max_voters,
-        intent: inner.intent.current(),
-    }
-}
 
-/// One autopilot step on the leader.
-pub(crate) async fn step(inner: &Inner, gone_since: &mut HashMap<u64, Instant>) -> Result<()> {
-    let view = view(inner, gone_since).await;
-    let Some(action) = plan(&view) else {
-        return Ok(());
-    };
-    let name = |id: u64| {
-        inner
-            .metrics()
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .map_or_else(|| id.to_string(), |n| n.name.clone())
-    };
-    match action {
-        Action::HandOff(to) => {
-            tracing::info!(to = %name(to), scale_intent = %view.intent, "autopilot: this leader is scaled away; handing off leadership");
-            inner
-                .raft
-                .trigger()
-                .transfer_leader(to)
-                .await
-                .map_err(crate::node::fatal)?;
-        }
-        Action::Remove { id, why } => {
-            let member = name(id);
-            match why {
-                Why::ScaledDown(n) => {
-                    tracing::warn!(%member, node_id = id, "autopilot: removing a member scaled away (replicas {n})");
-                    metrics::counter!(REMOVED_BY_INTENT).increment(1);
-                }
-                Why::Leaving => {
-                    tracing::info!(%member, node_id = id, "autopilot: removing a member that is leaving (scaled down)");
-                    metrics::counter!(REMOVED_BY_INTENT).increment(1);
-                }
-                Why::NameGone => {
-                    tracing::warn!(%member, node_id = id, "autopilot: removing a member whose DNS name is gone (scale-down)")
-                }
+    /// One autopilot step on the leader: at most one membership change.
+    pub(crate) async fn step(&mut self) -> Result<()> {
+        let view = self.view().await;
+        let Some(action) = plan(&view) else {
+            return Ok(());
+        };
+        let name = |id: u64| {
+            self.membership
+                .metrics()
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .map_or_else(|| id.to_string(), |n| n.name.clone())
+        };
+        match action {
+            Action::HandOff(to) => {
+                tracing::info!(to = %name(to), scale_intent = %view.intent, "autopilot: this leader is scaled away; handing off leadership");
+                self.membership.start_transfer(to).await?;
             }
-            inner.membership.remove_ids(&BTreeSet::from([id])).await?;
-            gone_since.remove(&id);
+            Action::Remove { id, why } => {
+                let member = name(id);
+                match why {
+                    Why::ScaledDown(n) => {
+                        tracing::warn!(%member, node_id = id, "autopilot: removing a member scaled away (replicas {n})");
+                        metrics::counter!(REMOVED_BY_INTENT).increment(1);
+                    }
+                    Why::Leaving => {
+                        tracing::info!(%member, node_id = id, "autopilot: removing a member that is leaving (scaled down)");
+                        metrics::counter!(REMOVED_BY_INTENT).increment(1);
+                    }
+                    Why::NameGone => {
+                        tracing::warn!(%member, node_id = id, "autopilot: removing a member whose DNS name is gone (scale-down)")
+                    }
+                }
+                self.membership.remove_ids(&BTreeSet::from([id])).await?;
+                self.gone_since.remove(&id);
+            }
+            Action::Promote(id) => {
+                tracing::info!(member = %name(id), node_id = id, "autopilot: promoting a caught-up learner");
+                self.membership.promote(id).await?;
+            }
         }
-        Action::Promote(id) => {
-            tracing::info!(member = %name(id), node_id = id, "autopilot: promoting a caught-up learner");
-            inner
-                .raft
-                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-                .await
-                .map_err(crate::membership::raft_write_err)?;
-        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Members removed because the StatefulSet was scaled below their ordinal.

@@ -16,19 +16,21 @@
 //! of the same name (a wiped volume comes back under a new node id), adds the member as a
 //! learner, waits until it has caught up, and promotes it while voters < `max_voters`.
 
-use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ordkv_store::MemberNode;
+use tokio_util::sync::CancellationToken;
 
-use crate::config::Peers;
-use crate::error::{Error, Result};
-use crate::node::{Inner, fatal, initialize_alone};
+use crate::autopilot::Autopilot;
+use crate::config::{Identity, NodeConfig, Peers};
+use crate::datadir::DataDir;
+use crate::error::{Error, Result, node_stopped};
+use crate::membership::Membership;
 use crate::pb;
-use crate::peer::server::PeerService;
 use crate::peer::{PEER_CALL_TIMEOUT, from_status, peer_member};
+use crate::replica::Replica;
 
 /// How long a join may take: the leader waits for the learner to catch up.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
@@ -36,65 +38,320 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
 const TICK: Duration = Duration::from_millis(500);
 
 /// This member as the cluster records it.
-pub(crate) fn member_node(inner: &Inner) -> MemberNode {
+pub(crate) fn member_record(identity: &Identity, config: &NodeConfig) -> MemberNode {
     MemberNode {
-        name: inner.identity.name.clone(),
-        peer_addr: inner.config.advertise_peer_addr.clone(),
-        client_addr: inner.config.advertise_client_addr.clone(),
+        name: identity.name.clone(),
+        peer_addr: config.advertise_peer_addr.clone(),
+        client_addr: config.advertise_client_addr.clone(),
     }
 }
 
-/// Starts the peer gRPC service on `addr` until the node stops.
-pub(crate) async fn serve_peers(inner: Arc<Inner>, addr: SocketAddr) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        Error::InvalidArgument(format!(
-            "cannot listen on {addr} for peers: {e}; choose another address with --peer-addr"
-        ))
-    })?;
-    let stop = inner.stop.clone();
-    let service = pb::peer_server::PeerServer::new(PeerService {
-        inner: inner.clone(),
-    })
-    .max_decoding_message_size(crate::peer::MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(crate::peer::MAX_MESSAGE_BYTES);
-    // `Server::tcp_nodelay` only reaches listeners tonic binds itself; without TCP_NODELAY
-    // on the accepted sockets, Nagle held append replies for the leader's delayed ACK
-    // (~40 ms stalls, once every few hundred writes).
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    inner.spawn(async move {
-        let served = tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "peer server failed");
+/// What the lifecycle task needs of the node.
+pub(crate) struct Lifecycle {
+    replica: Replica,
+    membership: Membership,
+    autopilot: Autopilot,
+    /// Records the cluster id this data dir belongs to.
+    data_dir: Arc<DataDir>,
+    identity: Identity,
+    /// This member as the cluster records it.
+    me: MemberNode,
+    peers: Peers,
+    last_wait_log: Instant,
+}
+
+impl Lifecycle {
+    pub(crate) fn new(
+        replica: Replica,
+        membership: Membership,
+        data_dir: Arc<DataDir>,
+        identity: &Identity,
+        config: &NodeConfig,
+    ) -> Lifecycle {
+        let dead_member_timeout =
+            matches!(config.peers, Peers::Dns { .. }).then_some(config.dead_member_timeout);
+        Lifecycle {
+            autopilot: Autopilot::new(membership.clone(), dead_member_timeout),
+            replica,
+            membership,
+            data_dir,
+            me: member_record(identity, config),
+            identity: identity.clone(),
+            peers: config.peers.clone(),
+            last_wait_log: Instant::now() - Duration::from_secs(60),
         }
-    });
-    tracing::info!(%addr, "serving peers");
-    Ok(())
-}
-
-/// A member with no peers: bootstrap a cluster of one on first start, then wait to lead.
-pub(crate) async fn bootstrap_alone(inner: &Inner) -> Result<()> {
-    if !inner
-        .raft
-        .is_initialized()
-        .await
-        .map_err(|e| Error::Storage(e.to_string()))?
-    {
-        initialize_alone(inner).await?;
-    } else {
-        // A restarted member does not lead again without an election (see `raft_config`);
-        // alone, it need not wait out an election timeout for one.
-        inner.raft.trigger().elect(true).await.map_err(fatal)?;
     }
-    inner
-        .raft
-        .wait(Some(Duration::from_secs(10)))
-        .metrics(|m| m.current_leader.is_some(), "a leader is elected")
-        .await
-        .map_err(|e| Error::Unavailable(format!("no leader after start: {e}")))?;
-    Ok(())
+
+    /// A member with no peers: bootstrap a cluster of one on first start, then wait to lead.
+    pub(crate) async fn bootstrap_alone(&self) -> Result<()> {
+        let raft = &self.replica.raft;
+        if !raft
+            .is_initialized()
+            .await
+            .map_err(|e| Error::Storage(e.to_string()))?
+        {
+            self.initialize_alone().await?;
+        } else {
+            // A restarted member does not lead again without an election (see `raft_config`);
+            // alone, it need not wait out an election timeout for one.
+            raft.trigger().elect(true).await.map_err(node_stopped)?;
+        }
+        raft.wait(Some(Duration::from_secs(10)))
+            .metrics(|m| m.current_leader.is_some(), "a leader is elected")
+            .await
+            .map_err(|e| Error::Unavailable(format!("no leader after start: {e}")))?;
+        Ok(())
+    }
+
+    /// Makes a fresh single member the voter of a new cluster of one (under the cluster id it
+    /// recorded before a crash, if any).
+    async fn initialize_alone(&self) -> Result<()> {
+        let peer = &self.replica.peer;
+        let cluster_id = match peer.cluster_id() {
+            "" => uuid::Uuid::new_v4().to_string(),
+            known => known.to_string(),
+        };
+        let cluster_id = cluster_id.as_str();
+        self.data_dir.set_cluster_id(cluster_id)?;
+        let _ = peer.cluster_id.set(cluster_id.to_string());
+        let node_id = self.replica.node_id();
+        tracing::info!(member = %self.me.name, node_id, cluster_id, "bootstrapping a new cluster");
+        self.replica
+            .raft
+            .initialize(std::collections::BTreeMap::from([(
+                node_id,
+                self.me.clone(),
+            )]))
+            .await
+            .map_err(|e| Error::Internal(format!("bootstrap: {e}")))
+    }
+
+    /// The lifecycle of a member with peers: find the cluster, then keep the membership
+    /// tidy, until `stop`.
+    pub(crate) async fn run(mut self, stop: CancellationToken) {
+        let wake = self.membership.leave_requests.clone();
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            if let Err(e) = self.tick().await {
+                match e {
+                    Error::DataDir { .. } => {
+                        let msg = e.to_string();
+                        tracing::error!(error = %msg, "stopping");
+                        self.replica.set_fatal(msg);
+                        return;
+                    }
+                    e => tracing::warn!(error = %e, "cluster lifecycle"),
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(TICK) => {}
+                _ = wake.wake.notified() => {}
+            }
+        }
+    }
+
+    async fn tick(&mut self) -> Result<()> {
+        let replica = &self.replica;
+        let initialized = replica
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| Error::Storage(e.to_string()))?;
+        if !initialized {
+            let answers = self.ask_all().await;
+            let named: Vec<(String, Answer)> = answers
+                .iter()
+                .map(|(n, _, a)| (n.clone(), a.clone()))
+                .collect();
+            match decide(replica.peer.cluster_id(), self.identity.ordinal, &named) {
+                Decision::Bootstrap => self.initialize_alone().await?,
+                Decision::Join { cluster_id } => {
+                    self.adopt_cluster(&cluster_id)?;
+                    self.join(&answers).await?;
+                }
+                Decision::Wait(why) => {
+                    if self.last_wait_log.elapsed() > Duration::from_secs(10) {
+                        tracing::info!(reason = %why, "not in a cluster yet");
+                        self.last_wait_log = Instant::now();
+                    }
+                }
+                Decision::WrongCluster(why) => {
+                    return Err(Error::DataDir {
+                        path: self.data_dir.path.display().to_string(),
+                        reason: why,
+                    });
+                }
+            }
+            return Ok(());
+        }
+        let status = replica.status();
+        if !status.is_leader && !replica.removed() {
+            self.check_still_member().await;
+            if let Some((leader_id, leader)) = replica.leader() {
+                match replica.peer.read_index(leader_id, &leader).await {
+                    Ok(index) => replica.leader_commits.record(leader_id, index),
+                    Err(_) => replica.leader_commits.forget(),
+                }
+            }
+        }
+        if replica.removed() {
+            if self.membership.intent().removes(self.identity.ordinal) {
+                // Scaled away: the StatefulSet is about to delete this pod.
+                return Ok(());
+            }
+            // Removed while away (scale-down, then back on the retained volume): ask to be
+            // admitted again, as a learner first.
+            let answers = self.ask_all().await;
+            self.join(&answers).await?;
+            replica
+                .peer
+                .removed
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+            return Ok(());
+        }
+        if status.is_leader {
+            self.autopilot.step().await?;
+        }
+        Ok(())
+    }
+
+    /// The peers to ask, by name and peer address.
+    async fn candidates(&self) -> Vec<(String, String)> {
+        let me = &self.identity;
+        match &self.peers {
+            Peers::None => vec![],
+            Peers::Static(map) => map
+                .iter()
+                .filter(|(n, _)| **n != me.name)
+                .map(|(n, a)| (n.clone(), a.clone()))
+                .collect(),
+            dns @ Peers::Dns { .. } => {
+                // Ordinals below ours, and above ours until two in a row do not resolve.
+                let mut out = Vec::new();
+                let mut misses = 0;
+                for i in 0..64u32 {
+                    if i == me.ordinal {
+                        continue;
+                    }
+                    let Some((name, addr)) = dns.address_of(me, i) else {
+                        break;
+                    };
+                    if i > me.ordinal {
+                        if crate::resolve::resolves(&addr).await {
+                            misses = 0;
+                        } else {
+                            misses += 1;
+                            if misses == 2 {
+                                break;
+                            }
+                            continue;
+                        }
+                    }
+                    out.push((name, addr));
+                }
+                out
+            }
+        }
+    }
+
+    async fn ask(&self, addr: &str) -> Answer {
+        if !crate::resolve::resolves(addr).await {
+            return Answer::Unresolved;
+        }
+        let Ok(mut client) = self.replica.peer.client(addr) else {
+            return Answer::Unresolved;
+        };
+        let req = pb::ClusterInfoRequest {
+            from_name: self.me.name.clone(),
+        };
+        match tokio::time::timeout(PEER_CALL_TIMEOUT, client.cluster_info(req)).await {
+            Ok(Ok(r)) => Answer::Info(r.into_inner()),
+            _ => Answer::Silent,
+        }
+    }
+
+    async fn ask_all(&self) -> Vec<(String, String, Answer)> {
+        let mut out = Vec::new();
+        for (name, addr) in self.candidates().await {
+            if self.replica.peer.is_blocked(&name) {
+                out.push((name, addr, Answer::Silent));
+                continue;
+            }
+            let a = self.ask(&addr).await;
+            out.push((name, addr, a));
+        }
+        out
+    }
+
+    /// A member that was removed while it was away learns it from the leader's membership:
+    /// a voter would also learn it from refused votes, but a learner never asks for votes.
+    async fn check_still_member(&self) {
+        let me = self.replica.node_id();
+        let answers: Vec<Answer> = match self.replica.leader() {
+            Some((id, node)) if id != me => vec![self.ask(&node.peer_addr).await],
+            _ => self
+                .ask_all()
+                .await
+                .into_iter()
+                .map(|(_, _, a)| a)
+                .collect(),
+        };
+        for a in answers {
+            if let Answer::Info(i) = a
+                && i.cluster_id == self.replica.peer.cluster_id()
+                && i.leader_id != 0
+                && i.leader_id == i.node_id
+                && !i.members.iter().any(|m| m.node_id == me)
+            {
+                self.replica.peer.mark_removed();
+                return;
+            }
+        }
+    }
+
+    fn adopt_cluster(&self, cluster_id: &str) -> Result<()> {
+        let peer = &self.replica.peer;
+        if peer.cluster_id() != cluster_id {
+            self.data_dir.set_cluster_id(cluster_id)?;
+            let _ = peer.cluster_id.set(cluster_id.to_string());
+            tracing::info!(cluster_id, "joining an existing cluster");
+        }
+        Ok(())
+    }
+
+    /// Asks the leader (found through the peers' answers) to admit this member.
+    async fn join(&self, answers: &[(String, String, Answer)]) -> Result<()> {
+        let mut targets: Vec<String> = answers
+            .iter()
+            .filter_map(|(_, _, a)| match a {
+                Answer::Info(i) if !i.leader_peer_addr.is_empty() => {
+                    Some(i.leader_peer_addr.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        targets.dedup();
+        let Some(leader) = targets.first() else {
+            return Err(Error::Unavailable("no peer knows a leader yet".into()));
+        };
+        let peer = &self.replica.peer;
+        let mut client = peer.client(leader).map_err(Error::Unavailable)?;
+        let node_id = self.replica.node_id();
+        let req = pb::JoinRequest {
+            cluster_id: peer.cluster_id().to_string(),
+            member: Some(peer_member(node_id, &self.me, false)),
+        };
+        tracing::info!(%leader, node_id, "asking the leader to admit this member");
+        let reply = tokio::time::timeout(JOIN_TIMEOUT, client.join(req))
+            .await
+            .map_err(|_| Error::Unavailable(format!("join through {leader} timed out")))?
+            .map_err(from_status)?;
+        tracing::info!(outcome = %reply.into_inner().outcome, "admitted");
+        Ok(())
+    }
 }
 
 /// What one peer said when asked for its cluster.
@@ -152,238 +409,6 @@ pub(crate) fn decide(local_cluster: &str, ordinal: u32, answers: &[(String, Answ
         return Decision::Wait(format!("waiting for {} to answer", silent.join(", ")));
     }
     Decision::Bootstrap
-}
-
-/// The peers to ask, by name and peer address.
-async fn candidates(inner: &Inner) -> Vec<(String, String)> {
-    let me = &inner.identity;
-    match &inner.config.peers {
-        Peers::None => vec![],
-        Peers::Static(map) => map
-            .iter()
-            .filter(|(n, _)| **n != me.name)
-            .map(|(n, a)| (n.clone(), a.clone()))
-            .collect(),
-        dns @ Peers::Dns { .. } => {
-            // Ordinals below ours, and above ours until two in a row do not resolve.
-            let mut out = Vec::new();
-            let mut misses = 0;
-            for i in 0..64u32 {
-                if i == me.ordinal {
-                    continue;
-                }
-                let Some((name, addr)) = dns.address_of(me, i) else {
-                    break;
-                };
-                if i > me.ordinal {
-                    if resolves(&addr).await {
-                        misses = 0;
-                    } else {
-                        misses += 1;
-                        if misses == 2 {
-                            break;
-                        }
-                        continue;
-                    }
-                }
-                out.push((name, addr));
-            }
-            out
-        }
-    }
-}
-
-pub(crate) async fn resolves(addr: &str) -> bool {
-    match crate::resolve::split_host_port(addr) {
-        Ok((host, _)) => crate::resolve::lookup(host)
-            .await
-            .is_ok_and(|a| !a.is_empty()),
-        Err(_) => false,
-    }
-}
-
-async fn ask(inner: &Inner, addr: &str) -> Answer {
-    if !resolves(addr).await {
-        return Answer::Unresolved;
-    }
-    let Ok(mut client) = inner.peer.client(addr) else {
-        return Answer::Unresolved;
-    };
-    let req = pb::ClusterInfoRequest {
-        from_name: inner.identity.name.clone(),
-    };
-    match tokio::time::timeout(PEER_CALL_TIMEOUT, client.cluster_info(req)).await {
-        Ok(Ok(r)) => Answer::Info(r.into_inner()),
-        _ => Answer::Silent,
-    }
-}
-
-async fn ask_all(inner: &Inner) -> Vec<(String, String, Answer)> {
-    let mut out = Vec::new();
-    for (name, addr) in candidates(inner).await {
-        if inner.peer.is_blocked(&name) {
-            out.push((name, addr, Answer::Silent));
-            continue;
-        }
-        let a = ask(inner, &addr).await;
-        out.push((name, addr, a));
-    }
-    out
-}
-
-/// The lifecycle of a member with peers: find the cluster, then keep the membership tidy.
-pub(crate) async fn run(inner: Arc<Inner>) {
-    let mut last_wait_log = Instant::now() - Duration::from_secs(60);
-    let mut dead_since: HashMap<u64, Instant> = HashMap::new();
-    loop {
-        if inner.stop.is_cancelled() {
-            return;
-        }
-        if let Err(e) = tick(&inner, &mut last_wait_log, &mut dead_since).await {
-            match e {
-                Error::DataDir { .. } => {
-                    let msg = e.to_string();
-                    tracing::error!(error = %msg, "stopping");
-                    let _ = inner.fatal.set(msg);
-                    return;
-                }
-                e => tracing::warn!(error = %e, "cluster lifecycle"),
-            }
-        }
-        tokio::select! {
-            _ = inner.stop.cancelled() => return,
-            _ = tokio::time::sleep(TICK) => {}
-            _ = inner.membership.leave_requests.wake.notified() => {}
-        }
-    }
-}
-
-async fn tick(
-    inner: &Arc<Inner>,
-    last_wait_log: &mut Instant,
-    dead_since: &mut HashMap<u64, Instant>,
-) -> Result<()> {
-    let initialized = inner
-        .raft
-        .is_initialized()
-        .await
-        .map_err(|e| Error::Storage(e.to_string()))?;
-    if !initialized {
-        let answers = ask_all(inner).await;
-        let named: Vec<(String, Answer)> = answers
-            .iter()
-            .map(|(n, _, a)| (n.clone(), a.clone()))
-            .collect();
-        match decide(inner.peer.cluster_id(), inner.identity.ordinal, &named) {
-            Decision::Bootstrap => initialize_alone(inner).await?,
-            Decision::Join { cluster_id } => {
-                adopt_cluster(inner, &cluster_id)?;
-                join(inner, &answers).await?;
-            }
-            Decision::Wait(why) => {
-                if last_wait_log.elapsed() > Duration::from_secs(10) {
-                    tracing::info!(reason = %why, "not in a cluster yet");
-                    *last_wait_log = Instant::now();
-                }
-            }
-            Decision::WrongCluster(why) => {
-                return Err(Error::DataDir {
-                    path: inner.config.data_dir.display().to_string(),
-                    reason: why,
-                });
-            }
-        }
-        return Ok(());
-    }
-    let status = inner.status();
-    if !status.is_leader && !inner.peer.removed.load(std::sync::atomic::Ordering::SeqCst) {
-        check_still_member(inner).await;
-        if let Some((leader_id, leader)) = inner.leader() {
-            match inner.peer.read_index(leader_id, &leader).await {
-                Ok(index) => inner.leader_commits.record(leader_id, index),
-                Err(_) => inner.leader_commits.forget(),
-            }
-        }
-    }
-    if inner.peer.removed.load(std::sync::atomic::Ordering::SeqCst) {
-        if inner.intent.current().removes(inner.identity.ordinal) {
-            // Scaled away: the StatefulSet is about to delete this pod.
-            return Ok(());
-        }
-        // Removed while away (scale-down, then back on the retained volume): ask to be
-        // admitted again, as a learner first.
-        let answers = ask_all(inner).await;
-        join(inner, &answers).await?;
-        inner
-            .peer
-            .removed
-            .store(false, std::sync::atomic::Ordering::SeqCst);
-        return Ok(());
-    }
-    if status.is_leader {
-        crate::autopilot::step(inner, dead_since).await?;
-    }
-    Ok(())
-}
-
-/// A member that was removed while it was away learns it from the leader's membership: a
-/// voter would also learn it from refused votes, but a learner never asks for votes.
-async fn check_still_member(inner: &Inner) {
-    let answers: Vec<Answer> = match inner.leader() {
-        Some((id, node)) if id != inner.node_id => vec![ask(inner, &node.peer_addr).await],
-        _ => ask_all(inner)
-            .await
-            .into_iter()
-            .map(|(_, _, a)| a)
-            .collect(),
-    };
-    for a in answers {
-        if let Answer::Info(i) = a
-            && i.cluster_id == inner.peer.cluster_id()
-            && i.leader_id != 0
-            && i.leader_id == i.node_id
-            && !i.members.iter().any(|m| m.node_id == inner.node_id)
-        {
-            inner.peer.mark_removed();
-            return;
-        }
-    }
-}
-
-fn adopt_cluster(inner: &Inner, cluster_id: &str) -> Result<()> {
-    if inner.peer.cluster_id() != cluster_id {
-        inner.data_dir.set_cluster_id(cluster_id)?;
-        let _ = inner.peer.cluster_id.set(cluster_id.to_string());
-        tracing::info!(cluster_id, "joining an existing cluster");
-    }
-    Ok(())
-}
-
-/// Asks the leader (found through the peers' answers) to admit this member.
-async fn join(inner: &Inner, answers: &[(String, String, Answer)]) -> Result<()> {
-    let mut targets: Vec<String> = answers
-        .iter()
-        .filter_map(|(_, _, a)| match a {
-            Answer::Info(i) if !i.leader_peer_addr.is_empty() => Some(i.leader_peer_addr.clone()),
-            _ => None,
-        })
-        .collect();
-    targets.dedup();
-    let Some(leader) = targets.first() else {
-        return Err(Error::Unavailable("no peer knows a leader yet".into()));
-    };
-    let mut client = inner.peer.client(leader).map_err(Error::Unavailable)?;
-    let req = pb::JoinRequest {
-        cluster_id: inner.peer.cluster_id().to_string(),
-        member: Some(peer_member(inner.node_id, &member_node(inner), false)),
-    };
-    tracing::info!(%leader, node_id = inner.node_id, "asking the leader to admit this member");
-    let reply = tokio::time::timeout(JOIN_TIMEOUT, client.join(req))
-        .await
-        .map_err(|_| Error::Unavailable(format!("join through {leader} timed out")))?
-        .map_err(from_status)?;
-    tracing::info!(outcome = %reply.into_inner().outcome, "admitted");
-    Ok(())
 }
 
 #[cfg(test)]

@@ -157,6 +157,11 @@ pub struct NodeConfig {
     /// How long a member scaled away waits on shutdown for the leader to remove it (keep it
     /// below the pod's termination grace period).
     pub leave_timeout: Duration,
+    /// Writes that add data are refused (`Error::NoSpace`) once the store is this large on
+    /// disk; 0 for no quota. Deletes and compactions still pass.
+    pub quota_bytes: u64,
+    /// Writes that add data are refused while the data dir's filesystem has less free space.
+    pub min_free_bytes: u64,
 }
 
 impl NodeConfig {
@@ -179,6 +184,8 @@ impl NodeConfig {
             request_wait: Duration::from_secs(5),
             kubernetes: Err("no Kubernetes API configured".into()),
             leave_timeout: Duration::from_secs(20),
+            quota_bytes: 8 << 30,
+            min_free_bytes: 128 << 20,
         }
     }
 

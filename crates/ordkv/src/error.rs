@@ -39,6 +39,12 @@ pub enum Error {
     #[error("outcome unknown: {0}")]
     OutcomeUnknown(String),
 
+    /// A write that would add data was refused, not applied: the store is over its quota or
+    /// its disk is nearly full. Deletes and compactions still work; the message says what
+    /// to do.
+    #[error("no space: {0}")]
+    NoSpace(String),
+
     /// The request's deadline passed (e.g. waiting for `min_revision`).
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),
@@ -64,3 +70,8 @@ pub enum Error {
 
 /// Result with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The node stopped (openraft hit a fatal error, or it is shutting down) under a request.
+pub(crate) fn node_stopped(e: impl std::fmt::Display) -> Error {
+    Error::Unavailable(format!("the node stopped: {e}"))
+}

@@ -11,15 +11,23 @@ use ordkv_store::EventBatch;
 use ordkv_store::ReadError;
 use tokio::sync::broadcast;
 
+use crate::config::Limits;
 use crate::error::{Error, Result};
-use crate::node::Inner;
 use crate::pb;
+use crate::read_index::Reads;
+use crate::replica::Replica;
 use crate::validate;
+use crate::writes::Writer;
 
 /// A cheap, cloneable handle to a node's key-value operations.
 #[derive(Clone)]
 pub struct Kv {
-    pub(crate) inner: Arc<Inner>,
+    replica: Replica,
+    writer: Writer,
+    reads: Reads,
+    limits: Limits,
+    /// How long a read waits for `min_revision`.
+    request_wait: std::time::Duration,
 }
 
 /// The events of a watch, in revision order. The first item has `created = true`.
@@ -33,16 +41,32 @@ fn storage(e: std::io::Error) -> Error {
 }
 
 impl Kv {
+    pub(crate) fn new(
+        replica: Replica,
+        writer: Writer,
+        reads: Reads,
+        limits: Limits,
+        request_wait: std::time::Duration,
+    ) -> Kv {
+        Kv {
+            replica,
+            writer,
+            reads,
+            limits,
+            request_wait,
+        }
+    }
+
     pub(crate) fn header(&self, revision: u64) -> pb::ResponseHeader {
         let term = {
             use openraft::async_runtime::WatchReceiver;
-            self.inner.raft.metrics().borrow_watched().current_term
+            self.replica.raft.metrics().borrow_watched().current_term
         };
         pb::ResponseHeader {
             revision,
-            member: self.inner.identity.name.clone(),
+            member: self.replica.name().to_string(),
             raft_term: term,
-            cluster_id: self.inner.peer.cluster_id().to_string(),
+            cluster_id: self.replica.peer.cluster_id().to_string(),
         }
     }
 
@@ -50,7 +74,7 @@ impl Kv {
         &self,
         op: pb::command::Op,
     ) -> Result<(pb::CommandResponse, pb::ResponseHeader)> {
-        let resp = self.inner.write(pb::Command { op: Some(op) }).await?;
+        let resp = self.writer.write(pb::Command { op: Some(op) }).await?;
         let header = self.header(resp.revision);
         Ok((resp, header))
     }
@@ -58,23 +82,20 @@ impl Kv {
     /// Waits for the read's consistency level; returns once the local state may be read.
     async fn before_read(&self, consistency: pb::Consistency, min_revision: u64) -> Result<()> {
         if consistency != pb::Consistency::Serializable {
-            self.inner.linearize().await?;
+            self.reads.linearize().await?;
         }
         if min_revision > 0 {
-            let mut rx = self.inner.sm.revision_watch();
-            let reached = tokio::time::timeout(
-                self.inner.config.request_wait,
-                rx.wait_for(|r| *r >= min_revision),
-            )
-            .await;
+            let mut rx = self.replica.sm.revision_watch();
+            let reached =
+                tokio::time::timeout(self.request_wait, rx.wait_for(|r| *r >= min_revision)).await;
             match reached {
                 Ok(Ok(_)) => {}
                 Ok(Err(_)) => return Err(Error::Unavailable("the node is shutting down".into())),
                 Err(_) => {
                     return Err(Error::DeadlineExceeded(format!(
                         "this member has not applied revision {min_revision} within {:?} (it is at {})",
-                        self.inner.config.request_wait,
-                        self.inner.sm.revision()
+                        self.request_wait,
+                        self.replica.sm.revision()
                     )));
                 }
             }
@@ -84,7 +105,7 @@ impl Kv {
 
     /// Sets one key.
     pub async fn put(&self, req: pb::PutRequest) -> Result<pb::PutResponse> {
-        validate::put(&self.inner.config.limits, &req)?;
+        validate::put(&self.limits, &req)?;
         let (resp, header) = self.command(pb::command::Op::Put(req)).await?;
         match resp.result {
             Some(pb::command_response::Result::Put(mut p)) => {
@@ -97,9 +118,9 @@ impl Kv {
 
     /// Reads one key.
     pub async fn get(&self, req: pb::GetRequest) -> Result<pb::GetResponse> {
-        let consistency = validate::get(&self.inner.config.limits, &req)?;
+        let consistency = validate::get(&self.limits, &req)?;
         self.before_read(consistency, req.min_revision).await?;
-        let (kv, revision) = self.inner.sm.get(&req.key).map_err(storage)?;
+        let (kv, revision) = self.replica.sm.get(&req.key).map_err(storage)?;
         Ok(pb::GetResponse {
             header: Some(self.header(revision)),
             kv,
@@ -108,7 +129,7 @@ impl Kv {
 
     /// Deletes a key, a `[key, end)` range or a prefix.
     pub async fn delete(&self, req: pb::DeleteRequest) -> Result<pb::DeleteResponse> {
-        validate::delete(&self.inner.config.limits, &req)?;
+        validate::delete(&self.limits, &req)?;
         let (resp, header) = self.command(pb::command::Op::Delete(req)).await?;
         match resp.result {
             Some(pb::command_response::Result::Delete(mut d)) => {
@@ -121,16 +142,16 @@ impl Kv {
 
     /// Lists keys in order, at most `limit` (or the node's maximum) at a time.
     pub async fn range(&self, req: pb::RangeRequest) -> Result<pb::RangeResponse> {
-        let consistency = validate::range(&self.inner.config.limits, &req)?;
+        let consistency = validate::range(&self.limits, &req)?;
         self.before_read(consistency, req.min_revision).await?;
-        let (mut resp, revision) = self.inner.sm.range(&req).map_err(storage)?;
+        let (mut resp, revision) = self.replica.sm.range(&req).map_err(storage)?;
         resp.header = Some(self.header(revision));
         Ok(resp)
     }
 
     /// Evaluates the compares atomically, then runs `success` or `failure`.
     pub async fn txn(&self, req: pb::TxnRequest) -> Result<pb::TxnResponse> {
-        validate::txn(&self.inner.config.limits, &req)?;
+        validate::txn(&self.limits, &req)?;
         let (resp, header) = self.command(pb::command::Op::Txn(req)).await?;
         match resp.result {
             Some(pb::command_response::Result::Txn(mut t)) => {
@@ -152,8 +173,8 @@ impl Kv {
     /// Streams put/delete events for a key or prefix from `start_revision` (0 = from now).
     /// A start older than the compacted revision fails with [`Error::Compacted`].
     pub async fn watch(&self, req: pb::WatchRequest) -> Result<WatchStream> {
-        validate::watch(&self.inner.config.limits, &req)?;
-        let oldest = self.inner.sm.compact_revision();
+        validate::watch(&self.limits, &req)?;
+        let oldest = self.replica.sm.compact_revision();
         if req.start_revision > 0 && req.start_revision < oldest {
             return Err(Error::Compacted {
                 requested: req.start_revision,
@@ -161,7 +182,7 @@ impl Kv {
             });
         }
         // Subscribed before the first response, so no batch falls between history and live.
-        let (live, current) = self.inner.sm.subscribe();
+        let (live, current) = self.replica.sm.subscribe();
         let created = pb::WatchResponse {
             header: Some(self.header(current)),
             created: true,
@@ -266,7 +287,7 @@ struct WatchFeed {
 
 impl WatchFeed {
     async fn next_response(&mut self) -> Result<pb::WatchResponse> {
-        let sm = &self.kv.inner.sm;
+        let sm = &self.kv.replica.sm;
         loop {
             if self.next <= self.up_to {
                 let events = sm

@@ -25,19 +25,24 @@ mod membership;
 mod node;
 mod peer;
 mod read_index;
+mod replica;
 mod resolve;
+mod space;
 mod status;
 #[cfg(test)]
 mod testing;
 mod validate;
+mod writes;
 
 pub use autopilot::REMOVED_BY_INTENT;
 pub use config::{Identity, Limits, NodeConfig, Peers, pod_namespace};
 pub use error::{Error, Result};
 pub use intent::{KubernetesApi, SERVICE_ACCOUNT_DIR, ScaleIntent};
 pub use kv::{Kv, WatchStream};
-pub use node::{Node, NodeStatus, restore_snapshot};
+pub use node::{Node, restore_snapshot};
 /// The request and response types shared with the gRPC API.
 pub use ordkv_store::pb;
 pub use ordkv_store::{SYNC_DURATION, SYNC_WAITERS, SnapshotSummary, verify_snapshot};
 pub use peer::{PEER_APPEND_DURATION, PEER_ERRORS};
+pub use replica::NodeStatus;
+pub use space::NO_SPACE_ALARM;

@@ -12,13 +12,12 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, RaftMetrics, ServerState};
 use ordkv_store::{MemberNode, TypeConfig};
 
-use crate::autopilot::LeaveRequests;
 use crate::config::Identity;
 use crate::error::{Error, Result};
 use crate::intent::IntentWatch;
-use crate::node::{OrdRaft, leader_of};
 use crate::pb;
 use crate::peer::PeerShared;
+use crate::replica::{OrdRaft, leader_of, recently_acked};
 
 pub(crate) fn raft_write_err(
     e: RaftError<ordkv_store::TypeConfig, ClientWriteError<ordkv_store::TypeConfig>>,
@@ -38,7 +37,37 @@ pub(crate) fn raft_write_err(
 /// How long the leader waits for a leaving member's removal before it answers "ask again".
 const LEAVE_WAIT: Duration = Duration::from_secs(5);
 
-/// The node's handle for membership changes.
+/// Members that asked the leader to remove them (`Peer.Leave`): the autopilot removes them
+/// as it removes members scaled away, one change at a time.
+#[derive(Default)]
+pub(crate) struct LeaveRequests {
+    ids: std::sync::Mutex<BTreeSet<u64>>,
+    /// Wakes the lifecycle task so a request does not wait for its next tick.
+    pub(crate) wake: tokio::sync::Notify,
+}
+
+impl LeaveRequests {
+    fn ids(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
+        self.ids.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn ask(&self, id: u64) {
+        self.ids().insert(id);
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn contains(&self, id: u64) -> bool {
+        self.ids().contains(&id)
+    }
+
+    /// Forgets requests of members that are gone from `membership`.
+    pub(crate) fn retain(&self, present: impl Fn(u64) -> bool) {
+        self.ids().retain(|id| present(*id));
+    }
+}
+
+/// The node's handle for membership changes. Cloning is cheap.
+#[derive(Clone)]
 pub(crate) struct Membership {
     raft: OrdRaft,
     node_id: u64,
@@ -71,8 +100,39 @@ impl Membership {
         }
     }
 
-    fn metrics(&self) -> RaftMetrics<TypeConfig> {
+    pub(crate) fn metrics(&self) -> RaftMetrics<TypeConfig> {
         self.raft.metrics().borrow_watched().clone()
+    }
+
+    pub(crate) fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    pub(crate) fn max_voters(&self) -> usize {
+        self.max_voters
+    }
+
+    /// The StatefulSet's intended size, as last read.
+    pub(crate) fn intent(&self) -> crate::intent::ScaleIntent {
+        self.intent.current()
+    }
+
+    /// Makes a caught-up learner a voter.
+    pub(crate) async fn promote(&self, id: u64) -> Result<()> {
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map(|_| ())
+            .map_err(raft_write_err)
+    }
+
+    /// Asks openraft to hand leadership to `to` (it returns once the hand-off started).
+    pub(crate) async fn start_transfer(&self, to: u64) -> Result<()> {
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(crate::error::node_stopped)
     }
 
     fn is_leader(&self) -> bool {
@@ -217,7 +277,7 @@ impl Membership {
             .voter_ids()
             .filter(|id| !ids.contains(id))
             .collect();
-        let reached = crate::autopilot::recently_acked(&m);
+        let reached = recently_acked(&m);
         let alive = remaining
             .iter()
             .filter(|id| **id == self.node_id || reached.contains(id))
@@ -384,7 +444,7 @@ impl Membership {
             return;
         }
         let matched = m.replication.clone().unwrap_or_default();
-        let reached = crate::autopilot::recently_acked(&m);
+        let reached = recently_acked(&m);
         let best = m
             .membership_config
             .membership()

@@ -1,47 +1,45 @@
-//! The node: an openraft instance over the ordkv store, its data dir, its identity and its
-//! peer service.
+//! The node: assembles a replica (openraft over the ordkv store) with its data dir, its
+//! write and read paths, its peer service and its lifecycle task, and owns them. The
+//! modules it assembles take narrow handles (`Replica`, `Writer`, `Reads`, `Membership`),
+//! never the node.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
-use openraft::error::{ClientWriteError, RaftError};
-use openraft::{Raft, RaftMetrics, ServerState, SnapshotPolicy};
-use ordkv_store::{Command, MemberNode, SnapshotSummary, StateMachine, StoreOptions, TypeConfig};
+use openraft::{Raft, SnapshotPolicy};
+use ordkv_store::{SnapshotSummary, StoreOptions};
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::{Lifecycle, member_record};
 use crate::config::{Identity, Limits, NodeConfig, Peers};
 use crate::datadir::DataDir;
 use crate::error::{Error, Result};
+use crate::intent::IntentWatch;
 use crate::kv::Kv;
+use crate::membership::Membership;
 use crate::pb;
 use crate::peer::PeerShared;
 use crate::peer::client::PeerNetwork;
+use crate::read_index::Reads;
+use crate::replica::{NodeStatus, Replica};
+use crate::writes::Writer;
 
-pub(crate) type OrdRaft = Raft<TypeConfig, StateMachine>;
-
-pub(crate) struct Inner {
-    pub(crate) identity: Identity,
-    pub(crate) config: NodeConfig,
-    pub(crate) node_id: u64,
-    pub(crate) peer: Arc<PeerShared>,
-    pub(crate) raft: OrdRaft,
-    pub(crate) sm: StateMachine,
-    pub(crate) data_dir: DataDir,
-    /// Cancelled on shutdown: stops the peer server and the lifecycle task.
-    pub(crate) stop: CancellationToken,
-    /// Set when the node cannot go on (e.g. its data belongs to another cluster).
-    pub(crate) fatal: OnceLock<String>,
-    /// Concurrent linearizable reads share read indexes.
-    pub(crate) reads: Arc<crate::read_index::ReadBatcher>,
+struct Inner {
+    identity: Identity,
+    config: NodeConfig,
+    replica: Replica,
+    kv: Kv,
     /// The StatefulSet's intended size, polled from the Kubernetes API.
-    pub(crate) intent: crate::intent::IntentWatch,
+    intent: IntentWatch,
     /// Admits, removes and hands off (see `membership`).
-    pub(crate) membership: crate::membership::Membership,
-    /// What the leader committed, as this follower learned it (readiness).
-    pub(crate) leader_commits: crate::catch_up::LeaderCommits,
-    /// The tasks the node runs (peer server, cluster lifecycle), joined on shutdown.
+    membership: Membership,
+    /// Holds the data dir's lock.
+    data_dir: Arc<DataDir>,
+    /// Cancelled on shutdown: stops the peer server and the lifecycle task.
+    stop: CancellationToken,
+    /// The tasks the node runs (peer server, cluster lifecycle, intent poller), joined on
+    /// shutdown.
     tasks: std::sync::Mutex<tokio::task::JoinSet<()>>,
 }
 
@@ -49,69 +47,6 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct Node {
     inner: Arc<Inner>,
-}
-
-/// A point-in-time view of the node for health checks and metrics.
-#[derive(Debug, Clone, Default)]
-pub struct NodeStatus {
-    /// This member's name.
-    pub member: String,
-    /// Raft term.
-    pub term: u64,
-    /// Last committed log index.
-    pub commit_index: u64,
-    /// Last applied log index.
-    pub applied_index: u64,
-    /// Last log index on this node.
-    pub last_log_index: u64,
-    /// Current store revision.
-    pub revision: u64,
-    /// Oldest revision still in watch history.
-    pub compact_revision: u64,
-    /// Whether this node is the leader.
-    pub is_leader: bool,
-    /// Whether a leader is known.
-    pub leader_known: bool,
-    /// Whether this node is a member of the cluster's configuration.
-    pub is_member: bool,
-    /// Whether this node is a voter.
-    pub is_voter: bool,
-    /// sled's size on disk.
-    pub db_size_bytes: u64,
-    /// Set once the node hit a fatal error (e.g. a failed fsync).
-    pub fatal: Option<String>,
-    /// On a follower: the leader's commit index it must have applied to be caught up (see
-    /// `catch_up`); `None` until the leader was asked.
-    pub leader_commit_index: Option<u64>,
-}
-
-impl NodeStatus {
-    /// Why a node with this status is not ready, or `None` when it is.
-    pub fn not_ready_reason(&self) -> Option<String> {
-        if let Some(fatal) = &self.fatal {
-            Some(format!("fatal: {fatal}"))
-        } else if !self.is_member {
-            Some("not a member".to_string())
-        } else if !self.leader_known {
-            Some("no leader".to_string())
-        } else if self.applied_index < self.commit_index {
-            Some(format!(
-                "catching up: applied {} < commit {}",
-                self.applied_index, self.commit_index
-            ))
-        } else if self.is_leader {
-            None
-        } else {
-            match self.leader_commit_index {
-                None => Some("catching up: the leader's commit index is not known yet".into()),
-                Some(c) if self.applied_index < c => Some(format!(
-                    "catching up: applied {} of the leader's {c}",
-                    self.applied_index
-                )),
-                Some(_) => None,
-            }
-        }
-    }
 }
 
 fn raft_config(config: &NodeConfig) -> Result<Arc<openraft::Config>> {
@@ -150,16 +85,14 @@ impl Node {
     /// not ready until it is a member and caught up.
     pub async fn open(config: NodeConfig) -> Result<Node> {
         let identity = config.validate()?;
-        let data_dir = DataDir::open(&config.data_dir, &identity)?;
-        let opts = StoreOptions {
-            cache_capacity_bytes: config.cache_capacity_bytes,
-            history_revisions: config.watch_history_revisions,
-            max_range_limit: config.limits.max_range_limit,
-        };
-        let (log, sm) = ordkv_store::open(&data_dir.path, &opts).map_err(|e| Error::DataDir {
-            path: data_dir.path.display().to_string(),
-            reason: format!("cannot open the store: {e}"),
-        })?;
+        let data_dir = Arc::new(DataDir::open(&config.data_dir, &identity)?);
+        let (log, sm) =
+            ordkv_store::open(&data_dir.path, &store_options(&config)).map_err(|e| {
+                Error::DataDir {
+                    path: data_dir.path.display().to_string(),
+                    reason: format!("cannot open the store: {e}"),
+                }
+            })?;
         let node_id = data_dir.record.node_id;
         let cluster_id = Some(data_dir.record.cluster_id.clone()).filter(|c| !c.is_empty());
         let peer = Arc::new(PeerShared::new(node_id, identity.name.clone(), cluster_id));
@@ -169,50 +102,74 @@ impl Node {
         let raft = Raft::new(node_id, raft_config(&config)?, network, log, sm.clone())
             .await
             .map_err(|e| Error::Storage(format!("starting raft: {e}")))?;
-        let stop = CancellationToken::new();
+        let replica = Replica::new(raft.clone(), sm, peer.clone());
+        let space = crate::space::SpaceGuard::new(
+            replica.sm.clone(),
+            data_dir.path.clone(),
+            config.quota_bytes,
+            config.min_free_bytes,
+        );
+        let writer = Writer::new(
+            replica.clone(),
+            config.request_wait,
+            config.reject_follower_writes,
+            Arc::new(space),
+        );
+        let reads = Reads::new(replica.clone(), config.request_wait);
+        let kv = Kv::new(
+            replica.clone(),
+            writer.clone(),
+            reads,
+            config.limits,
+            config.request_wait,
+        );
         let api = match config.peers {
             Peers::None => Err("a cluster of one".to_string()),
             _ => config.kubernetes.clone(),
         };
-        let intent = crate::intent::IntentWatch::new(api);
-        let membership = crate::membership::Membership::new(
-            raft.clone(),
+        let intent = IntentWatch::new(api);
+        let membership = Membership::new(raft, &identity, &config, intent.clone(), peer);
+        let stop = CancellationToken::new();
+        let lifecycle = Lifecycle::new(
+            replica.clone(),
+            membership.clone(),
+            data_dir.clone(),
             &identity,
             &config,
-            intent.clone(),
-            peer.clone(),
         );
-        let inner = Arc::new(Inner {
-            identity,
-            node_id,
-            peer,
-            raft,
-            sm,
-            data_dir,
-            stop,
-            fatal: OnceLock::new(),
-            reads: Default::default(),
-            intent,
-            membership,
-            leader_commits: Default::default(),
-            tasks: Default::default(),
-            config,
-        });
-        let node = Node { inner };
-        node.inner
-            .spawn(node.inner.intent.clone().poll(node.inner.stop.clone()));
-        if let Some(addr) = node.inner.config.peer_listen_addr {
-            crate::cluster::serve_peers(node.inner.clone(), addr).await?;
+        let node = Node {
+            inner: Arc::new(Inner {
+                identity,
+                replica: replica.clone(),
+                kv,
+                intent: intent.clone(),
+                membership: membership.clone(),
+                data_dir,
+                stop: stop.clone(),
+                tasks: Default::default(),
+                config,
+            }),
+        };
+        let inner = &node.inner;
+        inner.spawn(intent.poll(stop.clone()));
+        if let Some(addr) = inner.config.peer_listen_addr {
+            let service = crate::peer::server::PeerService {
+                replica,
+                writer,
+                membership,
+                snapshots_dir: inner.data_dir.path.join("snapshots"),
+            };
+            inner.spawn(crate::peer::server::serve(service, addr, stop.clone()).await?);
         }
-        if node.inner.config.peers == Peers::None {
-            crate::cluster::bootstrap_alone(&node.inner).await?;
+        if inner.config.peers == Peers::None {
+            lifecycle.bootstrap_alone().await?;
         } else {
-            node.inner.spawn(crate::cluster::run(node.inner.clone()));
+            inner.spawn(lifecycle.run(stop));
         }
         tracing::info!(
-            member = %node.inner.identity.name,
+            member = %inner.identity.name,
             node_id,
-            data_dir = %node.inner.config.data_dir.display(),
+            data_dir = %inner.config.data_dir.display(),
             "node open"
         );
         Ok(node)
@@ -220,9 +177,7 @@ impl Node {
 
     /// The KV handle.
     pub fn kv(&self) -> Kv {
-        Kv {
-            inner: self.inner.clone(),
-        }
+        self.inner.kv.clone()
     }
 
     /// This member's identity.
@@ -232,12 +187,12 @@ impl Node {
 
     /// The Raft node id of this data dir.
     pub fn node_id(&self) -> u64 {
-        self.inner.node_id
+        self.inner.replica.node_id()
     }
 
     /// The cluster this member belongs to (empty until it bootstrapped or joined one).
     pub fn cluster_id(&self) -> String {
-        self.inner.peer.cluster_id().to_string()
+        self.inner.replica.peer.cluster_id().to_string()
     }
 
     /// The request limits in force.
@@ -247,7 +202,7 @@ impl Node {
 
     /// Health and metrics snapshot.
     pub fn status(&self) -> NodeStatus {
-        self.inner.status()
+        self.inner.replica.status()
     }
 
     /// Ready = no fatal error, a member, a leader is known, and everything committed applied.
@@ -276,7 +231,12 @@ impl Node {
 
     /// The `Cluster.Status` answer.
     pub async fn cluster_status(&self) -> Result<pb::StatusResponse> {
-        Ok(crate::status::build(&self.inner))
+        let inner = &self.inner;
+        Ok(crate::status::build(
+            &inner.replica,
+            inner.intent.current(),
+            &inner.config,
+        ))
     }
 
     /// Removes the member with this ordinal from the cluster (scale-down). Runs on the
@@ -293,15 +253,15 @@ impl Node {
     /// A consistent backup: builds a fresh snapshot of everything applied here and opens it.
     /// The file is ordkv's checksummed snapshot format (`ordkv snapshot restore` reads it).
     pub async fn backup(&self) -> Result<(SnapshotSummary, std::fs::File)> {
-        let inner = &self.inner;
-        let applied = inner.status().applied_index;
-        inner
+        let replica = &self.inner.replica;
+        let applied = replica.status().applied_index;
+        replica
             .raft
             .trigger()
             .snapshot()
             .await
             .map_err(|e| Error::Unavailable(e.to_string()))?;
-        inner
+        replica
             .raft
             .wait(Some(Duration::from_secs(120)))
             .metrics(
@@ -313,7 +273,7 @@ impl Node {
         // A newer snapshot may replace the file between finding and opening it: retry.
         for _ in 0..3 {
             let storage = |e: std::io::Error| Error::Storage(e.to_string());
-            let Some(path) = inner.sm.current_snapshot_file().map_err(storage)? else {
+            let Some(path) = replica.sm.current_snapshot_file().map_err(storage)? else {
                 continue;
             };
             if let Ok(file) = std::fs::File::open(&path) {
@@ -328,13 +288,14 @@ impl Node {
 
     #[cfg(test)]
     pub(crate) fn peer(&self) -> &PeerShared {
-        &self.inner.peer
+        &self.inner.replica.peer
     }
 
     /// Test fault injection: act as if the named peers were unreachable (both directions).
     pub fn set_partitioned_from(&self, peers: &[String]) {
         let mut blocked = self
             .inner
+            .replica
             .peer
             .blocked
             .write()
@@ -349,18 +310,18 @@ impl Node {
         // Server metrics change on role and membership changes only, not on every write (a
         // wake-up per write costs a worker hand-off); their sender drops when Raft stops,
         // fatally or not, and the storage flags are checked once a second.
-        let mut rx = self.inner.raft.server_metrics();
+        let replica = &self.inner.replica;
+        let mut rx = replica.raft.server_metrics();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             // Not `status()`: that reads sled's directory for its size.
-            if let Some(f) = self.inner.fatal_reason(&self.inner.metrics()) {
+            if let Some(f) = replica.fatal_reason(&replica.metrics()) {
                 return f;
             }
             tokio::select! {
                 changed = rx.changed() => if changed.is_err() {
-                    return self
-                        .inner
-                        .fatal_reason(&self.inner.metrics())
+                    return replica
+                        .fatal_reason(&replica.metrics())
                         .unwrap_or_else(|| "raft stopped".into());
                 },
                 _ = tick.tick() => {}
@@ -379,12 +340,14 @@ impl Node {
         self.inner.membership.hand_off_leadership().await;
         self.inner.stop.cancel();
         self.inner
+            .replica
             .raft
             .shutdown()
             .await
             .map_err(|e| Error::Internal(format!("raft shutdown: {e}")))?;
         self.inner.join_tasks().await;
         self.inner
+            .replica
             .sm
             .flush()
             .await
@@ -394,30 +357,13 @@ impl Node {
     }
 }
 
-fn no_leader_accepted(waited: Duration) -> Error {
-    Error::Unavailable(format!(
-        "no leader accepted the write within {waited:?}; the cluster may be partitioned or electing"
-    ))
-}
-
-/// The leader's id and node record in `m`, when one is known.
-pub(crate) fn leader_of(m: &RaftMetrics<TypeConfig>) -> Option<(u64, MemberNode)> {
-    let id = m.current_leader?;
-    let node = m.membership_config.membership().get_node(&id)?.clone();
-    Some((id, node))
-}
-
 /// How long shutdown waits for the node's tasks to see the stop before it aborts them (the
 /// peer server's graceful stop would wait for the leader's append stream to end).
 const TASKS_STOP_WAIT: Duration = Duration::from_secs(1);
 
-pub(crate) fn fatal(e: impl std::fmt::Display) -> Error {
-    Error::Unavailable(format!("the node stopped: {e}"))
-}
-
 impl Inner {
     /// Runs `task` until the node stops (it must end when `stop` is cancelled).
-    pub(crate) fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
         self.tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -438,152 +384,6 @@ impl Inner {
                 "aborting tasks still running at shutdown"
             );
             tasks.shutdown().await;
-        }
-    }
-
-    pub(crate) fn metrics(&self) -> RaftMetrics<TypeConfig> {
-        self.raft.metrics().borrow_watched().clone()
-    }
-
-    /// Why the node must stop, if it must.
-    fn fatal_reason(&self, m: &RaftMetrics<TypeConfig>) -> Option<String> {
-        match (&m.running_state, self.sm.storage_failed(), self.fatal.get()) {
-            (Err(e), _, _) => Some(e.to_string()),
-            (_, true, _) => Some("a storage flush failed".into()),
-            (_, _, Some(f)) => Some(f.clone()),
-            _ => None,
-        }
-    }
-
-    pub(crate) fn status(&self) -> NodeStatus {
-        let m = self.metrics();
-        let sm = &self.sm;
-        let fatal = self.fatal_reason(&m);
-        let membership = m.membership_config.membership();
-        NodeStatus {
-            member: self.identity.name.clone(),
-            term: m.current_term,
-            commit_index: m.local_committed.as_ref().map_or(0, |l| l.index),
-            applied_index: m.last_applied.as_ref().map_or(0, |l| l.index),
-            last_log_index: m.last_log_index.unwrap_or(0),
-            revision: sm.revision(),
-            compact_revision: sm.compact_revision(),
-            is_leader: m.state == ServerState::Leader,
-            leader_known: m.current_leader.is_some(),
-            // A member told it was removed is not one until re-admitted.
-            is_member: membership.get_node(&self.node_id).is_some()
-                && !self.peer.removed.load(std::sync::atomic::Ordering::SeqCst),
-            is_voter: membership.voter_ids().any(|id| id == self.node_id),
-            db_size_bytes: sm.size_on_disk(),
-            fatal,
-            leader_commit_index: self.leader_commits.target(m.current_leader),
-        }
-    }
-
-    /// The leader's node record, when one is known.
-    pub(crate) fn leader(&self) -> Option<(u64, MemberNode)> {
-        leader_of(&self.metrics())
-    }
-
-    /// Waits (up to the request wait) until some leader is known.
-    pub(crate) async fn wait_for_leader(&self) -> Result<()> {
-        self.raft
-            .wait(Some(self.config.request_wait))
-            .metrics(|m| m.current_leader.is_some(), "a leader is known")
-            .await
-            .map(|_| ())
-            .map_err(|_| {
-                Error::Unavailable(format!(
-                    "no leader is known after {:?}; the cluster may have lost its quorum",
-                    self.config.request_wait
-                ))
-            })
-    }
-
-    /// Proposes a command on this node; fails with `NotLeader` (not applied) when another
-    /// node leads, and with `OutcomeUnknown` when its entry may or may not commit.
-    pub(crate) async fn write_here(&self, cmd: pb::Command) -> Result<pb::CommandResponse> {
-        match self.raft.client_write(Command(cmd)).await {
-            Ok(r) => Ok(r.data.0),
-            // Refused before its entry was appended.
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(Error::NotLeader {
-                    leader_client_addr: f.leader_node.map(|n| n.client_addr),
-                })
-            }
-            // Appended here, then this member lost the leadership: another leader may have
-            // the entry and commit it.
-            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
-                Err(Error::OutcomeUnknown(
-                    "the leader changed while the write was in its log; it may or may not commit"
-                        .into(),
-                ))
-            }
-            Err(RaftError::APIError(e)) => Err(Error::Internal(e.to_string())),
-            Err(RaftError::Fatal(f)) => Err(Error::OutcomeUnknown(format!(
-                "the node stopped during the write ({f}); it may or may not commit"
-            ))),
-        }
-    }
-
-    /// Proposes a command: here when this node leads, otherwise forwarded to the leader (or
-    /// refused with `NotLeader` under `--reject-follower-writes`).
-    pub(crate) async fn write(&self, cmd: pb::Command) -> Result<pb::CommandResponse> {
-        let deadline = tokio::time::Instant::now() + self.config.request_wait;
-        loop {
-            let resp = match self.write_here(cmd.clone()).await {
-                Err(Error::NotLeader { .. }) => match self.leader() {
-                    None => {
-                        self.wait_for_leader().await?;
-                        if tokio::time::Instant::now() >= deadline {
-                            return Err(no_leader_accepted(self.config.request_wait));
-                        }
-                        continue;
-                    }
-                    Some((_, leader)) if self.config.reject_follower_writes => {
-                        return Err(Error::NotLeader {
-                            leader_client_addr: Some(leader.client_addr),
-                        });
-                    }
-                    // Metrics still name this node, but it no longer leads (it lost its
-                    // quorum): wait for the cluster to settle instead of asking itself.
-                    Some((id, _)) if id == self.node_id => {
-                        if tokio::time::Instant::now() >= deadline {
-                            return Err(no_leader_accepted(self.config.request_wait));
-                        }
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                    Some((_, leader)) => {
-                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                        if left.is_zero() {
-                            return Err(no_leader_accepted(self.config.request_wait));
-                        }
-                        match self.peer.forward(&leader, cmd.clone(), left).await {
-                            // Not applied (the leader changed, or could not be reached): wait
-                            // for the next leader and try again within the deadline.
-                            Err(e @ (Error::NotLeader { .. } | Error::Unavailable(_))) => {
-                                if tokio::time::Instant::now() >= deadline {
-                                    return Err(match e {
-                                        Error::NotLeader { .. } => {
-                                            no_leader_accepted(self.config.request_wait)
-                                        }
-                                        e => e,
-                                    });
-                                }
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                                continue;
-                            }
-                            other => other?,
-                        }
-                    }
-                },
-                other => other?,
-            };
-            if !resp.error.is_empty() {
-                return Err(Error::InvalidArgument(resp.error));
-            }
-            return Ok(resp);
         }
     }
 }
@@ -607,36 +407,17 @@ pub async fn restore_snapshot(
         ));
     }
     data_dir.set_cluster_id(&uuid::Uuid::new_v4().to_string())?;
-    let opts = StoreOptions {
-        cache_capacity_bytes: config.cache_capacity_bytes,
-        history_revisions: config.watch_history_revisions,
-        max_range_limit: config.limits.max_range_limit,
-    };
-    let me = MemberNode {
-        name: identity.name.clone(),
-        peer_addr: config.advertise_peer_addr.clone(),
-        client_addr: config.advertise_client_addr.clone(),
-    };
+    let me = member_record(&identity, &config);
+    let opts = store_options(&config);
     ordkv_store::restore(&data_dir.path, &opts, file, data_dir.record.node_id, me)
         .await
         .map_err(|e| dir_err(format!("restoring {}: {e}", file.display())))
 }
 
-/// Makes a fresh single member the voter of a new cluster of one (under the cluster id it
-/// recorded before a crash, if any).
-pub(crate) async fn initialize_alone(inner: &Inner) -> Result<()> {
-    let cluster_id = match inner.peer.cluster_id() {
-        "" => uuid::Uuid::new_v4().to_string(),
-        known => known.to_string(),
-    };
-    let cluster_id = cluster_id.as_str();
-    inner.data_dir.set_cluster_id(cluster_id)?;
-    let _ = inner.peer.cluster_id.set(cluster_id.to_string());
-    let me = crate::cluster::member_node(inner);
-    tracing::info!(member = %inner.identity.name, node_id = inner.node_id, cluster_id, "bootstrapping a new cluster");
-    inner
-        .raft
-        .initialize(BTreeMap::from([(inner.node_id, me)]))
-        .await
-        .map_err(|e| Error::Internal(format!("bootstrap: {e}")))
+fn store_options(config: &NodeConfig) -> StoreOptions {
+    StoreOptions {
+        cache_capacity_bytes: config.cache_capacity_bytes,
+        history_revisions: config.watch_history_revisions,
+        max_range_limit: config.limits.max_range_limit,
+    }
 }

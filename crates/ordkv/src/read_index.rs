@@ -11,8 +11,8 @@ use std::time::Duration;
 use openraft::error::{LinearizableReadError as L, RaftError};
 use tokio::sync::oneshot;
 
-use crate::error::{Error, Result};
-use crate::node::{Inner, fatal};
+use crate::error::{Error, Result, node_stopped};
+use crate::replica::Replica;
 
 /// Pause before asking the leader for a read index again after it could not give one.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
@@ -88,21 +88,39 @@ impl Drop for FetchTaskGuard {
     }
 }
 
-impl Inner {
+/// Linearizable reads on this member: read indexes from the leader, shared by readers.
+#[derive(Clone)]
+pub(crate) struct Reads {
+    replica: Replica,
+    batcher: Arc<ReadBatcher>,
+    /// How long a read may wait for a leader and for its read index to be applied.
+    request_wait: Duration,
+}
+
+impl Reads {
+    pub(crate) fn new(replica: Replica, request_wait: Duration) -> Reads {
+        Reads {
+            replica,
+            batcher: Default::default(),
+            request_wait,
+        }
+    }
+
     /// Waits until reads here reflect every write acknowledged before this call: a read
     /// index from the leader (asked over the peer port when this node follows), shared with
     /// concurrent readers, then the local apply catching up to it.
-    pub(crate) async fn linearize(self: &Arc<Self>) -> Result<()> {
-        let inner = self.clone();
+    pub(crate) async fn linearize(&self) -> Result<()> {
+        let reads = self.clone();
         let index = self
-            .reads
+            .batcher
             .join(move || {
-                let inner = inner.clone();
-                async move { inner.read_index().await }
+                let reads = reads.clone();
+                async move { reads.read_index().await }
             })
             .await?;
-        self.raft
-            .wait(Some(self.config.request_wait.max(Duration::from_millis(100))))
+        self.replica
+            .raft
+            .wait(Some(self.request_wait.max(Duration::from_millis(100))))
             .applied_index_at_least(Some(index), "read index applied")
             .await
             .map(|_| ())
@@ -115,9 +133,10 @@ impl Inner {
 
     /// One read index, from this node when it leads, else from the leader.
     async fn read_index(&self) -> Result<u64> {
-        let deadline = tokio::time::Instant::now() + self.config.request_wait;
+        let deadline = tokio::time::Instant::now() + self.request_wait;
         loop {
             match self
+                .replica
                 .raft
                 .get_read_linearizer(openraft::ReadPolicy::ReadIndex)
                 .await
@@ -131,13 +150,13 @@ impl Inner {
                             .into(),
                     ));
                 }
-                Err(RaftError::Fatal(f)) => return Err(fatal(f)),
+                Err(RaftError::Fatal(f)) => return Err(node_stopped(f)),
             }
-            if let Some((leader_id, leader)) = self.leader() {
+            if let Some((leader_id, leader)) = self.replica.leader() {
                 // A read index is safe to ask for again. Asking can fail for a moment, e.g.
                 // on the first call over a connection that a healed partition broke, or
                 // while the leader changes; the read waits that out within its deadline.
-                match self.peer.read_index(leader_id, &leader).await {
+                match self.replica.peer.read_index(leader_id, &leader).await {
                     Err(
                         e @ (Error::Unavailable(_)
                         | Error::OutcomeUnknown(_)
@@ -152,7 +171,7 @@ impl Inner {
                     result => return result,
                 }
             }
-            self.wait_for_leader().await?;
+            self.replica.wait_for_leader(self.request_wait).await?;
             if tokio::time::Instant::now() >= deadline {
                 return Err(Error::Unavailable("no leader to read through".into()));
             }

@@ -81,3 +81,11 @@ pub(crate) fn channel(addr: &str, connect_timeout: Duration) -> Result<Channel, 
         .keep_alive_timeout(Duration::from_secs(5));
     Ok(endpoint.connect_with_connector_lazy(tower::service_fn(connect)))
 }
+
+/// Whether the host of `addr` (`host:port`) resolves to at least one address now.
+pub(crate) async fn resolves(addr: &str) -> bool {
+    match split_host_port(addr) {
+        Ok((host, _)) => lookup(host).await.is_ok_and(|a| !a.is_empty()),
+        Err(_) => false,
+    }
+}

@@ -3,19 +3,23 @@
 
 use std::collections::BTreeSet;
 
-use crate::config::Identity;
+use crate::config::{Identity, NodeConfig};
 use crate::intent::ScaleIntent;
-use crate::node::Inner;
 use crate::pb;
+use crate::replica::{Replica, recently_acked};
 
 /// The `Cluster.Status` answer, as this member sees the cluster.
-pub(crate) fn build(inner: &Inner) -> pb::StatusResponse {
-    let m = inner.metrics();
+pub(crate) fn build(
+    replica: &Replica,
+    intent: ScaleIntent,
+    config: &NodeConfig,
+) -> pb::StatusResponse {
+    let m = replica.metrics();
     let membership = m.membership_config.membership();
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
     let last_index = m.last_log_index.unwrap_or(0);
     let matched = m.replication.clone().unwrap_or_default();
-    let reached = crate::autopilot::recently_acked(&m);
+    let reached = recently_acked(&m);
     let mut members = Vec::new();
     let mut leader = None;
     for (id, node) in membership.nodes() {
@@ -23,7 +27,7 @@ pub(crate) fn build(inner: &Inner) -> pb::StatusResponse {
         if m.current_leader == Some(*id) {
             leader = Some(ordinal);
         }
-        let (applied, reachable) = if *id == inner.node_id {
+        let (applied, reachable) = if *id == replica.node_id() {
             (m.last_applied.as_ref().map_or(0, |l| l.index), true)
         } else {
             match matched.get(id) {
@@ -56,36 +60,35 @@ pub(crate) fn build(inner: &Inner) -> pb::StatusResponse {
         });
     }
     members.sort_by_key(|m| (m.ordinal, m.node_id));
-    let limits = inner.config.limits;
-    let revision = inner.sm.revision();
-    let intent = inner.intent.current();
+    let limits = config.limits;
+    let revision = replica.sm.revision();
     pb::StatusResponse {
         header: Some(pb::ResponseHeader {
             revision,
-            member: inner.identity.name.clone(),
+            member: replica.name().to_string(),
             raft_term: m.current_term,
-            cluster_id: inner.peer.cluster_id().to_string(),
+            cluster_id: replica.peer.cluster_id().to_string(),
         }),
-        cluster_id: inner.peer.cluster_id().to_string(),
+        cluster_id: replica.peer.cluster_id().to_string(),
         leader,
         term: m.current_term,
         commit_index: m.local_committed.as_ref().map_or(0, |l| l.index),
         applied_index: m.last_applied.as_ref().map_or(0, |l| l.index),
         members,
-        member: inner.identity.name.clone(),
+        member: replica.name().to_string(),
         revision,
-        compact_revision: inner.sm.compact_revision(),
-        db_size_bytes: inner.sm.size_on_disk(),
+        compact_revision: replica.sm.compact_revision(),
+        db_size_bytes: replica.sm.size_on_disk(),
         limits: Some(pb::Limits {
             max_key_bytes: limits.max_key_bytes as u64,
             max_value_bytes: limits.max_value_bytes as u64,
             max_txn_ops: limits.max_txn_ops as u64,
             max_range_limit: limits.max_range_limit as u64,
-            watch_history_revisions: inner.config.watch_history_revisions,
+            watch_history_revisions: config.watch_history_revisions,
         }),
         version: env!("CARGO_PKG_VERSION").to_string(),
         statefulset_replicas: intent.replicas(),
-        scale_intent: match (&intent, &inner.config.kubernetes) {
+        scale_intent: match (&intent, &config.kubernetes) {
             (ScaleIntent::Replicas(_), Ok(api)) => {
                 format!("{intent} (statefulset {})", api.statefulset)
             }

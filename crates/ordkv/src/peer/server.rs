@@ -2,6 +2,8 @@
 //! and read index, leave.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
@@ -14,12 +16,52 @@ use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{NOT_A_MEMBER, NOT_LEADER, PeerError, PeerShared, decode, encode};
-use crate::node::Inner;
+use crate::error::{Error, Result as NodeResult};
+use crate::membership::Membership;
 use crate::pb;
+use crate::replica::Replica;
+use crate::writes::Writer;
 
-/// Implements `ordkv.v1.Peer` over a node.
+/// Implements `ordkv.v1.Peer`: Raft RPCs into this member's Raft node, forwarded writes,
+/// read indexes, joins and leaves.
 pub(crate) struct PeerService {
-    pub(crate) inner: Arc<Inner>,
+    pub(crate) replica: Replica,
+    /// Proposes the writes followers forward to this (leading) member.
+    pub(crate) writer: Writer,
+    /// Admits joining members and removes leaving ones.
+    pub(crate) membership: Membership,
+    /// Where snapshots sent by the leader are received.
+    pub(crate) snapshots_dir: PathBuf,
+}
+
+/// Listens for peers on `addr`; the returned task serves them until `stop`.
+pub(crate) async fn serve(
+    service: PeerService,
+    addr: SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
+) -> NodeResult<impl Future<Output = ()> + Send + 'static> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        Error::InvalidArgument(format!(
+            "cannot listen on {addr} for peers: {e}; choose another address with --peer-addr"
+        ))
+    })?;
+    let service = pb::peer_server::PeerServer::new(service)
+        .max_decoding_message_size(super::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(super::MAX_MESSAGE_BYTES);
+    // `Server::tcp_nodelay` only reaches listeners tonic binds itself; without TCP_NODELAY
+    // on the accepted sockets, Nagle held append replies for the leader's delayed ACK
+    // (~40 ms stalls, once every few hundred writes).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    tracing::info!(%addr, "serving peers");
+    Ok(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "peer server failed");
+        }
+    })
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {
@@ -77,7 +119,7 @@ impl PeerService {
         Fut: Future<Output = Result<Resp, E>>,
     {
         let req = req.into_inner();
-        admit(&self.inner.peer, &req)?;
+        admit(&self.replica.peer, &req)?;
         let rpc = decode(&req.payload).map_err(Status::invalid_argument)?;
         let resp = call(rpc)
             .await
@@ -87,7 +129,7 @@ impl PeerService {
 
     fn is_member(&self, node_id: u64) -> bool {
         let m = self
-            .inner
+            .replica
             .raft
             .metrics()
             .borrow_watched()
@@ -109,7 +151,7 @@ impl pb::peer_server::Peer for PeerService {
     ) -> Result<Response<Answers>, Status> {
         #[cfg(test)]
         if self
-            .inner
+            .replica
             .peer
             .without_append_stream
             .load(std::sync::atomic::Ordering::Relaxed)
@@ -121,10 +163,10 @@ impl pb::peer_server::Peer for PeerService {
         // Appends are taken until one is refused or unreadable; the answers to those before it
         // come first, then why the stream stopped.
         let refused = Arc::new(Mutex::new(None::<Status>));
-        let (inner, why) = (self.inner.clone(), refused.clone());
+        let (peer, why) = (self.replica.peer.clone(), refused.clone());
         let appends = req.into_inner().scan((), move |_, msg| {
             let rpc = msg.and_then(|m| {
-                admit(&inner.peer, &m)?;
+                admit(&peer, &m)?;
                 decode(&m.payload).map_err(Status::invalid_argument)
             });
             std::future::ready(match rpc {
@@ -135,7 +177,7 @@ impl pb::peer_server::Peer for PeerService {
                 }
             })
         });
-        let answers = self.inner.raft.stream_append(appends).map(|r| match r {
+        let answers = self.replica.raft.stream_append(appends).map(|r| match r {
             Ok(result) => Ok(pb::PeerReply {
                 payload: encode(&result).map_err(internal)?.into(),
             }),
@@ -152,13 +194,13 @@ impl pb::peer_server::Peer for PeerService {
         &self,
         req: Request<pb::PeerRequest>,
     ) -> Result<Response<pb::PeerReply>, Status> {
-        self.raft_call(req, |rpc| self.inner.raft.append_entries(rpc))
+        self.raft_call(req, |rpc| self.replica.raft.append_entries(rpc))
             .await
     }
 
     async fn vote(&self, req: Request<pb::PeerRequest>) -> Result<Response<pb::PeerReply>, Status> {
         let req = req.into_inner();
-        admit(&self.inner.peer, &req)?;
+        admit(&self.replica.peer, &req)?;
         if !self.is_member(req.from_node) {
             // A removed member (scale-down, then back on its old volume) must not disturb the
             // cluster: refuse it, and tell it why so that it asks to rejoin as a learner.
@@ -167,12 +209,12 @@ impl pb::peer_server::Peer for PeerService {
                     "{} (node {}) is {NOT_A_MEMBER} of cluster {}; it must rejoin",
                     req.from_name,
                     req.from_node,
-                    self.inner.peer.cluster_id()
+                    self.replica.peer.cluster_id()
                 ))),
             );
         }
         let (pre_vote, rpc): (bool, _) = decode(&req.payload).map_err(Status::invalid_argument)?;
-        let raft = &self.inner.raft;
+        let raft = &self.replica.raft;
         let resp = if pre_vote {
             raft.pre_vote(rpc).await
         } else {
@@ -195,12 +237,13 @@ impl pb::peer_server::Peer for PeerService {
             .header
             .clone()
             .ok_or_else(|| Status::invalid_argument("the first snapshot chunk has no header"))?;
-        admit(&self.inner.peer, &header)?;
+        admit(&self.replica.peer, &header)?;
         let (vote, meta): (Vote, SnapshotMeta) =
             decode(&header.payload).map_err(Status::invalid_argument)?;
 
-        let dir = self.inner.config.data_dir.join("snapshots");
-        let path = dir.join(format!("incoming-{}.part", uuid::Uuid::new_v4()));
+        let path = self
+            .snapshots_dir
+            .join(format!("incoming-{}.part", uuid::Uuid::new_v4()));
         let received = async {
             let mut file = tokio::fs::File::create(&path).await.map_err(internal)?;
             let mut crc = crc32fast::Hasher::new();
@@ -234,7 +277,7 @@ impl pb::peer_server::Peer for PeerService {
             snapshot: SnapshotData { path },
         };
         let resp = self
-            .inner
+            .replica
             .raft
             .install_full_snapshot(vote, snapshot)
             .await
@@ -246,7 +289,7 @@ impl pb::peer_server::Peer for PeerService {
         &self,
         req: Request<pb::PeerRequest>,
     ) -> Result<Response<pb::PeerReply>, Status> {
-        self.raft_call(req, |rpc| self.inner.raft.handle_transfer_leader(rpc))
+        self.raft_call(req, |rpc| self.replica.raft.handle_transfer_leader(rpc))
             .await
     }
 
@@ -255,14 +298,14 @@ impl pb::peer_server::Peer for PeerService {
         req: Request<pb::ForwardRequest>,
     ) -> Result<Response<pb::CommandResponse>, Status> {
         let req = req.into_inner();
-        if req.cluster_id != self.inner.peer.cluster_id() {
+        if req.cluster_id != self.replica.peer.cluster_id() {
             return Err(Status::failed_precondition("cluster id mismatch"));
         }
         let cmd = req
             .command
             .ok_or_else(|| Status::invalid_argument("no command"))?;
         let resp = self
-            .inner
+            .writer
             .write_here(cmd)
             .await
             .map_err(crate::peer::to_status)?;
@@ -276,11 +319,11 @@ impl pb::peer_server::Peer for PeerService {
         let mut req = req.into_inner();
         if req.to_node == 0 {
             // Members of earlier versions do not name the leader they ask.
-            req.to_node = self.inner.peer.node_id;
+            req.to_node = self.replica.peer.node_id;
         }
-        admit(&self.inner.peer, &req)?;
+        admit(&self.replica.peer, &req)?;
         let linearizer = self
-            .inner
+            .replica
             .raft
             .get_read_linearizer(ReadPolicy::ReadIndex)
             .await
@@ -303,19 +346,18 @@ impl pb::peer_server::Peer for PeerService {
         &self,
         _req: Request<pb::ClusterInfoRequest>,
     ) -> Result<Response<pb::ClusterInfoReply>, Status> {
-        Ok(Response::new(cluster_info(&self.inner)))
+        Ok(Response::new(cluster_info(&self.replica)))
     }
 
     async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinReply>, Status> {
         let req = req.into_inner();
-        if req.cluster_id != self.inner.peer.cluster_id() {
+        if req.cluster_id != self.replica.peer.cluster_id() {
             return Err(Status::failed_precondition("cluster id mismatch"));
         }
         let member = req
             .member
             .ok_or_else(|| Status::invalid_argument("no member"))?;
         let outcome = self
-            .inner
             .membership
             .admit(member)
             .await
@@ -328,11 +370,10 @@ impl pb::peer_server::Peer for PeerService {
         req: Request<pb::LeaveRequest>,
     ) -> Result<Response<pb::LeaveReply>, Status> {
         let req = req.into_inner();
-        if req.cluster_id != self.inner.peer.cluster_id() {
+        if req.cluster_id != self.replica.peer.cluster_id() {
             return Err(Status::failed_precondition("cluster id mismatch"));
         }
         let outcome = self
-            .inner
             .membership
             .remove_leaving(req.node_id, &req.name)
             .await
@@ -342,15 +383,15 @@ impl pb::peer_server::Peer for PeerService {
 }
 
 /// What this member knows of its cluster.
-fn cluster_info(inner: &Inner) -> pb::ClusterInfoReply {
-    let m = inner.metrics();
+fn cluster_info(replica: &Replica) -> pb::ClusterInfoReply {
+    let m = replica.metrics();
     let membership = m.membership_config.membership();
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
-    let leader = inner.leader();
+    let leader = replica.leader();
     pb::ClusterInfoReply {
-        cluster_id: inner.peer.cluster_id().to_string(),
-        name: inner.identity.name.clone(),
-        node_id: inner.node_id,
+        cluster_id: replica.peer.cluster_id().to_string(),
+        name: replica.name().to_string(),
+        node_id: replica.node_id(),
         leader_id: leader.as_ref().map_or(0, |(id, _)| *id),
         leader_peer_addr: leader.map(|(_, n)| n.peer_addr).unwrap_or_default(),
         members: membership
