@@ -1,0 +1,353 @@
+//! The fault matrix (issue 20, item 4) on a 3-member StatefulSet of `ordkv:dev` containers
+//! (`ordkv_tests::containers`): one-way partitions, delay and loss, a follower far behind
+//! (stopped or partitioned, with and without the log purged past it), a frozen leader.
+//!
+//! Each test runs two loads from the host through the published client ports of all three
+//! members: a recorded read/write/compare-and-swap load on five keys
+//! (`ordkv_tests::history`), whose history the linearizability checker judges, and a
+//! sequential writer of unique keys (`WriteLoad`), whose every acknowledged put must be
+//! served at the end by every member. Each prints: operations checked, acknowledged writes
+//! lost, the verdict, the longest time without an acknowledged write, the time to converge
+//! after the heal, and leader changes (terms in which a member reported a leader, polled
+//! four times a second, less one).
+//!
+//! Faults run on the host inside a member's network namespace (`nsenter -t <pid> -n`:
+//! `iptables`, `tc`), so the tests need root, a docker engine, and those tools (`.ci/run`
+//! installs them when missing); without them they fail, naming what is missing.
+//!
+//! Raft timing the bounds below rest on (`crates/ordkv/src/node.rs`, `raft_config`):
+//! heartbeats every 100 ms, election timeout 500–1000 ms, pre-vote on.
+
+use std::time::{Duration, Instant};
+
+use ordkv_proto::v1::Consistency;
+use ordkv_tests::containers::{CONVERGE, LoadReport, StatefulSet, WriteLoad, pod_name, voters};
+use ordkv_tests::history::{HistoryLoad, HistoryReport};
+use ordkv_tests::linearizability::CheckResult;
+
+/// Deadline of each request of the loads: longer means an unknown outcome.
+const OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Budget of the linearizability check (running out of it fails the test).
+const CHECK_BUDGET: Duration = Duration::from_secs(60);
+/// How long the loads run before a fault, and on after a heal.
+const SETTLE: Duration = Duration::from_secs(2);
+
+fn secs(d: Duration) -> String {
+    format!("{:.2}s", d.as_secs_f64())
+}
+
+/// A 3-member set under both loads.
+struct Run {
+    sts: StatefulSet,
+    history: HistoryLoad,
+    writes: WriteLoad,
+    /// The leader when the loads started.
+    leader: usize,
+}
+
+impl Run {
+    /// Creates 3 members with `env`, waits until they are ready and agree on a leader of 3
+    /// voters, starts the loads and lets them run [`SETTLE`].
+    fn start(test: &str, env: &[(&str, &str)]) -> Run {
+        if let Err(e) = StatefulSet::fault_tools() {
+            panic!("{test} injects faults from the host: {e}");
+        }
+        let mut sts = StatefulSet::new(test);
+        for (k, v) in env {
+            sts = sts.env(k, v);
+        }
+        let started = Instant::now();
+        sts.scale_to(3);
+        sts.wait_all_ready();
+        let (leader, status) = sts.wait_membership(&[0, 1, 2], &voters(0..3));
+        sts.say(&format!(
+            "3 members ready, {} leading in term {} after {}",
+            pod_name(leader),
+            status.term,
+            secs(started.elapsed())
+        ));
+        let endpoints: Vec<_> = (0..3).map(|i| sts.client_addr(i)).collect();
+        let history = HistoryLoad::start(endpoints.clone(), "h", OP_TIMEOUT);
+        let writes = WriteLoad::start(endpoints, "w", OP_TIMEOUT);
+        std::thread::sleep(SETTLE);
+        Run {
+            sts,
+            history,
+            writes,
+            leader,
+        }
+    }
+
+    /// The highest commit index any member reports of itself now (the point a heal must
+    /// bring every member to).
+    fn commit_now(&self) -> u64 {
+        (0..3)
+            .filter_map(|i| self.sts.try_own_status(i).ok())
+            .map(|s| s.commit_index)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Waits until every member applied `target`; returns how long since `since`.
+    fn caught_up(&self, target: u64, since: Instant) -> Duration {
+        self.sts.wait_until(
+            &format!("every member applied index {target}"),
+            CONVERGE,
+            || {
+                for i in 0..3 {
+                    let s = self.sts.try_own_status(i)?;
+                    if s.applied_index < target {
+                        return Err(format!("{} applied {}", pod_name(i), s.applied_index));
+                    }
+                }
+                Ok(())
+            },
+        );
+        since.elapsed()
+    }
+
+    /// Lets the loads run [`SETTLE`] more, stops them, and checks everything: every member
+    /// reaches the same applied index and revision, serves every acknowledged put of the
+    /// writer, the history is linearizable, no two CASes succeeded from one value, no term
+    /// had two leaders. Prints the figures; returns the set and the history report.
+    fn finish(
+        self,
+        name: &str,
+        healed: Instant,
+        converge_after_heal: Duration,
+    ) -> (StatefulSet, HistoryReport) {
+        std::thread::sleep(SETTLE);
+        let Run {
+            sts,
+            history,
+            writes,
+            ..
+        } = self;
+        let load: LoadReport = writes.stop();
+        let report = history
+            .finish(CONVERGE)
+            .unwrap_or_else(|e| panic!("{e}\n{}", sts.logs_all()));
+        // Same applied index and revision everywhere once the loads stopped.
+        let (applied, revision) = sts.wait_until(
+            "all members have one applied index and revision",
+            CONVERGE,
+            || {
+                let s: Vec<_> = (0..3)
+                    .map(|i| sts.try_own_status(i))
+                    .collect::<Result<_, _>>()?;
+                let seen: Vec<(u64, u64)> =
+                    s.iter().map(|s| (s.applied_index, s.revision)).collect();
+                if seen.iter().all(|x| *x == seen[0]) {
+                    Ok(seen[0])
+                } else {
+                    Err(format!("(applied, revision) by ordinal: {seen:?}"))
+                }
+            },
+        );
+        let identical = healed.elapsed();
+        // Every acknowledged put of the writer, from every member.
+        let mut lost = Vec::new();
+        for i in 0..3 {
+            let served = sts.scan(i, "w/", Consistency::Serializable);
+            lost.extend(
+                load.acked
+                    .iter()
+                    .filter(|a| served.get(&a.key) != Some(&a.value))
+                    .map(|a| format!("{}: {}={}", pod_name(i), a.key, a.value)),
+            );
+        }
+        let (gap, gap_at) = load.longest_gap();
+        let (any_gap, any_gap_at) = report.longest_write_gap();
+        let (verdict, took) = report.check(CHECK_BUDGET);
+        sts.say(&format!("{name}: {}", report.summary()));
+        sts.say(&format!(
+            "{name}: writer: {} acknowledged, {} failed attempts, first failures {:?}",
+            load.acked.len(),
+            load.failed_attempts,
+            load.sample_errors
+        ));
+        sts.say(&format!(
+            "{name}: FIGURES ops checked {} | acknowledged writes {} (lost {}) | linearizable \
+             {} (check {}, {}) | longest write gap {} (from {} into the load; the sequential \
+             writer's, which waits out a {} timeout per dead member: {} from {}) | converged \
+             {} after the heal (identical applied {applied} / revision {revision} everywhere \
+             {} after it, loads stopped) | leader changes {} {:?}",
+            report.events.len(),
+            load.acked.len() + report.writes.len(),
+            lost.len(),
+            verdict == CheckResult::Ok,
+            verdict_line(&verdict),
+            secs(took),
+            secs(any_gap),
+            secs(any_gap_at),
+            secs(OP_TIMEOUT),
+            secs(gap),
+            secs(gap_at),
+            secs(converge_after_heal),
+            secs(identical),
+            report.leader_changes(),
+            report.terms()
+        ));
+        assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+        assert!(
+            report.double_cas().is_empty(),
+            "two CASes succeeded from one value: {:?}",
+            report.double_cas()
+        );
+        assert_eq!(
+            report.two_leaders_in_a_term(),
+            None,
+            "two leaders reported in one term"
+        );
+        // A check that ran out of budget is not a pass.
+        assert_eq!(verdict, CheckResult::Ok, "{}", sts.logs_all());
+        assert!(
+            load.acked.len() > 10 && report.writes.len() > 10,
+            "the loads hardly wrote: {} puts of the writer, {} of the history",
+            load.acked.len(),
+            report.writes.len()
+        );
+        (sts, report)
+    }
+}
+
+/// A verdict, short.
+fn verdict_line(v: &CheckResult) -> String {
+    match v {
+        CheckResult::Ok => "Ok".into(),
+        CheckResult::Timeout => "TIMEOUT: budget ran out, not a pass".into(),
+        CheckResult::Violation { key, detail } => {
+            format!("VIOLATION on {}:\n{detail}", String::from_utf8_lossy(key))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. One-way partitions
+// ---------------------------------------------------------------------------------------
+
+/// How long a partition or a netem phase is held.
+const HOLD: Duration = Duration::from_secs(5);
+
+/// The leader drops every packet from its two peers (it still sends to them): they stop
+/// hearing it within a few heartbeats' TCP retransmissions and elect one of themselves,
+/// which takes writes; the old leader, which clients still reach, cannot confirm a read or
+/// commit a write, so the history stays linearizable. Healed, it steps down, catches up,
+/// and no further election follows (exactly one leader change).
+#[test]
+fn a_leader_that_can_send_but_not_receive_is_replaced_and_serves_nothing_stale() {
+    one_way_partition("oneway-leader", true);
+}
+
+/// A follower drops every packet from its two peers: the leader stays in place (pre-vote:
+/// the follower cannot depose it, during the partition or when it heals: no leader change
+/// at all), the history stays linearizable, and the follower catches up after the heal.
+#[test]
+fn a_follower_that_can_send_but_not_receive_leaves_the_leader_in_place() {
+    one_way_partition("oneway-follower", false);
+}
+
+fn one_way_partition(name: &str, of_leader: bool) {
+    let run = Run::start(name, &[]);
+    let l = run.leader;
+    let victim = if of_leader { l } else { (l + 1) % 3 };
+    let others: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
+    let cut = Instant::now();
+    run.sts.drop_from(victim, &others);
+    let acked_at_cut = run.history.acked_writes();
+    let (leader, s) = run.sts.wait_leader(&others);
+    let elected = cut.elapsed();
+    run.sts.say(&format!(
+        "{} drops everything from {others:?}: {} leads the majority in term {} after {}",
+        pod_name(victim),
+        pod_name(leader),
+        s.term,
+        secs(elected)
+    ));
+    std::thread::sleep(HOLD.saturating_sub(cut.elapsed()));
+    let during = run.history.acked_writes() - acked_at_cut;
+    run.sts.undrop_from(victim, &others);
+    let healed = Instant::now();
+    run.sts.say(&format!(
+        "healed after {}: {during} history writes acknowledged during the partition",
+        secs(cut.elapsed())
+    ));
+    assert!(
+        during >= 10,
+        "the majority took only {during} writes in {} of partition",
+        secs(HOLD)
+    );
+    let target = run.commit_now();
+    let converged = run.caught_up(target, healed);
+    let (sts, report) = run.finish(name, healed, converged);
+    if of_leader {
+        assert_eq!(
+            report.leader_changes(),
+            1,
+            "one election replaces the cut-off leader, and none follows the heal: terms {:?}",
+            report.terms()
+        );
+    } else {
+        assert_eq!(
+            leader, l,
+            "the leader changed although only a follower was cut off"
+        );
+        assert_eq!(
+            report.leader_changes(),
+            0,
+            "a one-way partitioned follower caused an election: terms {:?}\n{}",
+            report.terms(),
+            sts.logs_all()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. A frozen leader
+// ---------------------------------------------------------------------------------------
+
+/// How long the leader stays frozen: well past the 1 s election timeout.
+const FROZEN: Duration = Duration::from_secs(3);
+
+/// The leader is frozen (`docker pause`) for 3 s under load: the others elect a leader
+/// and take writes; thawed, the old leader, which still believes it leads until it hears
+/// the new term, is sent linearizable reads at once (and the load's clients pinned to it
+/// go on), and serves nothing stale: the history stays linearizable.
+#[test]
+fn a_leader_frozen_past_the_election_timeout_serves_nothing_stale_when_it_thaws() {
+    let name = "frozen-leader";
+    let run = Run::start(name, &[]);
+    let l = run.leader;
+    let others: Vec<usize> = (0..3).filter(|i| *i != l).collect();
+    run.sts.pause(l);
+    let frozen = Instant::now();
+    let acked = run.history.acked_writes();
+    let (leader, s) = run.sts.wait_leader(&others);
+    let elected = frozen.elapsed();
+    std::thread::sleep(FROZEN.saturating_sub(frozen.elapsed()));
+    let during = run.history.acked_writes() - acked;
+    run.sts.unpause(l);
+    let thawed = Instant::now();
+    let (answered, failed) = run
+        .history
+        .read_every_key(l, 4, CONVERGE)
+        .unwrap_or_else(|e| panic!("{e}\n{}", run.sts.logs_all()));
+    run.sts.say(&format!(
+        "{} frozen {}: {} led in term {} after {}, {during} history writes acknowledged \
+         meanwhile; thawed, it answered {answered} linearizable reads ({failed} refused or \
+         failed) within {}",
+        pod_name(l),
+        secs(thawed - frozen),
+        pod_name(leader),
+        s.term,
+        secs(elected),
+        secs(thawed.elapsed())
+    ));
+    assert!(
+        during >= 5,
+        "the majority took only {during} writes while the leader was frozen"
+    );
+    let target = run.commit_now();
+    let converged = run.caught_up(target, thawed);
+    run.finish(name, thawed, converged);
+}
