@@ -11,7 +11,8 @@
 //! interval (the checker has no read-modify-write; its atomicity is checked apart: values
 //! are unique, so no two CASes may succeed from the same value); a CAS that failed is a
 //! read of what its failure branch returned. A failed write whose error says
-//! `not-applied` is left out; any other failed write has an unknown outcome. A failed read
+//! `not-applied`, or that never got a connection, is left out; any other failed write has
+//! an unknown outcome. A failed read
 //! observed nothing and is left out.
 //!
 //! A poller asks every member's own `Cluster.Status` four times a second and keeps the
@@ -282,12 +283,14 @@ fn put(key: &str, value: &[u8]) -> PutRequest {
     }
 }
 
-/// Whether a failed write surely did not happen (`not-applied`).
+/// Whether a failed write surely did not happen: the server said `not-applied`, or the
+/// client never connected (a stopped member refuses the connection).
 fn not_applied(e: &tonic::Status) -> bool {
     e.metadata()
         .get(ordkv_proto::WRITE_OUTCOME_METADATA_KEY)
         .and_then(|v| v.to_str().ok())
         == Some(ordkv_proto::NOT_APPLIED)
+        || (e.code() == tonic::Code::Unavailable && e.message().contains("tcp connect error"))
 }
 
 async fn client(
