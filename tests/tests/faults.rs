@@ -15,9 +15,13 @@
 //! `iptables`, `tc`), so the tests need root, a docker engine, and those tools (`.ci/run`
 //! installs them when missing); without them they fail, naming what is missing.
 //!
+//! The tests run one at a time (a lock), whatever `--test-threads` says: their bounds on
+//! elections and catch-up assume no other 3-member set shares the machine.
+//!
 //! Raft timing the bounds below rest on (`crates/ordkv/src/node.rs`, `raft_config`):
 //! heartbeats every 100 ms, election timeout 500–1000 ms, pre-vote on.
 
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ordkv_proto::v1::Consistency;
@@ -33,6 +37,13 @@ const OP_TIMEOUT: Duration = Duration::from_secs(2);
 const CHECK_BUDGET: Duration = Duration::from_secs(60);
 /// How long the loads run before a fault, and on after a heal.
 const SETTLE: Duration = Duration::from_secs(2);
+
+/// One scenario at a time in this process: the bounds on elections and catch-up assume
+/// the machine is not also running another 3-member set (CI has 2 cores).
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 fn secs(d: Duration) -> String {
     format!("{:.2}s", d.as_secs_f64())
@@ -250,6 +261,7 @@ fn a_follower_that_can_send_but_not_receive_leaves_the_leader_in_place() {
 }
 
 fn one_way_partition(name: &str, of_leader: bool) {
+    let _serial = one_at_a_time();
     let run = Run::start(name, &[]);
     let l = run.leader;
     let victim = if of_leader { l } else { (l + 1) % 3 };
@@ -333,6 +345,7 @@ const MAX_CHANGES_ALL: usize = 2;
 /// converges once the shaping is removed.
 #[test]
 fn delay_and_loss_on_one_member_then_on_all_cause_no_election_storm() {
+    let _serial = one_at_a_time();
     let name = "netem";
     let run = Run::start(name, &[]);
     let l = run.leader;
@@ -495,6 +508,7 @@ fn purged_upto(logs: &str) -> Option<u64> {
 /// the heal: waited for, from the leader's log), or `None` for the default (50 000: the
 /// log is kept).
 fn follower_far_behind(name: &str, outage: Outage, snapshot_every: Option<&str>) {
+    let _serial = one_at_a_time();
     let purge = snapshot_every.is_some();
     let env: Vec<(&str, &str)> = snapshot_every
         .map(|n| ("ORDKV_SNAPSHOT_EVERY", n))
@@ -729,6 +743,7 @@ const FROZEN: Duration = Duration::from_secs(3);
 /// go on), and serves nothing stale: the history stays linearizable.
 #[test]
 fn a_leader_frozen_past_the_election_timeout_serves_nothing_stale_when_it_thaws() {
+    let _serial = one_at_a_time();
     let name = "frozen-leader";
     let run = Run::start(name, &[]);
     let l = run.leader;
