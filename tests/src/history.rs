@@ -612,3 +612,73 @@ impl HistoryReport {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(writes: Vec<(u64, u64)>, leaders: &[(u64, u32, u64)]) -> HistoryReport {
+        let mut by_term: BTreeMap<u64, (BTreeSet<u32>, u64)> = BTreeMap::new();
+        for &(term, leader, at) in leaders {
+            by_term
+                .entry(term)
+                .or_insert_with(|| (BTreeSet::new(), at))
+                .0
+                .insert(leader);
+        }
+        HistoryReport {
+            events: Vec::new(),
+            writes,
+            cas_ok: Vec::new(),
+            errors: BTreeMap::new(),
+            leaders: by_term,
+            answered: BTreeMap::new(),
+            final_reads: 0,
+            ran: Duration::from_nanos(100),
+        }
+    }
+
+    #[test]
+    fn leader_changes_count_terms_with_a_leader_after_the_first() {
+        let r = report(vec![], &[(1, 0, 0), (3, 2, 50), (4, 2, 70), (4, 1, 71)]);
+        assert_eq!(r.leader_changes(), 2);
+        assert_eq!(r.leader_changes_between(0, 60), 1);
+        assert_eq!(r.leader_changes_between(60, u64::MAX), 1);
+        assert_eq!(r.two_leaders_in_a_term(), Some((4, vec![1, 2])));
+        assert_eq!(report(vec![], &[(1, 0, 0)]).leader_changes(), 0);
+    }
+
+    #[test]
+    fn write_latency_quantiles_and_gaps() {
+        // Latencies 1..=100 ns, called at 0..100.
+        let writes: Vec<(u64, u64)> = (0..100).map(|i| (i, 2 * i + 1)).collect();
+        let r = report(writes, &[]);
+        assert_eq!(
+            r.write_latency(0.99, 0, 100),
+            (Some(Duration::from_nanos(99)), 100)
+        );
+        assert_eq!(
+            r.write_latency(0.5, 0, 100),
+            (Some(Duration::from_nanos(50)), 100)
+        );
+        assert_eq!(r.write_latency(0.99, 200, 300), (None, 0));
+        // Acknowledged at 10, 40, 45; the run ended at 100: the last gap is the longest.
+        let gaps = report(vec![(0, 10), (0, 40), (0, 45)], &[]);
+        assert_eq!(
+            gaps.longest_write_gap(),
+            (Duration::from_nanos(55), Duration::from_nanos(45))
+        );
+    }
+
+    #[test]
+    fn two_cas_successes_from_one_value_are_reported() {
+        let mut r = report(vec![], &[]);
+        r.cas_ok = vec![
+            ("k".into(), b"a".to_vec(), b"b".to_vec()),
+            ("k".into(), b"b".to_vec(), b"c".to_vec()),
+        ];
+        assert!(r.double_cas().is_empty());
+        r.cas_ok.push(("k".into(), b"a".to_vec(), b"d".to_vec()));
+        assert_eq!(r.double_cas(), vec!["k: a -> [\"b\", \"d\"]".to_string()]);
+    }
+}

@@ -310,3 +310,32 @@ fn serve(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packet_ids_are_read_from_queued_packet_messages() {
+        // Two packet messages in one buffer, as the kernel batches them, then a verdict
+        // message (ignored).
+        let mut buf = Vec::new();
+        for id in [7u32, 0x0102_0304] {
+            let mut hdr = id.to_be_bytes().to_vec();
+            hdr.extend_from_slice(&[0x08, 0x00, 3]); // hw protocol, hook
+            let mut m = message(NFQNL_MSG_PACKET, 0, 1, &[(NFQA_PACKET_HDR, &hdr)]);
+            // The kernel's messages carry no NLM_F_REQUEST; the parser does not care.
+            m[6] = 0;
+            buf.extend_from_slice(&m);
+        }
+        buf.extend_from_slice(&message(
+            NFQNL_MSG_VERDICT,
+            0,
+            1,
+            &[(NFQA_VERDICT_HDR, &[0; 8])],
+        ));
+        let mut ids = Vec::new();
+        packet_ids(&buf, &mut ids);
+        assert_eq!(ids, vec![7, 0x0102_0304]);
+    }
+}
