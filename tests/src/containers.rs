@@ -21,7 +21,11 @@
 //! with the same name and volume; [`StatefulSet::replace_pod`] does it gracefully (a rolling
 //! update). Faults: [`StatefulSet::kill`], [`StatefulSet::stop_all`] /
 //! [`StatefulSet::start_all`], [`StatefulSet::wipe_volume`] (a lost PVC),
-//! [`StatefulSet::disconnect`] / [`StatefulSet::connect`] (a network partition).
+//! [`StatefulSet::disconnect`] / [`StatefulSet::connect`] (a network partition); from the
+//! host, inside a member's network namespace (`nsenter`): [`StatefulSet::drop_from`] /
+//! [`StatefulSet::undrop_from`] (a one-way partition, iptables), [`StatefulSet::shape`] /
+//! [`StatefulSet::unshape`] (delay and loss: tc netem, or an NFQUEUE delayer); [`StatefulSet::pause`] /
+//! [`StatefulSet::unpause`] (a frozen process).
 //!
 //! Clients: [`StatefulSet::client`] is `docker run --rm --network <net> ordkv:dev <args>`
 //! (the walkthrough's `kubectl run nettool`); [`StatefulSet::exec`] runs the CLI inside a
@@ -319,8 +323,11 @@ pub struct MemberStatus {
     pub node_id: u64,
     /// Whether the answering member reaches it.
     pub reachable: bool,
-    /// Its applied index as the answering member knows it.
+    /// Its applied index as the answering member knows it (for a follower, the leader's
+    /// view is the last log index it is known to have).
     pub applied_index: u64,
+    /// How many entries it trails the leader's last log index, when known (else 0).
+    pub lag: u64,
 }
 
 /// `ordkv cluster status -o json`.
@@ -338,6 +345,8 @@ pub struct Status {
     pub revision: u64,
     /// Commit index.
     pub commit_index: u64,
+    /// The answering member's own applied index.
+    pub applied_index: u64,
     /// Members, sorted by ordinal.
     pub members: Vec<MemberStatus>,
     /// What the answering member knows of its StatefulSet's `spec.replicas`.
@@ -365,6 +374,7 @@ impl Status {
                 node_id: u64_of(m, "node_id")?,
                 reachable: m["reachable"].as_bool().unwrap_or(false),
                 applied_index: u64_of(m, "applied_index")?,
+                lag: m["lag"].as_u64().unwrap_or(0),
             });
         }
         members.sort_by_key(|m| m.ordinal);
@@ -375,6 +385,7 @@ impl Status {
             member: v["member"].as_str().unwrap_or_default().to_string(),
             revision: u64_of(&v, "revision")?,
             commit_index: u64_of(&v, "commit_index")?,
+            applied_index: v["applied_index"].as_u64().unwrap_or(0),
             members,
             scale_intent: v["scale_intent"].as_str().unwrap_or_default().to_string(),
         })
@@ -397,6 +408,7 @@ impl Status {
                 node_id: m.node_id,
                 reachable: m.reachable,
                 applied_index: m.applied_index,
+                lag: m.lag,
             })
             .collect();
         members.sort_by_key(|m| m.ordinal);
@@ -407,6 +419,7 @@ impl Status {
             member: r.member.clone(),
             revision: r.revision,
             commit_index: r.commit_index,
+            applied_index: r.applied_index,
             members,
             scale_intent: r.scale_intent.clone(),
         }
@@ -445,6 +458,16 @@ pub fn voters(ordinals: impl IntoIterator<Item = usize>) -> Vec<(u32, String, St
 // ---------------------------------------------------------------------------------------
 // The StatefulSet
 // ---------------------------------------------------------------------------------------
+
+/// The NFQUEUE number [`StatefulSet::shape`] uses (queues are per network namespace).
+const NFQUEUE: u16 = 7;
+
+/// Delay and loss on one member, from [`StatefulSet::shape`].
+pub struct Shaping {
+    ordinal: usize,
+    /// The NFQUEUE delayer, when the kernel has no `sch_netem`.
+    delayer: Option<crate::netdelay::Delayer>,
+}
 
 /// The loopback ports one ordinal's client and HTTP ports are published on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -909,6 +932,194 @@ impl StatefulSet {
     }
 
     // -----------------------------------------------------------------------------------
+    // Faults from the host: one-way partitions, delay and loss, a frozen process
+    // -----------------------------------------------------------------------------------
+
+    /// The host tools the network faults run (`nsenter`, `iptables`, `tc`): `Err` names the
+    /// missing ones. Needs root as well.
+    pub fn fault_tools() -> Result<(), String> {
+        let missing: Vec<&str> = ["nsenter", "iptables", "tc"]
+            .into_iter()
+            .filter(|tool| {
+                !std::env::var_os("PATH").is_some_and(|path| {
+                    std::env::split_paths(&path).any(|dir| dir.join(tool).is_file())
+                })
+            })
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "missing on the host: {missing:?} (.ci/run installs them)"
+            ))
+        }
+    }
+
+    /// The host pid of ordinal `i`'s container process (0 when it is not running).
+    pub fn pid(&self, i: usize) -> u32 {
+        let out = docker_ok(&["inspect", "-f", "{{.State.Pid}}", &self.container(i)]);
+        out.stdout_str().trim().parse().unwrap_or(0)
+    }
+
+    /// Runs `args` on the host inside ordinal `i`'s network namespace (`nsenter -t <pid>
+    /// -n`; the image is `FROM scratch`, so the tools are the host's); panics unless it exits
+    /// 0.
+    pub fn in_netns(&self, i: usize, args: &[&str]) -> Output {
+        let out = self.try_in_netns(i, args);
+        assert!(
+            out.status.success(),
+            "nsenter -n {args:?} in {} failed\n{out}",
+            pod_name(i)
+        );
+        out
+    }
+
+    /// [`StatefulSet::in_netns`] without the check of the exit status.
+    pub fn try_in_netns(&self, i: usize, args: &[&str]) -> Output {
+        let pid = self.pid(i);
+        assert!(pid != 0, "{} is not running", pod_name(i));
+        let mut cmd = Command::new("nsenter");
+        cmd.args(["-t", &pid.to_string(), "-n"]).args(args);
+        run_cmd(cmd, DOCKER_DEADLINE).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A one-way partition: ordinal `i` drops every packet from each of `from` (`iptables
+    /// -A INPUT -s <ip> -j DROP` in its network namespace). It still sends to them, and hears
+    /// nothing back; clients on the published ports still reach it.
+    pub fn drop_from(&self, i: usize, from: &[usize]) {
+        self.input_rules(i, from, "-A");
+    }
+
+    /// Deletes the rules of [`StatefulSet::drop_from`].
+    pub fn undrop_from(&self, i: usize, from: &[usize]) {
+        self.input_rules(i, from, "-D");
+    }
+
+    fn input_rules(&self, i: usize, from: &[usize], op: &str) {
+        for &j in from {
+            let ip = self
+                .ip(j)
+                .unwrap_or_else(|| panic!("{} has no IP", pod_name(j)))
+                .to_string();
+            self.in_netns(i, &["iptables", "-w", op, "INPUT", "-s", &ip, "-j", "DROP"]);
+        }
+    }
+
+    /// Delays everything ordinal `i` sends on `eth0` (peers and clients alike) by `delay ±
+    /// jitter` and drops `loss_percent` % of it: `tc qdisc replace dev eth0 root netem delay
+    /// D J loss L%` in its network namespace, or, on a kernel without `sch_netem`, the same
+    /// done by an NFQUEUE listener in this process ([`crate::netdelay`]) fed by an iptables
+    /// rule. Undo with [`StatefulSet::unshape`].
+    pub fn shape(&self, i: usize, delay: Duration, jitter: Duration, loss_percent: f64) -> Shaping {
+        let tc = self.try_in_netns(
+            i,
+            &[
+                "tc",
+                "qdisc",
+                "replace",
+                "dev",
+                "eth0",
+                "root",
+                "netem",
+                "delay",
+                &format!("{}ms", delay.as_millis()),
+                &format!("{}ms", jitter.as_millis()),
+                "loss",
+                &format!("{loss_percent}%"),
+            ],
+        );
+        if tc.status.success() {
+            return Shaping {
+                ordinal: i,
+                delayer: None,
+            };
+        }
+        assert!(
+            tc.stderr.contains("qdisc kind is unknown"),
+            "tc netem in {}\n{tc}",
+            pod_name(i)
+        );
+        let delayer = crate::netdelay::Delayer::start(
+            self.pid(i),
+            NFQUEUE,
+            delay,
+            jitter,
+            loss_percent / 100.0,
+            crate::SplitMix64::seed_from_env_or_clock() ^ i as u64,
+        )
+        .unwrap_or_else(|e| panic!("NFQUEUE delayer for {}: {e}", pod_name(i)));
+        let q = NFQUEUE.to_string();
+        self.in_netns(
+            i,
+            &[
+                "iptables",
+                "-w",
+                "-A",
+                "OUTPUT",
+                "-o",
+                "eth0",
+                "-j",
+                "NFQUEUE",
+                "--queue-num",
+                &q,
+                "--queue-bypass",
+            ],
+        );
+        Shaping {
+            ordinal: i,
+            delayer: Some(delayer),
+        }
+    }
+
+    /// Undoes [`StatefulSet::shape`]; says how (`tc netem`, or the delayer's counts).
+    pub fn unshape(&self, shaping: Shaping) -> String {
+        let i = shaping.ordinal;
+        match shaping.delayer {
+            None => {
+                self.in_netns(i, &["tc", "qdisc", "del", "dev", "eth0", "root"]);
+                "tc netem".into()
+            }
+            Some(delayer) => {
+                let q = NFQUEUE.to_string();
+                self.in_netns(
+                    i,
+                    &[
+                        "iptables",
+                        "-w",
+                        "-D",
+                        "OUTPUT",
+                        "-o",
+                        "eth0",
+                        "-j",
+                        "NFQUEUE",
+                        "--queue-num",
+                        &q,
+                        "--queue-bypass",
+                    ],
+                );
+                let stats = delayer
+                    .stop()
+                    .unwrap_or_else(|e| panic!("NFQUEUE delayer for {}: {e}", pod_name(i)));
+                format!(
+                    "NFQUEUE delayer (no sch_netem): {} packets delayed, {} dropped",
+                    stats.delayed, stats.dropped
+                )
+            }
+        }
+    }
+
+    /// `docker pause`: freezes every process of ordinal `i` (the cgroup freezer, like
+    /// SIGSTOP); its sockets stay open and queue what arrives.
+    pub fn pause(&self, i: usize) {
+        docker_ok(&["pause", &self.container(i)]);
+    }
+
+    /// `docker unpause`.
+    pub fn unpause(&self, i: usize) {
+        docker_ok(&["unpause", &self.container(i)]);
+    }
+
+    // -----------------------------------------------------------------------------------
     // Clients
     // -----------------------------------------------------------------------------------
 
@@ -1194,19 +1405,44 @@ impl StatefulSet {
     /// Writes `<prefix>/00000..` = `<prefix>-value-<n>` through ordinal `i` with 8 concurrent
     /// clients; panics unless every one is acknowledged. Returns what was written.
     pub fn put_many(&self, i: usize, prefix: &str, count: usize) -> BTreeMap<String, String> {
+        let written = self.put_values(i, prefix, count, |prefix, n| {
+            format!("{prefix}-value-{n}").into_bytes()
+        });
+        written
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8(v).expect("UTF-8 values")))
+            .collect()
+    }
+
+    /// Writes `<prefix>/00000..` = [`blob`]`(n, size)` through ordinal `i` with 8 concurrent
+    /// clients; panics unless every one is acknowledged. Returns the keys.
+    pub fn put_blobs(&self, i: usize, prefix: &str, count: usize, size: usize) -> Vec<String> {
+        self.put_values(i, prefix, count, move |_, n| blob(n, size))
+            .into_keys()
+            .collect()
+    }
+
+    fn put_values(
+        &self,
+        i: usize,
+        prefix: &str,
+        count: usize,
+        value_of: impl Fn(&str, usize) -> Vec<u8> + Send + Sync + 'static,
+    ) -> BTreeMap<String, Vec<u8>> {
         let channel = self.channel(i, Duration::from_secs(10));
         let prefix = prefix.to_string();
+        let value_of = Arc::new(value_of);
         let result = self.rt.block_on(async move {
             let tasks = 8;
             let mut handles = Vec::new();
             for t in 0..tasks {
                 let mut kv = KvClient::new(channel.clone());
-                let prefix = prefix.clone();
+                let (prefix, value_of) = (prefix.clone(), value_of.clone());
                 handles.push(tokio::spawn(async move {
                     let mut written = Vec::new();
                     for n in (t..count).step_by(tasks) {
                         let key = format!("{prefix}/{n:05}");
-                        let value = format!("{prefix}-value-{n}");
+                        let value = value_of(&prefix, n);
                         kv.put(PutRequest {
                             key: Bytes::from(key.clone()),
                             value: Bytes::from(value.clone()),
@@ -1228,6 +1464,48 @@ impl StatefulSet {
         let written = result.unwrap_or_else(|e| panic!("{e}\n{}", self.logs_all()));
         assert_eq!(written.len(), count);
         written
+    }
+
+    /// How many keys under `prefix` ordinal `i` serves with `consistency` (a count-only
+    /// range: nothing is transferred).
+    pub fn try_count(
+        &self,
+        i: usize,
+        prefix: &str,
+        consistency: Consistency,
+    ) -> Result<u64, String> {
+        let mut kv = KvClient::new(self.channel(i, Duration::from_secs(10)));
+        self.rt.block_on(async move {
+            kv.range(RangeRequest {
+                prefix: Bytes::from(prefix.to_string()),
+                count_only: true,
+                consistency: consistency as i32,
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner().count)
+            .map_err(|e| format!("count via ordkv-{i}: {:?} {}", e.code(), e.message()))
+        })
+    }
+
+    /// Gets `key`'s raw value through ordinal `i` (large values too): `Ok(None)` when absent.
+    pub fn try_get_bytes(
+        &self,
+        i: usize,
+        key: &str,
+        consistency: Consistency,
+    ) -> Result<Option<Bytes>, String> {
+        let mut kv = KvClient::new(self.channel(i, Duration::from_secs(10)));
+        self.rt.block_on(async move {
+            kv.get(GetRequest {
+                key: Bytes::from(key.to_string()),
+                consistency: consistency as i32,
+                min_revision: 0,
+            })
+            .await
+            .map(|r| r.into_inner().kv.map(|kv| kv.value))
+            .map_err(|e| format!("get {key} via ordkv-{i}: {:?} {}", e.code(), e.message()))
+        })
     }
 
     /// Gets `key` through ordinal `i`: `Ok(None)` when absent.
@@ -1398,6 +1676,15 @@ impl Drop for StatefulSet {
         }
         self.cleanup();
     }
+}
+
+/// Value `n` of [`StatefulSet::put_blobs`]: `size` bytes, `blob-<n>:` then bytes that vary
+/// with `n`.
+pub fn blob(n: usize, size: usize) -> Vec<u8> {
+    let mut v = format!("blob-{n:05}:").into_bytes();
+    v.extend((0..size.saturating_sub(v.len())).map(|j| (j.wrapping_mul(31) ^ n) as u8));
+    v.truncate(size);
+    v
 }
 
 /// A lazily connecting channel to `addr` with a per-request deadline (needs a runtime).

@@ -27,8 +27,10 @@ use tonic::transport::{Channel, Endpoint};
 
 pub mod cluster;
 pub mod containers;
+pub mod history;
 pub mod kube_api;
 pub mod linearizability;
+pub mod netdelay;
 
 /// How long a node may take to become ready.
 pub const READY_DEADLINE: Duration = Duration::from_secs(20);
