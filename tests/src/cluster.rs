@@ -361,6 +361,47 @@ impl Cluster {
         }
     }
 
+    /// Waits until `of` serve identical full ranges (keys, values, revisions) from their local
+    /// state and report the same revision, at `revision` or later; returns that range. Members that all restarted can agree on an older
+    /// state for a moment: each serves what it had applied until the leader's commit index
+    /// reaches them again.
+    pub async fn converged_at_least(&self, of: &[usize], revision: u64) -> Vec<KeyValue> {
+        self.wait_until(
+            &format!("members {of:?} hold identical data at revision {revision} or later"),
+            CONVERGE,
+            || async {
+                let mut first: Option<(usize, Vec<KeyValue>, u64)> = None;
+                for &i in of {
+                    let kvs = self
+                        .try_range(i, Consistency::Serializable)
+                        .await
+                        .map_err(|e| format!("range on kv-{i}: {e:?}"))?;
+                    let revision = self.try_status(i).await?.revision;
+                    match &first {
+                        None => first = Some((i, kvs, revision)),
+                        Some((j, other, rev)) => {
+                            if *other != kvs || *rev != revision {
+                                return Err(format!(
+                                    "kv-{j} has {} keys at revision {rev}, kv-{i} has {} keys at \
+                                     revision {revision}",
+                                    other.len(),
+                                    kvs.len()
+                                ));
+                            }
+                        }
+                    }
+                }
+                match first {
+                    Some((j, _, rev)) if rev < revision => {
+                        Err(format!("kv-{j} and the others are at revision {rev}"))
+                    }
+                    first => Ok(first.map(|(_, kvs, _)| kvs).unwrap_or_default()),
+                }
+            },
+        )
+        .await
+    }
+
     /// Waits until `members` agree on one leader: each answers, all report the same leader
     /// and term, and the leader is one of them and reports itself. Returns its ordinal.
     pub async fn leader_among(&self, members: &[usize]) -> usize {

@@ -156,44 +156,9 @@ async fn converged(c: &Cluster, of: &[usize]) -> Vec<KeyValue> {
     converged_at_least(c, of, 0).await
 }
 
-/// [`converged`] at `revision` or later. Members that all restarted can agree on an older
-/// state for a moment: each serves what it had applied until the leader's commit index
-/// reaches them again.
+/// [`Cluster::converged_at_least`].
 async fn converged_at_least(c: &Cluster, of: &[usize], revision: u64) -> Vec<KeyValue> {
-    c.wait_until(
-        &format!("members {of:?} hold identical data at revision {revision} or later"),
-        CONVERGE,
-        || async {
-            let mut first: Option<(usize, Vec<KeyValue>, u64)> = None;
-            for &i in of {
-                let kvs = c
-                    .try_range(i, Consistency::Serializable)
-                    .await
-                    .map_err(|e| format!("range on kv-{i}: {e:?}"))?;
-                let revision = c.try_status(i).await?.revision;
-                match &first {
-                    None => first = Some((i, kvs, revision)),
-                    Some((j, other, rev)) => {
-                        if *other != kvs || *rev != revision {
-                            return Err(format!(
-                                "kv-{j} has {} keys at revision {rev}, kv-{i} has {} keys at \
-                                 revision {revision}",
-                                other.len(),
-                                kvs.len()
-                            ));
-                        }
-                    }
-                }
-            }
-            match first {
-                Some((j, _, rev)) if rev < revision => {
-                    Err(format!("kv-{j} and the others are at revision {rev}"))
-                }
-                first => Ok(first.map(|(_, kvs, _)| kvs).unwrap_or_default()),
-            }
-        },
-    )
-    .await
+    c.converged_at_least(of, revision).await
 }
 
 /// Waits until every one of `of` reports `expected` as the membership and `cluster_id`.

@@ -7,6 +7,7 @@
 
 mod apply;
 mod codec;
+pub mod crash;
 mod durability;
 mod log_store;
 mod snapshot;
@@ -73,9 +74,12 @@ pub fn open(dir: &Path, opts: &StoreOptions) -> io::Result<(LogStore, StateMachi
     let wal = wal::Wal::open(&dir.join("wal"), LogStore::purged_index(&db)?)?;
     let synced = wal.clone();
     let wal_sync = Durability::start("ordkv-wal-sync", "wal", failed, move || {
+        crash::point("wal.before_sync");
         synced
             .sync()
-            .map_err(|e| format!("fdatasync of the raft log: {e}"))
+            .map_err(|e| format!("fdatasync of the raft log: {e}"))?;
+        crash::point("wal.after_sync");
+        Ok(())
     })?;
     let log = LogStore::new(&db, wal, wal_sync, db_sync.clone())?;
     let sm = StateMachine::open(

@@ -139,6 +139,7 @@ fn copy_keys(sm: &StateMachine, path: &Path) -> io::Result<()> {
     for item in sm.shared.kv.iter() {
         let (k, v) = item.map_err(sled_err)?;
         write_record(&mut w, &k, &v)?;
+        crate::crash::point("snapshot.build");
     }
     w.flush()
 }
@@ -370,6 +371,9 @@ pub(crate) fn install(
             }
         }
         sh.kv.apply_batch(batch).map_err(sled_err)?;
+        crate::crash::point_with("snapshot.install", || {
+            let _ = sh.db.flush();
+        });
 
         let st = SmState {
             applied: meta.last_log_id,

@@ -314,6 +314,9 @@ impl StateMachine {
                     r
                 }
                 EntryPayload::Membership(m) => {
+                    if m.get_joint_config().len() > 1 {
+                        crate::crash::point("apply.joint_membership");
+                    }
                     next.membership = StoredMembership::new(Some(entry.log_id), m);
                     pb::CommandResponse {
                         revision: next.revision,
@@ -366,6 +369,9 @@ impl StateMachine {
             }
             .map_err(sled_err)?;
         }
+        crate::crash::point_with("apply.mid_batch", || {
+            let _ = sh.db.flush();
+        });
         sh.meta
             .insert(
                 STATE,

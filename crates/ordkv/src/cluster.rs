@@ -31,6 +31,7 @@ use crate::membership::Membership;
 use crate::pb;
 use crate::peer::{PEER_CALL_TIMEOUT, from_status, peer_member};
 use crate::replica::Replica;
+use crate::retention::Retention;
 
 /// How long a join may take: the leader waits for the learner to catch up.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
@@ -57,6 +58,8 @@ pub(crate) struct Lifecycle {
     /// This member as the cluster records it.
     me: MemberNode,
     peers: Peers,
+    /// How much Raft log to keep behind the snapshot (this task purges it).
+    retention: Retention,
     last_wait_log: Instant,
 }
 
@@ -78,6 +81,7 @@ impl Lifecycle {
             me: member_record(identity, config),
             identity: identity.clone(),
             peers: config.peers.clone(),
+            retention: Retention::for_snapshot_every(config.snapshot_every_entries),
             last_wait_log: Instant::now() - Duration::from_secs(60),
         }
     }
@@ -186,6 +190,14 @@ impl Lifecycle {
                 }
             }
             return Ok(());
+        }
+        if let Some(upto) = self.retention.purge_upto_from(&replica.metrics()) {
+            replica
+                .raft
+                .trigger()
+                .purge_log(upto)
+                .await
+                .map_err(node_stopped)?;
         }
         let status = replica.status();
         if !status.is_leader && !replica.removed() {

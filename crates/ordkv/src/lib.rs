@@ -27,6 +27,7 @@ mod peer;
 mod read_index;
 mod replica;
 mod resolve;
+mod retention;
 mod space;
 mod status;
 #[cfg(test)]

@@ -23,6 +23,7 @@ use crate::peer::PeerShared;
 use crate::peer::client::PeerNetwork;
 use crate::read_index::Reads;
 use crate::replica::{NodeStatus, Replica};
+use crate::retention::Retention;
 use crate::writes::Writer;
 
 struct Inner {
@@ -59,8 +60,12 @@ fn raft_config(config: &NodeConfig) -> Result<Arc<openraft::Config>> {
         max_payload_entries: 64,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
         // Entries kept behind a snapshot, so a briefly lagging follower catches up from the
-        // log rather than a whole snapshot.
-        max_in_snapshot_log_to_keep: config.snapshot_every_entries.min(1000),
+        // log rather than a whole snapshot. With peers the lifecycle purges instead, keeping
+        // what followers need next (`retention`).
+        max_in_snapshot_log_to_keep: match config.peers {
+            Peers::None => Retention::for_snapshot_every(config.snapshot_every_entries).keep,
+            _ => u64::MAX,
+        },
         // A member that was cut off must not raise the term and depose a healthy leader
         // when it comes back.
         enable_pre_vote: Some(true),
