@@ -500,6 +500,8 @@ pub struct StatefulSet {
     pods: BTreeSet<usize>,
     /// Ordinals whose volume exists.
     volumes: BTreeSet<usize>,
+    /// `docker volume create --opt` values of every volume (see [`StatefulSet::small_volumes`]).
+    volume_opts: Vec<String>,
     /// Full logs of removed containers, captured before removal: (title, logs).
     past_logs: Mutex<Vec<(String, String)>>,
     /// Set once a panic message carried the logs (so drop does not print them again).
@@ -538,6 +540,7 @@ impl StatefulSet {
             ports: BTreeMap::new(),
             pods: BTreeSet::new(),
             volumes: BTreeSet::new(),
+            volume_opts: Vec::new(),
             past_logs: Mutex::new(Vec::new()),
             logs_shown: AtomicBool::new(false),
             clients: AtomicUsize::new(0),
@@ -571,6 +574,26 @@ impl StatefulSet {
     pub fn env(mut self, key: &str, value: &str) -> StatefulSet {
         self.env.push((key.to_string(), value.to_string()));
         self
+    }
+
+    /// Data volumes of `size_mb` MiB each (tmpfs volumes: a small disk that fills up). Their
+    /// content is gone when the pod stops, so not for restart scenarios.
+    pub fn small_volumes(mut self, size_mb: u64) -> StatefulSet {
+        self.volume_opts = vec![
+            "type=tmpfs".into(),
+            "device=tmpfs".into(),
+            format!("o=size={size_mb}m"),
+        ];
+        self
+    }
+
+    /// Ordinal `i`'s data volume as the host sees it, through the running container's root
+    /// (`/proc/<pid>/root/data`): files put there take its space (the image has no tools).
+    pub fn data_path(&self, i: usize) -> std::path::PathBuf {
+        let out = docker(&["inspect", "-f", "{{.State.Pid}}", &self.container(i)]);
+        let pid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(pid != "0" && !pid.is_empty(), "ordkv-{i} is not running");
+        std::path::PathBuf::from(format!("/proc/{pid}/root/data"))
     }
 
     /// Serves the pods the Kubernetes API slice they read their StatefulSet from
@@ -682,6 +705,9 @@ impl StatefulSet {
         if self.volumes.insert(i) {
             let mut args = vec!["volume".to_string(), "create".into()];
             args.extend(self.labels());
+            for opt in &self.volume_opts {
+                args.extend(["--opt".to_string(), opt.clone()]);
+            }
             args.push(self.volume(i));
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             docker_ok(&args);

@@ -25,8 +25,10 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ordkv_proto::v1::Consistency;
+use ordkv_proto::v1::PutRequest;
+use ordkv_proto::v1::kv_client::KvClient;
 use ordkv_tests::containers::{
-    CONVERGE, LoadReport, StatefulSet, WriteLoad, blob, pod_name, voters,
+    CONVERGE, LoadReport, StatefulSet, WriteLoad, blob, channel_to, pod_name, voters,
 };
 use ordkv_tests::history::{HistoryLoad, HistoryReport};
 use ordkv_tests::linearizability::CheckResult;
@@ -62,10 +64,14 @@ impl Run {
     /// Creates 3 members with `env`, waits until they are ready and agree on a leader of 3
     /// voters, starts the loads and lets them run [`SETTLE`].
     fn start(test: &str, env: &[(&str, &str)]) -> Run {
+        Run::start_on(StatefulSet::new(test), test, env)
+    }
+
+    /// [`Run::start`] on a set configured beforehand (e.g. with small volumes).
+    fn start_on(mut sts: StatefulSet, test: &str, env: &[(&str, &str)]) -> Run {
         if let Err(e) = StatefulSet::fault_tools() {
             panic!("{test} injects faults from the host: {e}");
         }
-        let mut sts = StatefulSet::new(test);
         for (k, v) in env {
             sts = sts.env(k, v);
         }
@@ -778,4 +784,111 @@ fn a_leader_frozen_past_the_election_timeout_serves_nothing_stale_when_it_thaws(
     let target = run.commit_now();
     let converged = run.caught_up(target, thawed);
     run.finish(name, thawed, converged);
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. A disk that fills up
+// ---------------------------------------------------------------------------------------
+
+/// Each member's volume: a 512 MiB tmpfs.
+const SMALL_DISK_MB: u64 = 512;
+/// `--min-free-bytes` of the members: 96 MiB.
+const RESERVE: &str = "100663296";
+/// Space taken on every volume by a file that is not ordkv's, removed to give space back.
+const FILLER_MB: usize = 160;
+
+/// The volumes fill up under the checked load and 1 MiB puts: the leader refuses writes
+/// that add data with RESOURCE_EXHAUSTED (not applied) saying the disk is short, before it
+/// is full; linearizable reads go on on every member; once space is back (a file that is
+/// not ordkv's removed) writes are accepted again without a restart; nothing acknowledged
+/// is lost and the history stays linearizable.
+#[test]
+fn a_filling_disk_refuses_writes_before_it_is_full_and_takes_them_again_when_space_is_back() {
+    let _serial = one_at_a_time();
+    let sts = StatefulSet::new("disk-full").small_volumes(SMALL_DISK_MB);
+    let run = Run::start_on(sts, "disk-full", &[("ORDKV_MIN_FREE_BYTES", RESERVE)]);
+    let (sts, l) = (&run.sts, run.leader);
+    let fillers: Vec<_> = (0..3).map(|i| sts.data_path(i).join("filler")).collect();
+    for f in &fillers {
+        std::fs::write(f, vec![0u8; FILLER_MB << 20]).expect("write the filler file");
+    }
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let mut kv = {
+        let _in_rt = rt.enter();
+        KvClient::new(channel_to(sts.client_addr(l), Duration::from_secs(10)))
+    };
+    let started = Instant::now();
+    let mut acked = 0;
+    let refused = loop {
+        let put = rt.block_on(kv.put(PutRequest {
+            key: format!("fill/{acked:04}").into(),
+            value: blob(acked, BLOB_SIZE).into(),
+            prev_kv: false,
+        }));
+        match put {
+            Ok(_) => acked += 1,
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => break s,
+            Err(s) => panic!("put {acked} failed otherwise: {s:?}\n{}", sts.logs_all()),
+        }
+        assert!(
+            acked < SMALL_DISK_MB as usize,
+            "{acked} MiB written to {SMALL_DISK_MB} MiB disks and never refused"
+        );
+    };
+    sts.say(&format!(
+        "disk-full: refused after {acked} puts of 1 MiB ({}): {}",
+        secs(started.elapsed()),
+        refused.message()
+    ));
+    assert!(
+        refused.message().contains("bytes free"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(
+        refused
+            .metadata()
+            .get(ordkv_proto::WRITE_OUTCOME_METADATA_KEY)
+            .and_then(|v| v.to_str().ok()),
+        Some(ordkv_proto::NOT_APPLIED)
+    );
+    // Linearizable reads go on everywhere while writes are refused.
+    for i in 0..3 {
+        let got = sts
+            .try_get_bytes(i, "fill/0000", Consistency::Linearizable)
+            .unwrap_or_else(|e| panic!("read on {} while the disk is short: {e}", pod_name(i)));
+        assert_eq!(
+            got.as_deref(),
+            Some(&blob(0, BLOB_SIZE)[..]),
+            "{}",
+            pod_name(i)
+        );
+    }
+    // Space comes back: writes are taken again.
+    for f in &fillers {
+        std::fs::remove_file(f).expect("remove the filler file");
+    }
+    let back = Instant::now();
+    sts.wait_until("writes are accepted again", Duration::from_secs(10), || {
+        sts.try_put(l, "after-the-disk", "space is back")
+            .map(|_| ())
+    });
+    sts.say(&format!(
+        "disk-full: writes accepted again {} after space came back",
+        secs(back.elapsed())
+    ));
+    let catch_up = run.caught_up(run.commit_now(), back);
+    let (_, report) = run.finish("disk-full", back, catch_up);
+    // Refused through any member, a write says why the same way (forwarded ones too).
+    let other: Vec<_> = report
+        .errors
+        .iter()
+        .filter(|(kind, (_, message))| {
+            message.contains("no space") && !kind.contains("ResourceExhausted")
+        })
+        .collect();
+    assert!(
+        other.is_empty(),
+        "refusals for space with another code: {other:?}"
+    );
 }

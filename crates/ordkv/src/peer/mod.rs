@@ -197,6 +197,7 @@ pub(crate) fn to_status(e: crate::Error) -> tonic::Status {
         E::Unavailable(m) => PeerError::NotApplied.tag(tonic::Status::unavailable(m)),
         E::OutcomeUnknown(m) => PeerError::OutcomeUnknown.tag(tonic::Status::unavailable(m)),
         E::DeadlineExceeded(m) => tonic::Status::deadline_exceeded(m),
+        E::NoSpace(m) => tonic::Status::resource_exhausted(m),
         other => tonic::Status::internal(other.to_string()),
     }
 }
@@ -219,6 +220,7 @@ pub(crate) fn from_status(s: tonic::Status) -> crate::Error {
     match s.code() {
         tonic::Code::InvalidArgument => E::InvalidArgument(s.message().to_string()),
         tonic::Code::DeadlineExceeded => E::DeadlineExceeded(s.message().to_string()),
+        tonic::Code::ResourceExhausted => E::NoSpace(s.message().to_string()),
         _ if never_sent(&s) => E::Unavailable(format!("peer unreachable: {}", s.message())),
         // `Unknown` is how tonic reports a dropped connection.
         tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown => {
@@ -256,5 +258,33 @@ pub(crate) fn peer_member(node_id: u64, n: &MemberNode, voter: bool) -> pb::Peer
         peer_addr: n.peer_addr.clone(),
         client_addr: n.client_addr.clone(),
         voter,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Error as E;
+
+    #[test]
+    fn errors_cross_the_peer_protocol_with_their_kind() {
+        let errors = [
+            E::NotLeader {
+                leader_client_addr: None,
+            },
+            E::Unavailable("no leader".into()),
+            E::OutcomeUnknown("lost".into()),
+            E::NoSpace("disk".into()),
+            E::InvalidArgument("empty key".into()),
+            E::DeadlineExceeded("slow".into()),
+        ];
+        for e in errors {
+            let back = from_status(to_status(e.clone()));
+            assert_eq!(
+                std::mem::discriminant(&back),
+                std::mem::discriminant(&e),
+                "{e:?} came back as {back:?}"
+            );
+        }
     }
 }
