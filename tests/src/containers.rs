@@ -319,8 +319,8 @@ pub struct MemberStatus {
     pub node_id: u64,
     /// Whether the answering member reaches it.
     pub reachable: bool,
-    /// Its applied index as the answering member knows it.
-    pub applied_index: u64,
+    /// Its applied index as the answering member knows it (`None`: unknown to it).
+    pub applied_index: Option<u64>,
 }
 
 /// `ordkv cluster status -o json`.
@@ -364,7 +364,7 @@ impl Status {
                 role: m["role"].as_str().unwrap_or_default().to_string(),
                 node_id: u64_of(m, "node_id")?,
                 reachable: m["reachable"].as_bool().unwrap_or(false),
-                applied_index: u64_of(m, "applied_index")?,
+                applied_index: m["applied_index"].as_u64(),
             });
         }
         members.sort_by_key(|m| m.ordinal);
