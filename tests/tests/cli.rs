@@ -566,6 +566,18 @@ async fn commands_fail_over_past_a_stopped_member_and_status_shows_unknowns() {
         .split_whitespace()
         .collect();
     assert_eq!(row[row.len() - 3..], ["-", "no", "-"], "{text}");
+
+    // A membership command fails over too (and reaches the leader from a follower).
+    let out = cli_at(
+        &endpoints,
+        &["cluster", "transfer-leader", &other.to_string()],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "cluster transfer-leader {other}\n{out}"
+    );
+    assert_eq!(c.leader_among(&[leader, other]).await, other);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
