@@ -1060,6 +1060,30 @@ mod tests {
     }
 
     #[test]
+    fn only_the_leaders_own_answer_is_the_leaders_view() {
+        use ordkv_proto::v1::Member;
+        let member = |ordinal: u32| Member {
+            ordinal,
+            name: format!("kv-{ordinal}"),
+            ..Default::default()
+        };
+        let s = StatusResponse {
+            leader: Some(1),
+            member: "kv-1".into(),
+            members: vec![member(0), member(1)],
+            ..Default::default()
+        };
+        assert!(from_leader(&s));
+        let follower = StatusResponse {
+            member: "kv-0".into(),
+            ..s.clone()
+        };
+        assert!(!from_leader(&follower));
+        let no_leader = StatusResponse { leader: None, ..s };
+        assert!(!from_leader(&no_leader));
+    }
+
+    #[test]
     fn waited_names_the_deadline_or_the_time_taken() {
         let secs = Duration::from_secs;
         assert_eq!(waited(Duration::from_millis(1004), Some(secs(1))), "1s");

@@ -297,9 +297,14 @@ impl Client {
                     if retry == Retry::NotApplied {
                         set_outcome(&mut status, WriteOutcome::Unknown);
                     }
+                    // The endpoint that was reached is the one to name and ask next.
+                    self.current.store(idx, Ordering::Relaxed);
                     return Err(status.into());
                 }
-                Err(status) => return Err(status.into()),
+                Err(status) => {
+                    self.current.store(idx, Ordering::Relaxed);
+                    return Err(status.into());
+                }
             }
         }
         let message = if n == 1 {
@@ -314,7 +319,8 @@ impl Client {
         Err(status.into())
     }
 
-    /// The endpoint (as given) that requests go to first: the one that answered last.
+    /// The endpoint (as given) that requests go to first: the one that answered last (with
+    /// a result or an error other than unreachable).
     pub fn preferred_endpoint(&self) -> &str {
         &self.channels[self.current.load(Ordering::Relaxed) % self.channels.len()].0
     }
@@ -860,6 +866,21 @@ mod tests {
         assert_eq!(err.write_outcome(), Some(WriteOutcome::Unknown), "{err}");
         assert_eq!(first_calls.load(Ordering::SeqCst), 1);
         assert_eq!(second_calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn the_endpoint_that_answered_an_error_is_the_preferred_one() {
+        let (slow, _) = fake(|| Ok(()), Duration::from_secs(5)).await;
+        let c = Client::connect(&["127.0.0.1:1".into(), slow.clone()])
+            .await
+            .unwrap()
+            .with_timeout(Some(Duration::from_millis(200)));
+        assert_eq!(c.preferred_endpoint(), "127.0.0.1:1");
+        let err = c.put_value("k", "v").await.unwrap_err();
+        assert_eq!(err.code(), Some(Code::DeadlineExceeded), "{err}");
+        assert_eq!(c.preferred_endpoint(), slow);
+        c.prefer_next_endpoint();
+        assert_eq!(c.preferred_endpoint(), "127.0.0.1:1");
     }
 
     #[tokio::test]
