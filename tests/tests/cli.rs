@@ -580,33 +580,69 @@ async fn commands_fail_over_past_a_stopped_member_and_status_shows_unknowns() {
     assert_eq!(c.leader_among(&[leader, other]).await, other);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watch_resumes_on_another_member_without_gaps_or_duplicates() {
-    let (mut c, leader, first) = three_members().await;
+/// Creates `key` = `v-<key>` exactly once through `client`, retrying across an election: a
+/// create-if-absent cannot be applied twice, whatever the outcome of a failed attempt.
+async fn create_once(client: &ordkv_client::Client, key: &str) {
+    let req = TxnRequest {
+        compare: vec![ordkv_proto::v1::Compare {
+            result: ordkv_proto::v1::compare::Result::Equal as i32,
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            target: Some(ordkv_proto::v1::compare::Target::CreateRevision(0)),
+        }],
+        success: vec![RequestOp {
+            request: Some(request_op::Request::Put(PutRequest {
+                key: Bytes::copy_from_slice(key.as_bytes()),
+                value: Bytes::from(format!("v-{key}")),
+                prev_kv: false,
+            })),
+        }],
+        failure: vec![],
+    };
+    let until = Instant::now() + CONVERGE;
+    loop {
+        match client.txn(req.clone()).await {
+            Ok(_) => return,
+            Err(e)
+                if Instant::now() < until
+                    && e.code() != Some(ordkv_client::Code::InvalidArgument) =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("create {key}: {e}"),
+        }
+    }
+}
+
+/// `ordkv watch` over three endpoints, reading from kv-`first`; `first` stops (SIGTERM)
+/// while writes go on: every event is printed once, in order.
+async fn watch_survives_the_stop_of_its_member(stop_leader: bool) {
+    let (mut c, leader, follower) = three_members().await;
+    let first = if stop_leader { leader } else { follower };
     let endpoints: Vec<String> = std::iter::once(first)
         .chain((0..3).filter(|&i| i != first))
         .map(|i| c.node(i).client_addr())
         .collect();
-    let kv = c.kv(leader);
-    let put = |key: String| {
-        let req = PutRequest {
-            key: key.clone().into(),
-            value: Bytes::from(format!("v-{key}")),
-            prev_kv: false,
-        };
-        let mut kv = kv.clone();
-        async move {
-            let resp = kv
-                .put(req)
-                .await
-                .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
-            resp.into_inner().header.map_or(0, |h| h.revision)
-        }
-    };
+    // The writer tries the member that stops last.
+    let mut writer_endpoints = endpoints.clone();
+    writer_endpoints.rotate_left(1);
+    let writer = ordkv_client::Client::connect(&writer_endpoints)
+        .await
+        .unwrap()
+        .with_timeout(Some(Duration::from_secs(5)));
     let line = |key: &str| format!("PUT {key} v-{key}\n");
 
     // Watched from the first write on, so that every event is expected.
-    let start = put("w/00".into()).await;
+    create_once(&writer, "w/00").await;
+    let start = writer
+        .get(GetRequest {
+            key: Bytes::from_static(b"w/00"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .kv
+        .expect("w/00")
+        .mod_revision;
     let mut cmd = ordkv_command();
     cmd.args([
         "watch",
@@ -619,7 +655,7 @@ async fn watch_resumes_on_another_member_without_gaps_or_duplicates() {
     let mut watch = LineChild::spawn(cmd);
     let mut expected = vec![line("w/00")];
     for i in 1..5 {
-        put(format!("w/{i:02}")).await;
+        create_once(&writer, &format!("w/{i:02}")).await;
         expected.push(line(&format!("w/{i:02}")));
     }
     let mut seen = Vec::new();
@@ -641,10 +677,10 @@ async fn watch_resumes_on_another_member_without_gaps_or_duplicates() {
         "kv-{first} did not stop on SIGTERM"
     );
     for i in 5..15 {
-        put(format!("w/{i:02}")).await;
+        create_once(&writer, &format!("w/{i:02}")).await;
         expected.push(line(&format!("w/{i:02}")));
     }
-    put("w/zz-last".into()).await;
+    create_once(&writer, "w/zz-last").await;
     expected.push(line("w/zz-last"));
     while seen.len() < expected.len() {
         match watch.next_line(Duration::from_secs(30)).await {
@@ -665,6 +701,16 @@ async fn watch_resumes_on_another_member_without_gaps_or_duplicates() {
         stderr.contains("resum"),
         "the watch did not say it resumed: {stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_resumes_on_another_member_when_its_follower_stops() {
+    watch_survives_the_stop_of_its_member(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_resumes_on_another_member_when_the_leader_it_reads_stops() {
+    watch_survives_the_stop_of_its_member(true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
