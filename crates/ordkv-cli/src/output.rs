@@ -125,6 +125,19 @@ pub fn status_table(s: &StatusResponse) -> String {
     if !s.scale_intent.is_empty() {
         out.push_str(&format!("scale intent: {}\n", s.scale_intent));
     }
+    let leader_name = s
+        .leader
+        .and_then(|o| s.members.iter().find(|m| m.ordinal == o))
+        .map(|m| m.name.as_str());
+    match leader_name {
+        Some(name) if name == s.member => {}
+        Some(name) => out.push_str(&format!(
+            "note: answered by {}, a follower ({name} could not be asked): other members' \
+             progress is unknown to it (-)\n",
+            s.member
+        )),
+        None => out.push_str("note: no leader known: other members' progress is unknown (-)\n"),
+    }
     out.push('\n');
     let mut rows = vec![
         [
@@ -323,11 +336,21 @@ mod tests {
         let text = status_table(&status());
         assert!(text.contains("leader: kv-0 (ordinal 0)"), "{text}");
         let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[3].starts_with("   ORDINAL  NAME"), "{text}");
-        assert!(lines[4].starts_with("*  0        kv-0  voter"), "{text}");
-        assert!(lines[5].contains("learner"), "{text}");
-        let unknown: Vec<&str> = lines[6].split_whitespace().collect();
+        // Answered by kv-1, a follower.
+        assert!(
+            lines[2].starts_with("note: answered by kv-1, a follower"),
+            "{text}"
+        );
+        assert!(lines[4].starts_with("   ORDINAL  NAME"), "{text}");
+        assert!(lines[5].starts_with("*  0        kv-0  voter"), "{text}");
+        assert!(lines[6].contains("learner"), "{text}");
+        let unknown: Vec<&str> = lines[7].split_whitespace().collect();
         assert_eq!(unknown[unknown.len() - 3..], ["-", "no", "-"], "{text}");
         assert!(text.lines().all(|l| l == l.trim_end()));
+        let at_leader = status_table(&StatusResponse {
+            member: "kv-0".into(),
+            ..status()
+        });
+        assert!(!at_leader.contains("note:"), "{at_leader}");
     }
 }
