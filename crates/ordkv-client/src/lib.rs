@@ -377,7 +377,11 @@ impl Client {
 
     /// Starts a watch. The first message has `created = true`; the stream then yields events
     /// until the server ends it or the stream is dropped. Endpoint failover only happens
-    /// while the watch is being established.
+    /// while the watch is being established; to resume after the stream ended with an error
+    /// (e.g. `UNAVAILABLE`: the member is shutting down), call
+    /// [`Client::prefer_next_endpoint`] and watch again from the revision after the last
+    /// event received (all events of one revision come in one message), as `ordkv watch`
+    /// does.
     pub async fn watch(&self, req: WatchRequest) -> Result<WatchStream> {
         let stream = self
             .call(req, |ch, r| async move { Self::kv(ch).watch(r).await })
@@ -542,10 +546,14 @@ fn with_outcome(mut status: Status) -> Status {
             | Code::Unimplemented
     );
     if !refused {
+        // A refused connection, or an HTTP/2 stream the server refused (REFUSED_STREAM, e.g.
+        // a member shutting down): HTTP/2 guarantees such a request was not processed.
         let never_sent = sources(&status).any(|e| {
+            let text = e.to_string();
             e.downcast_ref::<std::io::Error>()
                 .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
-                || e.to_string().starts_with("tcp connect error")
+                || text.starts_with("tcp connect error")
+                || text.contains("refused stream before processing any application logic")
         });
         let outcome = if never_sent {
             WriteOutcome::NotApplied
@@ -881,6 +889,22 @@ mod tests {
         assert_eq!(c.preferred_endpoint(), slow);
         c.prefer_next_endpoint();
         assert_eq!(c.preferred_endpoint(), "127.0.0.1:1");
+    }
+
+    #[test]
+    fn a_refused_stream_was_not_applied() {
+        let refused = Status::from_error(Box::new(std::io::Error::other(
+            "stream error received: refused stream before processing any application logic",
+        )));
+        assert_eq!(
+            outcome_of(&with_outcome(refused)),
+            Some(WriteOutcome::NotApplied)
+        );
+        let reset = Status::from_error(Box::new(std::io::Error::other("connection reset")));
+        assert_eq!(
+            outcome_of(&with_outcome(reset)),
+            Some(WriteOutcome::Unknown)
+        );
     }
 
     #[tokio::test]
