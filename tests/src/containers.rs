@@ -323,11 +323,12 @@ pub struct MemberStatus {
     pub node_id: u64,
     /// Whether the answering member reaches it.
     pub reachable: bool,
-    /// Its applied index as the answering member knows it (for a follower, the leader's
-    /// view is the last log index it is known to have).
-    pub applied_index: u64,
-    /// How many entries it trails the leader's last log index, when known (else 0).
-    pub lag: u64,
+    /// Its applied index as the answering member knows it (`None`: unknown to it; the
+    /// leader knows it of the members it reaches).
+    pub applied_index: Option<u64>,
+    /// How many entries it trails the leader's last log index (`None`: unknown; only the
+    /// leader knows).
+    pub lag: Option<u64>,
 }
 
 /// `ordkv cluster status -o json`.
@@ -373,8 +374,8 @@ impl Status {
                 role: m["role"].as_str().unwrap_or_default().to_string(),
                 node_id: u64_of(m, "node_id")?,
                 reachable: m["reachable"].as_bool().unwrap_or(false),
-                applied_index: u64_of(m, "applied_index")?,
-                lag: m["lag"].as_u64().unwrap_or(0),
+                applied_index: m["applied_index"].as_u64(),
+                lag: m["lag"].as_u64(),
             });
         }
         members.sort_by_key(|m| m.ordinal);

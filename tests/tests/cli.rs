@@ -1,11 +1,14 @@
 //! The `ordkv` client commands against a real node, checked byte for byte: the README flow,
-//! binary-safe stdin, `cluster status -o json`, `watch`, `scan`, `del`, `txn`, `compact`.
+//! binary-safe stdin, `cluster status -o json`, `watch`, `scan`, `del`, `txn`, `compact`;
+//! and against three members: commands fail over past a stopped member, `watch` resumes on
+//! another member without gaps or duplicates, `cluster status` shows what is unknown.
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ordkv_proto::v1::{GetRequest, PutRequest, RequestOp, TxnRequest, request_op};
-use ordkv_tests::{LineChild, NodeProcess, free_port, ordkv_command, run_async};
+use ordkv_tests::cluster::{CONVERGE, Cluster};
+use ordkv_tests::{COMMAND_DEADLINE, LineChild, NodeProcess, free_port, ordkv_command, run_async};
 use serde_json::Value;
 
 #[track_caller]
@@ -354,6 +357,35 @@ async fn scan_del_txn_and_compact() {
     assert_stdout(&node.cli(&["get", "freed"]).await, b"1\n", "second op ran");
     let out = node.cli(&["txn", "--if-absent", "x"]).await;
     assert_fails(&out, 1, "at least one", "txn without ops");
+    // A compare that does not hold is an answer (exit 0) unless --fail-if-false (exit 3).
+    let out = node
+        .cli(&[
+            "txn",
+            "--if-absent",
+            "freed",
+            "--then-put",
+            "freed=2",
+            "--fail-if-false",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(3), "txn --fail-if-false\n{out}");
+    assert_eq!(out.stdout_str(), "FAILED\n", "{out}");
+    assert_stdout(
+        &node.cli(&["get", "freed"]).await,
+        b"1\n",
+        "no branch op ran",
+    );
+    let out = node
+        .cli(&[
+            "txn",
+            "--if-value",
+            "freed=1",
+            "--then-put",
+            "freed=2",
+            "--fail-if-false",
+        ])
+        .await;
+    assert_stdout(&out, b"SUCCEEDED\n", "txn --fail-if-false that holds");
 
     // compact, then a watch from before it fails.
     let revision = node.status().await.revision;
@@ -430,4 +462,300 @@ async fn scan_follows_pages_beyond_the_range_limit() {
         format!("{N}\n").as_bytes(),
         "scan --count-only --prefix",
     );
+}
+
+/// Runs `ordkv <args> --endpoints <endpoints>` to completion.
+async fn cli_at(endpoints: &[String], args: &[&str]) -> ordkv_tests::Output {
+    let mut cmd = ordkv_command();
+    cmd.args(args).args(["--endpoints", &endpoints.join(",")]);
+    run_async(cmd, None, COMMAND_DEADLINE).await
+}
+
+/// A follower of a formed three-member cluster: `(cluster, leader, follower)`.
+async fn three_members() -> (Cluster, usize, usize) {
+    let c = Cluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    let follower = (0..3).find(|&i| i != leader).expect("a follower");
+    (c, leader, follower)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_fail_over_past_a_stopped_member_and_status_shows_unknowns() {
+    let (mut c, leader, stopped) = three_members().await;
+    let other = (0..3).find(|&i| i != leader && i != stopped).unwrap();
+    c.node_mut(stopped).sigterm();
+    let exit = c.node_mut(stopped).wait_exit(Duration::from_secs(20)).await;
+    assert!(exit.is_some(), "kv-{stopped} did not stop on SIGTERM");
+    // The stopped member first: every command goes on to the others.
+    let endpoints: Vec<String> = [stopped, other, leader]
+        .iter()
+        .map(|&i| c.node(i).client_addr())
+        .collect();
+
+    assert_stdout(
+        &cli_at(&endpoints, &["put", "f/a", "1"]).await,
+        b"OK\n",
+        "put",
+    );
+    assert_stdout(&cli_at(&endpoints, &["get", "f/a"]).await, b"1\n", "get");
+    assert_stdout(
+        &cli_at(
+            &endpoints,
+            &["txn", "--if-value", "f/a=1", "--then-put", "f/b=2"],
+        )
+        .await,
+        b"SUCCEEDED\n",
+        "txn",
+    );
+    assert_stdout(
+        &cli_at(&endpoints, &["scan", "--prefix", "f/"]).await,
+        b"f/a\t1\nf/b\t2\n",
+        "scan",
+    );
+    assert_stdout(&cli_at(&endpoints, &["del", "f/b"]).await, b"1\n", "del");
+
+    // cluster status asks the leader (the first answer is the follower's); the stopped
+    // member is unreachable and its progress unknown: null, not 0.
+    let stopped_name = format!("kv-{stopped}");
+    let status = c
+        .wait_until(
+            "the leader reports the stopped member unreachable",
+            CONVERGE,
+            || async {
+                let out = cli_at(&endpoints, &["cluster", "status", "-o", "json"]).await;
+                if !out.status.success() {
+                    return Err(format!("cluster status failed\n{out}"));
+                }
+                let v: Value = serde_json::from_slice(&out.stdout)
+                    .map_err(|e| format!("not JSON: {e}\n{out}"))?;
+                let m = v["members"]
+                    .as_array()
+                    .and_then(|ms| ms.iter().find(|m| m["name"] == stopped_name.as_str()))
+                    .cloned()
+                    .ok_or_else(|| format!("no {stopped_name}: {v}"))?;
+                if m["reachable"] != false {
+                    return Err(format!("still reachable: {m}"));
+                }
+                Ok(v)
+            },
+        )
+        .await;
+    assert_eq!(
+        status["member"],
+        format!("kv-{leader}"),
+        "answered by the leader: {status}"
+    );
+    assert_eq!(status["leader"], leader, "{status}");
+    for m in status["members"].as_array().unwrap() {
+        if m["name"] == stopped_name.as_str() {
+            assert_eq!(m["applied_index"], Value::Null, "{m}");
+            assert_eq!(m["lag"], Value::Null, "{m}");
+        } else {
+            assert_eq!(m["reachable"], true, "{m}");
+            assert!(m["applied_index"].as_u64().is_some(), "{m}");
+            assert!(m["lag"].as_u64().is_some(), "{m}");
+        }
+    }
+    let out = cli_at(&endpoints, &["cluster", "status"]).await;
+    assert!(out.status.success(), "{out}");
+    let text = out.stdout_str();
+    let row: Vec<&str> = text
+        .lines()
+        .find(|l| l.split_whitespace().any(|w| w == stopped_name))
+        .unwrap_or_else(|| panic!("no row for {stopped_name}:\n{text}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[row.len() - 3..], ["-", "no", "-"], "{text}");
+
+    // A membership command fails over too (and reaches the leader from a follower).
+    let out = cli_at(
+        &endpoints,
+        &["cluster", "transfer-leader", &other.to_string()],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "cluster transfer-leader {other}\n{out}"
+    );
+    assert_eq!(c.leader_among(&[leader, other]).await, other);
+}
+
+/// Creates `key` = `v-<key>` exactly once through `client`, retrying across an election: a
+/// create-if-absent cannot be applied twice, whatever the outcome of a failed attempt.
+async fn create_once(client: &ordkv_client::Client, key: &str) {
+    let req = TxnRequest {
+        compare: vec![ordkv_proto::v1::Compare {
+            result: ordkv_proto::v1::compare::Result::Equal as i32,
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            target: Some(ordkv_proto::v1::compare::Target::CreateRevision(0)),
+        }],
+        success: vec![RequestOp {
+            request: Some(request_op::Request::Put(PutRequest {
+                key: Bytes::copy_from_slice(key.as_bytes()),
+                value: Bytes::from(format!("v-{key}")),
+                prev_kv: false,
+            })),
+        }],
+        failure: vec![],
+    };
+    let until = Instant::now() + CONVERGE;
+    loop {
+        match client.txn(req.clone()).await {
+            Ok(_) => return,
+            Err(e)
+                if Instant::now() < until
+                    && e.code() != Some(ordkv_client::Code::InvalidArgument) =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("create {key}: {e}"),
+        }
+    }
+}
+
+/// `ordkv watch` over three endpoints, reading from kv-`first`; `first` stops (SIGTERM)
+/// while writes go on: every event is printed once, in order.
+async fn watch_survives_the_stop_of_its_member(stop_leader: bool) {
+    let (mut c, leader, follower) = three_members().await;
+    let first = if stop_leader { leader } else { follower };
+    let endpoints: Vec<String> = std::iter::once(first)
+        .chain((0..3).filter(|&i| i != first))
+        .map(|i| c.node(i).client_addr())
+        .collect();
+    // The writer tries the member that stops last.
+    let mut writer_endpoints = endpoints.clone();
+    writer_endpoints.rotate_left(1);
+    let writer = ordkv_client::Client::connect(&writer_endpoints)
+        .await
+        .unwrap()
+        .with_timeout(Some(Duration::from_secs(5)));
+    let line = |key: &str| format!("PUT {key} v-{key}\n");
+
+    // Watched from the first write on, so that every event is expected.
+    create_once(&writer, "w/00").await;
+    let start = writer
+        .get(GetRequest {
+            key: Bytes::from_static(b"w/00"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .kv
+        .expect("w/00")
+        .mod_revision;
+    let mut cmd = ordkv_command();
+    cmd.args([
+        "watch",
+        "--prefix",
+        "w/",
+        "--from-revision",
+        &start.to_string(),
+    ])
+    .args(["--endpoints", &endpoints.join(",")]);
+    let mut watch = LineChild::spawn(cmd);
+    let mut expected = vec![line("w/00")];
+    for i in 1..5 {
+        create_once(&writer, &format!("w/{i:02}")).await;
+        expected.push(line(&format!("w/{i:02}")));
+    }
+    let mut seen = Vec::new();
+    while seen.len() < expected.len() {
+        let got = watch.next_line(Duration::from_secs(20)).await;
+        seen.push(
+            String::from_utf8_lossy(&got.expect("a watch line before the stop")).into_owned(),
+        );
+    }
+    assert_eq!(seen, expected, "before the stop");
+
+    // The member the watch reads from stops (as in a rolling update); writes go on.
+    c.node_mut(first).sigterm();
+    assert!(
+        c.node_mut(first)
+            .wait_exit(Duration::from_secs(20))
+            .await
+            .is_some(),
+        "kv-{first} did not stop on SIGTERM"
+    );
+    for i in 5..15 {
+        create_once(&writer, &format!("w/{i:02}")).await;
+        expected.push(line(&format!("w/{i:02}")));
+    }
+    create_once(&writer, "w/zz-last").await;
+    expected.push(line("w/zz-last"));
+    while seen.len() < expected.len() {
+        match watch.next_line(Duration::from_secs(30)).await {
+            Some(l) => seen.push(String::from_utf8_lossy(&l).into_owned()),
+            None => panic!(
+                "the watch printed {} of {} lines; stderr:\n{}\n{}",
+                seen.len(),
+                expected.len(),
+                watch.kill(),
+                c.logs()
+            ),
+        }
+    }
+    // Every event once, in order: the last line is the last write, nothing repeated before.
+    assert_eq!(seen, expected, "after the stop");
+    let stderr = watch.kill();
+    assert!(
+        stderr.contains("resum"),
+        "the watch did not say it resumed: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_resumes_on_another_member_when_its_follower_stops() {
+    watch_survives_the_stop_of_its_member(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_resumes_on_another_member_when_the_leader_it_reads_stops() {
+    watch_survives_the_stop_of_its_member(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_name_the_endpoint_and_what_to_do() {
+    let node = NodeProcess::start("kv-0").await;
+    node.cli(&["put", "k", "v"]).await.assert_success("put");
+
+    // The HTTP port given as the client endpoint.
+    let http = node.http_addr().to_string();
+    let out = cli_at(std::slice::from_ref(&http), &["get", "k"]).await;
+    assert_fails(
+        &out,
+        1,
+        &format!("{http} answered as an HTTP server"),
+        "HTTP port",
+    );
+    assert!(out.stderr.contains("client port is 7379"), "{out}");
+    // An endpoint without a port.
+    let out = cli_at(&["127.0.0.1".into()], &["get", "k"]).await;
+    assert_fails(&out, 1, "\"127.0.0.1\": no port", "no port");
+    assert!(out.stderr.contains("127.0.0.1:7379"), "{out}");
+    // A revision this member has not applied: what it applied and how long it waited.
+    let out = node
+        .cli(&["get", "k", "--min-revision", "1000", "--timeout", "1s"])
+        .await;
+    assert_fails(
+        &out,
+        1,
+        "this member applied revision 1; waited 1s for 1000",
+        "--min-revision",
+    );
+    assert!(out.stderr.contains(&node.client_addr()), "{out}");
+    // The code is said once.
+    let out = node.cli(&["put", "", "v"]).await;
+    assert_fails(&out, 1, "INVALID_ARGUMENT: ", "empty key");
+    assert!(
+        !out.stderr
+            .to_lowercase()
+            .contains("invalid_argument: invalid argument"),
+        "{out}"
+    );
+    // Client flags are not serve flags.
+    let mut cmd = ordkv_command();
+    cmd.args(["serve", "--help"]);
+    let out = run_async(cmd, None, COMMAND_DEADLINE).await;
+    assert!(out.status.success(), "{out}");
+    assert!(!out.stdout_str().contains("--endpoints"), "{out}");
 }

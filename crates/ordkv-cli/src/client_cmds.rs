@@ -3,39 +3,144 @@
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
+use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, Subcommand, ValueEnum};
 use futures::StreamExt;
-use ordkv_client::Client;
+use ordkv_client::{Client, Code, WatchStream};
 use ordkv_proto::v1::{
-    CompactRequest, Compare, Consistency, DeleteRequest, GetRequest, PutRequest, RangeRequest,
-    RequestOp, TxnRequest, WatchRequest, compare, event::EventType, request_op,
+    CompactRequest, Compare, Consistency, DeleteRequest, Event, GetRequest, PutRequest,
+    RangeRequest, RequestOp, StatusResponse, TxnRequest, WatchRequest, WatchResponse, compare,
+    event::EventType, request_op,
 };
 use serde_json::{Value, json};
 
 use crate::output::{self, Format};
 
-/// Flags shared by every command.
-#[derive(Debug, Args)]
+/// Flags of every client command, accepted before the command (`ordkv --endpoints E get K`)
+/// or after it (`ordkv get K --endpoints E`); see [`with_client_args`].
+#[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
-    /// Client endpoints (`host:port` or `http://host:port`), tried in order.
+    /// Client endpoints (`host:port`, port 7379 by default, or `http://host:port`): a
+    /// request goes to the first that answers; those that refused or were shutting down
+    /// are skipped.
     #[arg(
         long,
-        global = true,
         env = "ORDKV_ENDPOINTS",
         value_delimiter = ',',
         default_value = "127.0.0.1:7379"
     )]
     pub endpoints: Vec<String>,
     /// Output format.
-    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Human)]
+    #[arg(short = 'o', long, value_enum, default_value_t = Format::Human)]
     pub output: Format,
     /// gRPC deadline of each request, e.g. `5s`, `500ms`, `1m`; `0` means none.
-    #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Where `endpoints` came from (the default: neither the flag nor `ORDKV_ENDPOINTS`).
+    #[arg(skip)]
+    pub endpoints_from_default: bool,
+}
+
+/// The ids of the [`GlobalArgs`] flags.
+const CLIENT_ARG_IDS: [&str; 3] = ["endpoints", "output", "timeout"];
+
+/// Adds the client flags to the client commands of `ordkv` (not to `serve`, `dev-cluster`,
+/// `snapshot restore`), and hides the top-level copies (still accepted there).
+pub fn with_client_args(cmd: clap::Command) -> clap::Command {
+    let mut cmd = cmd.after_help(
+        "Client commands take --endpoints (or ORDKV_ENDPOINTS), -o/--output and --timeout, \
+         before or after the command: see `ordkv <command> --help`.",
+    );
+    for id in CLIENT_ARG_IDS {
+        cmd = cmd.mut_arg(id, |a| a.hide(true));
+    }
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    for name in names {
+        cmd = match name.as_str() {
+            "serve" | "dev-cluster" | "help" => cmd,
+            "snapshot" => {
+                cmd.mut_subcommand(name, |s| s.mut_subcommand("save", GlobalArgs::augment_args))
+            }
+            _ => cmd.mut_subcommand(name, |s| {
+                if s.has_subcommands() {
+                    let inner: Vec<String> = s
+                        .get_subcommands()
+                        .map(|c| c.get_name().to_string())
+                        .collect();
+                    inner
+                        .into_iter()
+                        .fold(s, |s, n| s.mut_subcommand(n, GlobalArgs::augment_args))
+                } else {
+                    GlobalArgs::augment_args(s)
+                }
+            }),
+        };
+    }
+    cmd
+}
+
+impl GlobalArgs {
+    /// The client flags of a parsed command line: each as given after the command, else as
+    /// given before it, else from the environment or the default.
+    pub fn resolve(top: &ArgMatches) -> GlobalArgs {
+        let mut leaf = top;
+        while let Some((_, sub)) = leaf.subcommand() {
+            leaf = sub;
+        }
+        let given = |m: &ArgMatches, id| {
+            m.try_contains_id(id).unwrap_or(false)
+                && m.value_source(id) == Some(ValueSource::CommandLine)
+        };
+        let pick = |id| {
+            let leaf_has = leaf.try_contains_id(id).unwrap_or(false);
+            if leaf_has && (given(leaf, id) || !given(top, id)) {
+                leaf
+            } else {
+                top
+            }
+        };
+        let m = pick("endpoints");
+        GlobalArgs {
+            endpoints: m
+                .get_many::<String>("endpoints")
+                .map(|v| v.cloned().collect())
+                .unwrap_or_default(),
+            endpoints_from_default: m.value_source("endpoints") == Some(ValueSource::DefaultValue),
+            output: pick("output")
+                .get_one::<Format>("output")
+                .copied()
+                .unwrap_or(Format::Human),
+            timeout: pick("timeout")
+                .get_one::<Duration>("timeout")
+                .copied()
+                .unwrap_or(Duration::from_secs(5)),
+        }
+    }
+
+    /// What to tell the user after `err` ended a client command, if anything.
+    pub fn notes(&self, err: &anyhow::Error) -> Vec<String> {
+        let mut notes = Vec::new();
+        let client_err = err
+            .chain()
+            .find_map(|c| c.downcast_ref::<ordkv_client::Error>());
+        if self.endpoints_from_default
+            && client_err.is_some_and(|e| e.code() == Some(Code::Unavailable))
+        {
+            notes.push(format!(
+                "no ordkv member answered at the default endpoint {}: pass --endpoints \
+                 host:port,... or set ORDKV_ENDPOINTS (`ordkv dev-cluster` prints the line)",
+                self.endpoints.join(",")
+            ));
+        }
+        notes
+    }
 }
 
 /// How a read is served.
@@ -67,9 +172,11 @@ pub enum ClientCommand {
     Del(DelArgs),
     /// List keys in order, one `key<TAB>value` per line.
     Scan(ScanArgs),
-    /// Stream changes of a key or prefix until Ctrl-C.
+    /// Stream changes of a key or prefix until Ctrl-C; resumes on the next endpoint, from
+    /// the revision after the last event printed, when its member stops.
     Watch(WatchArgs),
-    /// Compare-and-swap: run the `--then-*` ops if every `--if-*` holds, else the `--else-*`.
+    /// Compare-and-swap: run the `--then-*` ops if every `--if-*` holds, else the `--else-*`;
+    /// prints `SUCCEEDED` or `FAILED` (exit 0 either way unless `--fail-if-false`).
     Txn(TxnArgs),
     /// Discard watch history older than a revision.
     Compact(CompactArgs),
@@ -81,7 +188,8 @@ pub enum ClientCommand {
 /// `ordkv cluster ...`.
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
-    /// Members, roles, leader, term, commit/applied index and lag.
+    /// Members, roles, leader, term, commit/applied index and lag, as the leader sees them
+    /// (`-` or `null`: not known to the answering member).
     Status,
     /// Removes the member with this ordinal now (scale-down without waiting for the
     /// dead-member timeout). Refused when the remaining voters would lose their quorum.
@@ -213,7 +321,14 @@ pub struct TxnArgs {
     /// On failure: delete K.
     #[arg(long, value_name = "K")]
     pub else_del: Vec<String>,
+    /// Exit with status 3 when a compare did not hold (the `--else-*` ops ran); without
+    /// it `FAILED` is an answer, not an error, and the exit status is 0.
+    #[arg(long)]
+    pub fail_if_false: bool,
 }
+
+/// The exit status of `txn --fail-if-false` whose compares did not all hold.
+pub const TXN_FALSE_EXIT: u8 = 3;
 
 /// `ordkv compact`.
 #[derive(Debug, Args)]
@@ -271,13 +386,13 @@ pub async fn run(
     match cmd {
         ClientCommand::Put(a) => put(&client, fmt, a).await?,
         ClientCommand::Get(a) => return get(&client, fmt, a).await,
+        ClientCommand::Txn(a) => {
+            let sub = matches.subcommand_matches("txn").context("txn matches")?;
+            return txn(&client, fmt, a, sub).await;
+        }
         ClientCommand::Del(a) => del(&client, fmt, a).await?,
         ClientCommand::Scan(a) => scan(&client, fmt, a).await?,
         ClientCommand::Watch(a) => watch(&client, fmt, a).await?,
-        ClientCommand::Txn(a) => {
-            let sub = matches.subcommand_matches("txn").context("txn matches")?;
-            txn(&client, fmt, a, sub).await?
-        }
         ClientCommand::Compact(a) => {
             let resp = client
                 .compact(CompactRequest {
@@ -310,22 +425,40 @@ pub async fn run(
     Ok(ExitCode::SUCCESS)
 }
 
-/// A follower knows only itself and the leader; the leader knows every member's progress.
-/// Ask the leader when the answering member is not it (keep the first answer if it fails).
-async fn leader_view(
-    client: &Client,
-    status: ordkv_proto::v1::StatusResponse,
-) -> ordkv_proto::v1::StatusResponse {
-    let leader = status
-        .members
-        .iter()
-        .find(|m| Some(m.ordinal) == status.leader && m.name != status.member);
-    let Some(leader) = leader else { return status };
-    let Ok(at_leader) = Client::connect(std::slice::from_ref(&leader.client_addr)).await else {
+/// Whether `s` is the leader's own answer.
+fn from_leader(s: &StatusResponse) -> bool {
+    s.leader
+        .and_then(|o| s.members.iter().find(|m| m.ordinal == o))
+        .is_some_and(|m| m.name == s.member)
+}
+
+/// A follower knows only itself (and that the leader is there); the leader knows every
+/// member's progress. When the answering member is not the leader, ask the leader's client
+/// address, then the other endpoints, for the leader's answer; keep the first answer when
+/// none gives it (its unknown values are unknown, not 0).
+async fn leader_view(client: &Client, status: StatusResponse) -> StatusResponse {
+    if from_leader(&status) {
         return status;
-    };
-    let at_leader = at_leader.with_timeout(client.timeout());
-    at_leader.status().await.unwrap_or(status)
+    }
+    let leader_addr = status
+        .leader
+        .and_then(|o| status.members.iter().find(|m| m.ordinal == o))
+        .map(|m| m.client_addr.clone());
+    let answered = client.preferred_endpoint().to_string();
+    let candidates = leader_addr
+        .into_iter()
+        .chain(client.endpoints().map(str::to_string))
+        .filter(|e| *e != answered);
+    for addr in candidates {
+        let Ok(at) = Client::connect(std::slice::from_ref(&addr)).await else {
+            continue;
+        };
+        match at.with_timeout(client.timeout()).status().await {
+            Ok(s) if from_leader(&s) => return s,
+            _ => continue,
+        }
+    }
+    status
 }
 
 fn print_change(fmt: Format, resp: ordkv_proto::v1::MemberChangeResponse) -> anyhow::Result<()> {
@@ -392,14 +525,67 @@ async fn put(client: &Client, fmt: Format, a: PutArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long a request that ran out of time waited, for people: the deadline when it was
+/// (about) reached, else the time taken to a tenth of a second (the member's own limit).
+fn waited(elapsed: Duration, deadline: Option<Duration>) -> String {
+    match deadline {
+        Some(d) if elapsed.as_secs_f64() >= d.as_secs_f64() * 0.9 => format!("{d:?}"),
+        _ => {
+            let tenths = (elapsed.as_millis() as u64 + 50) / 100;
+            format!("{:?}", Duration::from_millis(tenths * 100))
+        }
+    }
+}
+
+/// A read that failed waiting for `--min-revision`: says what the member applied, how long
+/// the read waited and what to do (other errors are returned as they are).
+async fn explain_min_revision(
+    client: &Client,
+    min_revision: u64,
+    started: Instant,
+    err: ordkv_client::Error,
+) -> anyhow::Error {
+    if min_revision == 0 || err.code() != Some(Code::DeadlineExceeded) {
+        return err.into();
+    }
+    let endpoint = client.preferred_endpoint().to_string();
+    let waited = waited(started.elapsed(), client.timeout());
+    let probe = Client::connect(std::slice::from_ref(&endpoint)).await;
+    let status = match probe {
+        Ok(c) => c
+            .with_timeout(Some(Duration::from_secs(2)))
+            .status()
+            .await
+            .ok(),
+        Err(_) => None,
+    };
+    match status {
+        Some(s) => anyhow::anyhow!(
+            "{endpoint} ({}): this member applied revision {}; waited {waited} for \
+             {min_revision}: retry with a longer --timeout, read from a member that has it, \
+             or leave out --min-revision",
+            s.member,
+            s.revision
+        ),
+        None => anyhow::Error::from(err).context(format!(
+            "{endpoint}: revision {min_revision} was not applied there in time"
+        )),
+    }
+}
+
 async fn get(client: &Client, fmt: Format, a: GetArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
     let resp = client
         .get(GetRequest {
             key: a.key.into(),
             consistency: consistency(a.consistency),
             min_revision: a.min_revision,
         })
-        .await?;
+        .await;
+    let resp = match resp {
+        Ok(resp) => resp,
+        Err(e) => return Err(explain_min_revision(client, a.min_revision, started, e).await),
+    };
     let Some(kv) = resp.kv else {
         eprintln!("not found");
         return Ok(ExitCode::from(1));
@@ -464,8 +650,16 @@ async fn scan(client: &Client, fmt: Format, a: ScanArgs) -> anyhow::Result<()> {
         consistency: consistency(a.consistency),
         min_revision: a.min_revision,
     };
+    let min_revision = a.min_revision;
+    let range = |req: RangeRequest| async move {
+        let started = Instant::now();
+        match client.range(req).await {
+            Ok(resp) => Ok(resp),
+            Err(e) => Err(explain_min_revision(client, min_revision, started, e).await),
+        }
+    };
     if a.count_only {
-        let resp = client.range(req).await?;
+        let resp = range(req).await?;
         match fmt {
             Format::Human => println!("{}", resp.count),
             Format::Json => print_json(&json!({
@@ -480,7 +674,7 @@ async fn scan(client: &Client, fmt: Format, a: ScanArgs) -> anyhow::Result<()> {
     let mut kvs_json = Vec::new();
     let (mut returned, mut revision) = (0u64, 0u64);
     let more = loop {
-        let resp = client.range(req.clone()).await?;
+        let resp = range(req.clone()).await?;
         if revision == 0 {
             revision = resp.header.as_ref().map_or(0, |h| h.revision);
         }
@@ -514,48 +708,157 @@ async fn scan(client: &Client, fmt: Format, a: ScanArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long `watch` keeps trying to resume after its stream broke before it gives up.
+const WATCH_RESUME_WITHIN: Duration = Duration::from_secs(60);
+
+/// Where a watch is: the first revision it has not delivered yet (0: "from now on" and not
+/// established yet). Resuming there after a broken stream neither skips nor repeats events,
+/// since all events of one revision arrive in one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WatchPosition {
+    next: u64,
+}
+
+impl WatchPosition {
+    fn new(from_revision: u64) -> WatchPosition {
+        WatchPosition {
+            next: from_revision,
+        }
+    }
+
+    /// The events of `msg` not delivered yet; advances past them. A `created` message of a
+    /// watch "from now on" fixes "now" to the revision it was established at.
+    fn take<'a>(&mut self, msg: &'a WatchResponse) -> Vec<&'a Event> {
+        if msg.created && self.next == 0 {
+            self.next = msg.header.as_ref().map_or(0, |h| h.revision) + 1;
+        }
+        let mut out = Vec::new();
+        for ev in &msg.events {
+            let rev = ev.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+            if rev >= self.next || self.next == 0 {
+                out.push(ev);
+            }
+        }
+        if let Some(last) = out.last().and_then(|e| e.kv.as_ref()) {
+            self.next = self.next.max(last.mod_revision + 1);
+        }
+        out
+    }
+}
+
+/// Whether a watch that ended with `err` may resume on another member: the member stopped,
+/// shut down or broke the connection, as opposed to a refusal of the watch itself (a
+/// compacted start revision, a bad key).
+fn watch_may_resume(err: &ordkv_client::Error) -> bool {
+    matches!(
+        err.code(),
+        Some(
+            Code::Unavailable
+                | Code::Unknown
+                | Code::Internal
+                | Code::Cancelled
+                | Code::Aborted
+                | Code::DeadlineExceeded
+        )
+    )
+}
+
+/// Establishes the watch again at `req.start_revision`, starting with the endpoint after
+/// the one whose stream broke; retries while the members are unavailable, for up to
+/// [`WATCH_RESUME_WITHIN`].
+async fn resume_watch(client: &Client, req: &WatchRequest) -> anyhow::Result<WatchStream> {
+    let until = Instant::now() + WATCH_RESUME_WITHIN;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        client.prefer_next_endpoint();
+        match client.watch(req.clone()).await {
+            Ok(stream) => {
+                eprintln!(
+                    "watch: resumed at revision {} on {}",
+                    req.start_revision,
+                    client.preferred_endpoint()
+                );
+                return Ok(stream);
+            }
+            Err(e) if watch_may_resume(&e) && Instant::now() + pause < until => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                return Err(anyhow::Error::from(e).context(format!(
+                    "cannot resume the watch at revision {}",
+                    req.start_revision
+                )));
+            }
+        }
+    }
+}
+
 async fn watch(client: &Client, fmt: Format, a: WatchArgs) -> anyhow::Result<()> {
-    let mut stream = client
-        .watch(WatchRequest {
-            key: a.key.map(Bytes::from).unwrap_or_default(),
-            prefix: a.prefix.map(Bytes::from).unwrap_or_default(),
-            start_revision: a.from_revision,
-            prev_kv: a.prev_kv,
-        })
-        .await?;
+    let mut req = WatchRequest {
+        key: a.key.map(Bytes::from).unwrap_or_default(),
+        prefix: a.prefix.map(Bytes::from).unwrap_or_default(),
+        start_revision: a.from_revision,
+        prev_kv: a.prev_kv,
+    };
+    let mut position = WatchPosition::new(a.from_revision);
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    let mut stream = tokio::select! {
+        _ = &mut ctrl_c => return Ok(()),
+        stream = client.watch(req.clone()) => stream?,
+    };
     loop {
         let msg = tokio::select! {
             _ = &mut ctrl_c => return Ok(()),
-            msg = stream.next() => match msg {
-                None => return Ok(()),
-                Some(msg) => msg?,
-            },
+            msg = stream.next() => msg,
         };
-        let mut out = std::io::stdout().lock();
-        for ev in &msg.events {
-            let kv = ev.kv.clone().unwrap_or_default();
-            let ty = ev.r#type();
-            match fmt {
-                Format::Human if ty == EventType::Delete => {
-                    write_line(&mut out, &[b"DELETE", &kv.key], b' ')?
+        let why = match msg {
+            Some(Ok(msg)) => {
+                print_events(fmt, a.prev_kv, &position.take(&msg))?;
+                continue;
+            }
+            Some(Err(e)) if watch_may_resume(&e) => e.to_string(),
+            Some(Err(e)) => return Err(e.into()),
+            None => "the member ended the stream".to_string(),
+        };
+        eprintln!(
+            "watch: {}: {why}; resuming from revision {} on the next endpoint",
+            client.preferred_endpoint(),
+            position.next
+        );
+        req.start_revision = position.next;
+        stream = tokio::select! {
+            _ = &mut ctrl_c => return Ok(()),
+            stream = resume_watch(client, &req) => stream?,
+        };
+    }
+}
+
+fn print_events(fmt: Format, prev_kv: bool, events: &[&Event]) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    for ev in events {
+        let kv = ev.kv.clone().unwrap_or_default();
+        let ty = ev.r#type();
+        match fmt {
+            Format::Human if ty == EventType::Delete => {
+                write_line(&mut out, &[b"DELETE", &kv.key], b' ')?
+            }
+            Format::Human => write_line(&mut out, &[b"PUT", &kv.key, &kv.value], b' ')?,
+            Format::Json => {
+                let mut v = output::kv_json(&kv, ty == EventType::Put);
+                v["type"] = output::event_type_name(ty).into();
+                v["revision"] = kv.mod_revision.into();
+                if prev_kv {
+                    v["prev_kv"] = output::opt_kv_json(ev.prev_kv.as_ref());
                 }
-                Format::Human => write_line(&mut out, &[b"PUT", &kv.key, &kv.value], b' ')?,
-                Format::Json => {
-                    let mut v = output::kv_json(&kv, ty == EventType::Put);
-                    v["type"] = output::event_type_name(ty).into();
-                    v["revision"] = kv.mod_revision.into();
-                    if a.prev_kv {
-                        v["prev_kv"] = output::opt_kv_json(ev.prev_kv.as_ref());
-                    }
-                    serde_json::to_writer(&mut out, &v)?;
-                    out.write_all(b"\n")?;
-                }
+                serde_json::to_writer(&mut out, &v)?;
+                out.write_all(b"\n")?;
             }
         }
-        out.flush()?;
     }
+    out.flush()?;
+    Ok(())
 }
 
 /// Collects `(command-line index, op)` of a repeatable op flag.
@@ -633,7 +936,8 @@ fn build_txn(mut a: TxnArgs, m: &ArgMatches) -> TxnRequest {
     }
 }
 
-async fn txn(client: &Client, fmt: Format, a: TxnArgs, m: &ArgMatches) -> anyhow::Result<()> {
+async fn txn(client: &Client, fmt: Format, a: TxnArgs, m: &ArgMatches) -> anyhow::Result<ExitCode> {
+    let fail_if_false = a.fail_if_false;
     let req = build_txn(a, m);
     if req.success.is_empty() && req.failure.is_empty() {
         bail!("txn needs at least one --then-put/--then-del/--else-put/--else-del");
@@ -653,7 +957,11 @@ async fn txn(client: &Client, fmt: Format, a: TxnArgs, m: &ArgMatches) -> anyhow
             "revision": resp.header.map_or(0, |h| h.revision),
         }))?,
     }
-    Ok(())
+    Ok(if resp.succeeded || !fail_if_false {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(TXN_FALSE_EXIT)
+    })
 }
 
 #[cfg(test)]
@@ -683,6 +991,105 @@ mod tests {
         assert_eq!(parse_kn("k=7"), Ok(("k".into(), 7)));
         assert!(parse_kn("k=x").is_err());
         assert!(parse_kn("k=-1").is_err());
+    }
+
+    fn msg(created: bool, header_revision: u64, revs: &[u64]) -> WatchResponse {
+        WatchResponse {
+            header: Some(ordkv_proto::v1::ResponseHeader {
+                revision: header_revision,
+                ..Default::default()
+            }),
+            created,
+            events: revs
+                .iter()
+                .map(|&r| Event {
+                    kv: Some(ordkv_proto::v1::KeyValue {
+                        key: format!("k{r}").into(),
+                        mod_revision: r,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    }
+
+    fn revs(events: Vec<&Event>) -> Vec<u64> {
+        events
+            .iter()
+            .map(|e| e.kv.as_ref().unwrap().mod_revision)
+            .collect()
+    }
+
+    #[test]
+    fn a_watch_resumes_after_the_last_event_it_delivered() {
+        // From now on: "now" is the revision the watch was established at.
+        let mut p = WatchPosition::new(0);
+        assert!(revs(p.take(&msg(true, 7, &[]))).is_empty());
+        assert_eq!(p.next, 8);
+        assert_eq!(revs(p.take(&msg(false, 9, &[8, 9, 9]))), [8, 9, 9]);
+        assert_eq!(p.next, 10);
+        // The resumed stream's `created` does not move it back; events already delivered
+        // (a member that replays from earlier) are dropped, later ones kept.
+        assert!(revs(p.take(&msg(true, 12, &[]))).is_empty());
+        assert_eq!(p.next, 10);
+        assert_eq!(revs(p.take(&msg(false, 11, &[9, 10, 11]))), [10, 11]);
+        assert_eq!(p.next, 12);
+
+        // From a given revision: kept until an event passes it.
+        let mut p = WatchPosition::new(5);
+        assert!(revs(p.take(&msg(true, 20, &[]))).is_empty());
+        assert_eq!(p.next, 5);
+        assert_eq!(revs(p.take(&msg(false, 5, &[5]))), [5]);
+        assert_eq!(p.next, 6);
+    }
+
+    #[test]
+    fn a_watch_resumes_when_its_member_goes_away_not_when_refused() {
+        use ordkv_client::Error;
+        use tonic::Status;
+        let may = |s: Status| watch_may_resume(&Error::from(s));
+        assert!(may(Status::unavailable(
+            "server is shutting down; resume the watch on another member"
+        )));
+        assert!(may(Status::unknown("error reading a body from connection")));
+        assert!(may(Status::internal("h2 protocol error")));
+        assert!(!may(Status::out_of_range("compacted")));
+        assert!(!may(Status::invalid_argument("key too long")));
+        assert!(!watch_may_resume(&Error::NoEndpoints));
+    }
+
+    #[test]
+    fn only_the_leaders_own_answer_is_the_leaders_view() {
+        use ordkv_proto::v1::Member;
+        let member = |ordinal: u32| Member {
+            ordinal,
+            name: format!("kv-{ordinal}"),
+            ..Default::default()
+        };
+        let s = StatusResponse {
+            leader: Some(1),
+            member: "kv-1".into(),
+            members: vec![member(0), member(1)],
+            ..Default::default()
+        };
+        assert!(from_leader(&s));
+        let follower = StatusResponse {
+            member: "kv-0".into(),
+            ..s.clone()
+        };
+        assert!(!from_leader(&follower));
+        let no_leader = StatusResponse { leader: None, ..s };
+        assert!(!from_leader(&no_leader));
+    }
+
+    #[test]
+    fn waited_names_the_deadline_or_the_time_taken() {
+        let secs = Duration::from_secs;
+        assert_eq!(waited(Duration::from_millis(1004), Some(secs(1))), "1s");
+        assert_eq!(waited(Duration::from_millis(960), Some(secs(1))), "1s");
+        assert_eq!(waited(Duration::from_millis(5020), Some(secs(10))), "5s");
+        assert_eq!(waited(Duration::from_millis(1234), None), "1.2s");
     }
 
     #[test]

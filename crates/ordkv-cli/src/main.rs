@@ -43,13 +43,20 @@ enum Command {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[cfg(not(tokio_unstable))]
-compile_error!(
-    "build with `--cfg tokio_unstable` (.cargo/config.toml sets it; keep it when setting RUSTFLAGS)"
-);
+/// The command line definition: [`Cli`] with the client flags on the client commands only.
+fn command() -> clap::Command {
+    client_cmds::with_client_args(Cli::command())
+}
+
+/// Parses `args` (with the program name first).
+#[cfg(test)]
+fn parse(args: &[&str]) -> Result<(Cli, clap::ArgMatches), clap::Error> {
+    let matches = command().try_get_matches_from(args)?;
+    Ok((Cli::from_arg_matches(&matches)?, matches))
+}
 
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
+    let matches = command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Command::Serve(args) = &cli.command
@@ -57,11 +64,7 @@ fn main() -> ExitCode {
     {
         runtime.worker_threads(n.into());
     }
-    // Without the LIFO slot, the responses that one applied batch completes are written to each
-    // client connection together: with it, every response task wakes its connection task,
-    // which runs next and writes that one response alone (one `writev` per put). Measured at
-    // 64 clients on 3 nodes: +8..20% puts/s, -12..21% CPU per put; 256 clients +3..11%.
-    match runtime.enable_all().disable_lifo_slot().build() {
+    match tuned(runtime.enable_all()).build() {
         Ok(runtime) => runtime.block_on(run(cli, matches)),
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -70,19 +73,46 @@ fn main() -> ExitCode {
     }
 }
 
+/// Without the LIFO slot, the responses that one applied batch completes are written to each
+/// client connection together: with it, every response task wakes its connection task, which
+/// runs next and writes that one response alone (one `writev` per put). Measured at 64
+/// clients on 3 nodes: +8..20% puts/s, -12..21% CPU per put; 256 clients +3..11%.
+///
+/// `disable_lifo_slot` is tokio-unstable: the repository's `.cargo/config.toml` sets
+/// `--cfg tokio_unstable`; a build without it (`cargo install` from another directory, a
+/// dependent crate) gets tokio's stable runtime, which behaves the same but slower under load.
+#[cfg(tokio_unstable)]
+fn tuned(runtime: &mut tokio::runtime::Builder) -> &mut tokio::runtime::Builder {
+    runtime.disable_lifo_slot()
+}
+
+/// The stable runtime (see the `tokio_unstable` variant).
+#[cfg(not(tokio_unstable))]
+fn tuned(runtime: &mut tokio::runtime::Builder) -> &mut tokio::runtime::Builder {
+    runtime
+}
+
 async fn run(cli: Cli, matches: clap::ArgMatches) -> ExitCode {
+    let global = client_cmds::GlobalArgs::resolve(&matches);
+    let is_cluster_change = matches!(
+        cli.command,
+        Command::Client(client_cmds::ClientCommand::Cluster(
+            client_cmds::ClusterCommand::Remove { .. }
+                | client_cmds::ClusterCommand::TransferLeader { .. }
+        ))
+    );
     let result = match cli.command {
         Command::Serve(args) => serve::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::DevCluster(args) => dev_cluster::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Snapshot(snapshot_cmds::SnapshotCommand::Save { file }) => {
-            snapshot_save(cli.global, file).await
+            snapshot_save(global.clone(), file).await
         }
         Command::Snapshot(snapshot_cmds::SnapshotCommand::Restore { file, serve }) => {
             snapshot_cmds::restore(file, &serve)
                 .await
                 .map(|()| ExitCode::SUCCESS)
         }
-        Command::Client(cmd) => client_cmds::run(cli.global, cmd, &matches).await,
+        Command::Client(cmd) => client_cmds::run(global.clone(), cmd, &matches).await,
     };
     match result {
         Ok(code) => code,
@@ -100,9 +130,18 @@ async fn run(cli: Cli, matches: clap::ArgMatches) -> ExitCode {
                 .find_map(|c| c.downcast_ref::<ordkv_client::Error>())
                 .and_then(|c| c.write_outcome());
             if outcome == Some(ordkv_client::WriteOutcome::Unknown) {
-                eprintln!(
-                    "note: the write may or may not have happened; read the key before retrying it"
-                );
+                if is_cluster_change {
+                    eprintln!(
+                        "note: the change may or may not have happened; check `ordkv cluster status` before retrying it"
+                    );
+                } else {
+                    eprintln!(
+                        "note: the write may or may not have happened; read the key before retrying it"
+                    );
+                }
+            }
+            for note in global.notes(&e) {
+                eprintln!("note: {note}");
             }
             ExitCode::FAILURE
         }
@@ -125,12 +164,17 @@ mod tests {
 
     #[test]
     fn cli_definition_is_consistent() {
-        Cli::command().debug_assert();
+        command().debug_assert();
+    }
+
+    fn global(args: &[&str]) -> client_cmds::GlobalArgs {
+        let (_, m) = parse(args).unwrap();
+        client_cmds::GlobalArgs::resolve(&m)
     }
 
     #[test]
-    fn global_flags_apply_anywhere() {
-        let cli = Cli::try_parse_from([
+    fn client_flags_apply_before_and_after_the_command() {
+        let g = global(&[
             "ordkv",
             "get",
             "k",
@@ -140,12 +184,77 @@ mod tests {
             "json",
             "--timeout",
             "250ms",
-        ])
-        .unwrap();
-        assert_eq!(cli.global.endpoints, ["a:1", "http://b:2"]);
-        assert_eq!(cli.global.output, output::Format::Json);
-        assert_eq!(cli.global.timeout, std::time::Duration::from_millis(250));
-        assert!(Cli::try_parse_from(["ordkv", "get", "k", "-o", "yaml"]).is_err());
-        assert!(Cli::try_parse_from(["ordkv", "cluster", "status"]).is_ok());
+        ]);
+        assert_eq!(g.endpoints, ["a:1", "http://b:2"]);
+        assert_eq!(g.output, output::Format::Json);
+        assert_eq!(g.timeout, std::time::Duration::from_millis(250));
+        assert!(!g.endpoints_from_default);
+        let g = global(&["ordkv", "-o", "json", "--endpoints", "a:1", "get", "k"]);
+        assert_eq!(g.endpoints, ["a:1"]);
+        assert_eq!(g.output, output::Format::Json);
+        // After the command wins over before it.
+        let g = global(&[
+            "ordkv",
+            "--endpoints",
+            "a:1",
+            "cluster",
+            "status",
+            "--endpoints",
+            "b:2",
+        ]);
+        assert_eq!(g.endpoints, ["b:2"]);
+        let g = global(&["ordkv", "snapshot", "save", "f", "--timeout", "1s"]);
+        assert_eq!(g.timeout, std::time::Duration::from_secs(1));
+        assert!(parse(&["ordkv", "get", "k", "-o", "yaml"]).is_err());
+        assert!(parse(&["ordkv", "cluster", "status"]).is_ok());
+        assert!(
+            parse(&[
+                "ordkv",
+                "txn",
+                "--if-absent",
+                "k",
+                "--then-put",
+                "k=v",
+                "-o",
+                "json"
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn client_flags_are_not_serve_flags() {
+        let mut cmd = command();
+        cmd.build();
+        let has = |path: &[&str], id: &str| {
+            let mut c = &cmd;
+            for p in path {
+                c = c.find_subcommand(p).unwrap();
+            }
+            c.get_arguments()
+                .any(|a| a.get_id() == id && !a.is_hide_set())
+        };
+        for id in ["endpoints", "output", "timeout"] {
+            assert!(!has(&["serve"], id), "serve lists --{id}");
+            assert!(!has(&["dev-cluster"], id), "dev-cluster lists --{id}");
+            assert!(
+                !has(&["snapshot", "restore"], id),
+                "snapshot restore lists --{id}"
+            );
+            assert!(has(&["get"], id), "get lacks --{id}");
+            assert!(has(&["watch"], id), "watch lacks --{id}");
+            assert!(
+                has(&["cluster", "status"], id),
+                "cluster status lacks --{id}"
+            );
+            assert!(has(&["snapshot", "save"], id), "snapshot save lacks --{id}");
+        }
+        assert!(parse(&["ordkv", "serve", "--endpoints", "a:1"]).is_err());
+        let help = command()
+            .find_subcommand_mut("serve")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(!help.contains("--endpoints"), "{help}");
     }
 }

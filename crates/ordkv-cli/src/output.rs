@@ -59,7 +59,8 @@ fn role_name(role: Role) -> &'static str {
     }
 }
 
-/// `ordkv cluster status -o json`.
+/// `ordkv cluster status -o json`. A member's `applied_index` and `lag` are `null` when the
+/// answering member does not know them.
 pub fn status_json(s: &StatusResponse) -> Value {
     let members: Vec<Value> = s
         .members
@@ -124,6 +125,19 @@ pub fn status_table(s: &StatusResponse) -> String {
     if !s.scale_intent.is_empty() {
         out.push_str(&format!("scale intent: {}\n", s.scale_intent));
     }
+    let leader_name = s
+        .leader
+        .and_then(|o| s.members.iter().find(|m| m.ordinal == o))
+        .map(|m| m.name.as_str());
+    match leader_name {
+        Some(name) if name == s.member => {}
+        Some(name) => out.push_str(&format!(
+            "note: answered by {}, a follower ({name} could not be asked): other members' \
+             progress is unknown to it (-)\n",
+            s.member
+        )),
+        None => out.push_str("note: no leader known: other members' progress is unknown (-)\n"),
+    }
     out.push('\n');
     let mut rows = vec![
         [
@@ -147,13 +161,18 @@ pub fn status_table(s: &StatusResponse) -> String {
             role_name(m.role()).to_string(),
             m.peer_addr.clone(),
             m.client_addr.clone(),
-            m.applied_index.to_string(),
+            or_dash(m.applied_index),
             if m.reachable { "yes" } else { "no" }.to_string(),
-            m.lag.to_string(),
+            or_dash(m.lag),
         ]);
     }
     out.push_str(&table(&rows));
     out
+}
+
+/// A value the answering member may not know: `-` when it does not.
+fn or_dash(v: Option<u64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
 }
 
 /// Left-aligned columns separated by two spaces, without trailing whitespace.
@@ -263,17 +282,26 @@ mod tests {
                     role: Role::Voter as i32,
                     peer_addr: "kv-0.kv:7380".into(),
                     client_addr: "kv-0.kv:7379".into(),
-                    applied_index: 9,
+                    applied_index: Some(9),
                     reachable: true,
                     node_id: 11,
-                    lag: 0,
+                    lag: Some(0),
                 },
                 Member {
                     ordinal: 1,
                     name: "kv-1".into(),
                     role: Role::Learner as i32,
-                    applied_index: 8,
-                    lag: 1,
+                    applied_index: Some(8),
+                    lag: Some(1),
+                    ..Default::default()
+                },
+                Member {
+                    ordinal: 2,
+                    name: "kv-2".into(),
+                    role: Role::Voter as i32,
+                    reachable: false,
+                    applied_index: None,
+                    lag: None,
                     ..Default::default()
                 },
             ],
@@ -292,6 +320,10 @@ mod tests {
         assert_eq!(v["members"][0]["reachable"], true);
         assert_eq!(v["members"][1]["role"], "learner");
         assert_eq!(v["members"][1]["applied_index"], 8);
+        // Unknown is null, not 0 ("caught up").
+        assert_eq!(v["members"][2]["applied_index"], Value::Null);
+        assert_eq!(v["members"][2]["lag"], Value::Null);
+        assert_eq!(v["members"][2]["reachable"], false);
         let no_leader = StatusResponse {
             leader: None,
             ..status()
@@ -304,9 +336,21 @@ mod tests {
         let text = status_table(&status());
         assert!(text.contains("leader: kv-0 (ordinal 0)"), "{text}");
         let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[3].starts_with("   ORDINAL  NAME"), "{text}");
-        assert!(lines[4].starts_with("*  0        kv-0  voter"), "{text}");
-        assert!(lines[5].contains("learner"), "{text}");
+        // Answered by kv-1, a follower.
+        assert!(
+            lines[2].starts_with("note: answered by kv-1, a follower"),
+            "{text}"
+        );
+        assert!(lines[4].starts_with("   ORDINAL  NAME"), "{text}");
+        assert!(lines[5].starts_with("*  0        kv-0  voter"), "{text}");
+        assert!(lines[6].contains("learner"), "{text}");
+        let unknown: Vec<&str> = lines[7].split_whitespace().collect();
+        assert_eq!(unknown[unknown.len() - 3..], ["-", "no", "-"], "{text}");
         assert!(text.lines().all(|l| l == l.trim_end()));
+        let at_leader = status_table(&StatusResponse {
+            member: "kv-0".into(),
+            ..status()
+        });
+        assert!(!at_leader.contains("note:"), "{at_leader}");
     }
 }

@@ -27,8 +27,11 @@ use ordkv_proto::v1::{
     RemoveMemberRequest, StatusRequest, StatusResponse, TransferLeaderRequest, TxnRequest,
     TxnResponse, WatchRequest, WatchResponse, cluster_client::ClusterClient, kv_client::KvClient,
 };
+use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
+
+/// gRPC status codes, as [`Error::code`] returns them.
+pub use tonic::Code;
 
 /// Largest response message the client accepts (64 MiB).
 pub const MAX_DECODING_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
@@ -36,6 +39,9 @@ pub const MAX_DECODING_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 /// The gRPC metadata key under which a replica that refuses writes names the leader's client
 /// address.
 pub const LEADER_METADATA_KEY: &str = "ordkv-leader";
+
+/// ordkv's default client port (peer: 7380, HTTP: 7381).
+pub const DEFAULT_CLIENT_PORT: u16 = 7379;
 
 /// How long establishing a TCP/HTTP2 connection to one endpoint may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -61,8 +67,9 @@ pub enum Error {
         reason: String,
     },
     /// The server (or the transport) answered with a gRPC status. Displays as
-    /// `CODE_NAME: message`, e.g. `INVALID_ARGUMENT: key is empty`.
-    #[error("{}: {}", code_name(.0.code()), .0.message())]
+    /// `CODE_NAME: message`, e.g. `INVALID_ARGUMENT: key is empty` (a message that starts
+    /// with the code's own words, like `invalid argument: key is empty`, is not repeated).
+    #[error("{}: {}", code_name(.0.code()), without_code_words(.0.code(), .0.message()))]
     Status(Status),
 }
 
@@ -118,6 +125,18 @@ impl Error {
     }
 }
 
+/// `message` without a leading `<code in words>: ` (`invalid argument: x` for
+/// `INVALID_ARGUMENT` is `x`), so that `CODE: message` does not say it twice.
+fn without_code_words(code: Code, message: &str) -> &str {
+    let words = code_name(code).replace('_', " ");
+    match message.get(..words.len()) {
+        Some(head) if head.eq_ignore_ascii_case(&words) => {
+            message[words.len()..].strip_prefix(": ").unwrap_or(message)
+        }
+        _ => message,
+    }
+}
+
 /// The canonical upper-case name of a gRPC status code, e.g. `NOT_FOUND`.
 pub fn code_name(code: Code) -> &'static str {
     match code {
@@ -156,8 +175,8 @@ pub struct Client {
 
 impl Client {
     /// Creates a client for `endpoints` (`host:port` or `http://host:port`; `http://` is
-    /// prepended when there is no scheme). Connections are opened lazily on first use, so this
-    /// only fails on an empty list or a malformed endpoint.
+    /// prepended when there is no scheme; the port is required). Connections are opened
+    /// lazily on first use, so this only fails on an empty list or a malformed endpoint.
     pub async fn connect(endpoints: &[String]) -> Result<Client> {
         let mut channels = Vec::with_capacity(endpoints.len());
         for given in endpoints.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
@@ -170,8 +189,18 @@ impl Client {
                 endpoint: given.to_string(),
                 reason: e.to_string(),
             };
-            let channel = Endpoint::from_shared(uri)
-                .map_err(invalid)?
+            let endpoint = Endpoint::from_shared(uri).map_err(invalid)?;
+            if endpoint.uri().port_u16().is_none() {
+                let host = endpoint.uri().host().unwrap_or("127.0.0.1");
+                return Err(Error::InvalidEndpoint {
+                    endpoint: given.to_string(),
+                    reason: format!(
+                        "no port; ordkv's client port is {DEFAULT_CLIENT_PORT} by default \
+                         (e.g. {host}:{DEFAULT_CLIENT_PORT})"
+                    ),
+                });
+            }
+            let channel = endpoint
                 .connect_timeout(CONNECT_TIMEOUT)
                 .tcp_nodelay(true)
                 .connect_lazy();
@@ -238,6 +267,12 @@ impl Client {
                 request.set_timeout(timeout);
             }
             let result = match (retry, f(channel.clone(), request).await) {
+                // Not ordkv's client API: nothing was applied; say which port it is.
+                (_, Err(status)) if wrong_server(&status).is_some() => {
+                    let why = wrong_server(&status).unwrap_or_default();
+                    failures.push(format!("{endpoint} {why}"));
+                    continue;
+                }
                 (Retry::NotApplied, Err(status)) => Err(with_outcome(status)),
                 (_, result) => result,
             };
@@ -262,9 +297,14 @@ impl Client {
                     if retry == Retry::NotApplied {
                         set_outcome(&mut status, WriteOutcome::Unknown);
                     }
+                    // The endpoint that was reached is the one to name and ask next.
+                    self.current.store(idx, Ordering::Relaxed);
                     return Err(status.into());
                 }
-                Err(status) => return Err(status.into()),
+                Err(status) => {
+                    self.current.store(idx, Ordering::Relaxed);
+                    return Err(status.into());
+                }
             }
         }
         let message = if n == 1 {
@@ -277,6 +317,24 @@ impl Client {
             set_outcome(&mut status, WriteOutcome::NotApplied);
         }
         Err(status.into())
+    }
+
+    /// The endpoint (as given) that requests go to first: the one that answered last (with
+    /// a result or an error other than unreachable).
+    pub fn preferred_endpoint(&self) -> &str {
+        &self.channels[self.current.load(Ordering::Relaxed) % self.channels.len()].0
+    }
+
+    /// Makes the endpoint after the preferred one the first to try (e.g. once a watch
+    /// stream from the preferred one broke); the others follow in order, the old one last.
+    pub fn prefer_next_endpoint(&self) {
+        let next = (self.current.load(Ordering::Relaxed) + 1) % self.channels.len();
+        self.current.store(next, Ordering::Relaxed);
+    }
+
+    /// The endpoints, as given (empty ones left out).
+    pub fn endpoints(&self) -> impl Iterator<Item = &str> {
+        self.channels.iter().map(|(e, _)| e.as_str())
     }
 
     fn kv(channel: Channel) -> KvClient<Channel> {
@@ -319,7 +377,11 @@ impl Client {
 
     /// Starts a watch. The first message has `created = true`; the stream then yields events
     /// until the server ends it or the stream is dropped. Endpoint failover only happens
-    /// while the watch is being established.
+    /// while the watch is being established; to resume after the stream ended with an error
+    /// (e.g. `UNAVAILABLE`: the member is shutting down), call
+    /// [`Client::prefer_next_endpoint`] and watch again from the revision after the last
+    /// event received (all events of one revision come in one message), as `ordkv watch`
+    /// does.
     pub async fn watch(&self, req: WatchRequest) -> Result<WatchStream> {
         let stream = self
             .call(req, |ch, r| async move { Self::kv(ch).watch(r).await })
@@ -354,7 +416,7 @@ impl Client {
     }
 
     /// Removes the member with `ordinal` (runs on the leader; a follower's answer naming
-    /// the leader is followed once).
+    /// the leader is followed). Retried elsewhere only when it was not applied.
     pub async fn remove_member(&self, ordinal: u32) -> Result<MemberChangeResponse> {
         self.on_leader(RemoveMemberRequest { ordinal }, |ch, r| async move {
             Self::cluster(ch).remove_member(r).await
@@ -370,21 +432,40 @@ impl Client {
         .await
     }
 
-    /// Calls `f` here, or once more at the leader a follower names in its refusal.
+    /// Calls `f` as a write here, or at the leader a follower names in its refusal (then,
+    /// if the leader's address cannot be reached from here, at each given endpoint until
+    /// one is the leader).
     async fn on_leader<T, R, F, Fut>(&self, req: T, f: F) -> Result<R>
     where
         T: Clone,
         F: Fn(Channel, tonic::Request<T>) -> Fut + Clone,
         Fut: Future<Output = Result<tonic::Response<R>, Status>>,
     {
-        match self.call(req.clone(), f.clone()).await {
-            Err(e) if e.code() == Some(Code::FailedPrecondition) && e.leader().is_some() => {
-                let leader = e.leader().unwrap_or_default().to_string();
-                let at_leader = Client::connect(&[leader]).await?.with_timeout(self.timeout);
-                at_leader.call(req, f).await
+        let first = self.write(req.clone(), f.clone()).await;
+        let Err(e) = &first else { return first };
+        let Some(leader) = e.leader().map(str::to_string) else {
+            return first;
+        };
+        let mut candidates = vec![leader];
+        candidates.extend(self.endpoints().map(str::to_string));
+        let mut last = first;
+        for addr in candidates {
+            let at = Client::connect(std::slice::from_ref(&addr))
+                .await?
+                .with_timeout(self.timeout);
+            match at.write(req.clone(), f.clone()).await {
+                Ok(r) => return Ok(r),
+                // A follower again, or unreachable from here (nothing applied): go on.
+                Err(e)
+                    if e.leader().is_some()
+                        || e.write_outcome() == Some(WriteOutcome::NotApplied) =>
+                {
+                    last = Err(e)
+                }
+                Err(e) => return Err(e),
             }
-            other => other,
         }
+        last
     }
 
     /// Sets `key` to `value` and returns the revision the write created.
@@ -465,10 +546,14 @@ fn with_outcome(mut status: Status) -> Status {
             | Code::Unimplemented
     );
     if !refused {
+        // A refused connection, or an HTTP/2 stream the server refused (REFUSED_STREAM, e.g.
+        // a member shutting down): HTTP/2 guarantees such a request was not processed.
         let never_sent = sources(&status).any(|e| {
+            let text = e.to_string();
             e.downcast_ref::<std::io::Error>()
                 .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
-                || e.to_string().starts_with("tcp connect error")
+                || text.starts_with("tcp connect error")
+                || text.contains("refused stream before processing any application logic")
         });
         let outcome = if never_sent {
             WriteOutcome::NotApplied
@@ -478,6 +563,31 @@ fn with_outcome(mut status: Status) -> Status {
         set_outcome(&mut status, outcome);
     }
     status
+}
+
+/// What an endpoint that answered without ordkv's client API is, and what to use instead:
+/// an HTTP server (the HTTP port, 7381 by default) answers without a `grpc-status`; a gRPC
+/// server without the `ordkv.v1` services (the peer port, 7380) answers `UNIMPLEMENTED`
+/// with no message.
+fn wrong_server(status: &Status) -> Option<String> {
+    if status.code() != Code::Unimplemented {
+        return None;
+    }
+    let message = status.message();
+    if let Some(http) =
+        message.strip_prefix("grpc-status header missing, mapped from HTTP status code ")
+    {
+        return Some(format!(
+            "answered as an HTTP server (HTTP status {http}), not ordkv's gRPC client port; \
+             the client port is {DEFAULT_CLIENT_PORT} by default (7381 is the HTTP port)"
+        ));
+    }
+    message.is_empty().then(|| {
+        format!(
+            "is a gRPC server without ordkv's client API (the peer port, 7380 by default?); \
+             the client port is {DEFAULT_CLIENT_PORT} by default"
+        )
+    })
 }
 
 /// The source chain of a status (transport errors keep their cause there).
@@ -520,6 +630,77 @@ mod tests {
             Client::connect(&["bad host:1".into()]).await,
             Err(Error::InvalidEndpoint { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_without_a_port_is_refused_with_the_default_port() {
+        for given in ["127.0.0.1", "http://kv-0.kv"] {
+            let err = Client::connect(&[given.to_string()]).await.unwrap_err();
+            let text = err.to_string();
+            assert!(matches!(err, Error::InvalidEndpoint { .. }), "{text}");
+            assert!(text.contains("no port"), "{text}");
+            assert!(text.contains(":7379"), "{text}");
+        }
+        assert!(Client::connect(&["kv-0.kv:7379".into()]).await.is_ok());
+    }
+
+    #[test]
+    fn a_message_that_repeats_its_code_is_shown_once() {
+        let err = Error::from(Status::invalid_argument("invalid argument: key is empty"));
+        assert_eq!(err.to_string(), "INVALID_ARGUMENT: key is empty");
+        let err = Error::from(Status::deadline_exceeded("Deadline Exceeded: waited"));
+        assert_eq!(err.to_string(), "DEADLINE_EXCEEDED: waited");
+        // Other words stay, including an outcome that is not the code.
+        let err = Error::from(Status::unavailable("outcome unknown: leader changed"));
+        assert_eq!(
+            err.to_string(),
+            "UNAVAILABLE: outcome unknown: leader changed"
+        );
+        let err = Error::from(Status::unavailable("unavailable"));
+        assert_eq!(err.to_string(), "UNAVAILABLE: unavailable");
+    }
+
+    #[test]
+    fn wrong_servers_are_named() {
+        let http =
+            Status::unimplemented("grpc-status header missing, mapped from HTTP status code 404");
+        let why = wrong_server(&http).unwrap();
+        assert!(why.contains("HTTP server (HTTP status 404)"), "{why}");
+        assert!(why.contains("client port is 7379"), "{why}");
+        let peer = wrong_server(&Status::unimplemented("")).unwrap();
+        assert!(peer.contains("peer port"), "{peer}");
+        assert_eq!(wrong_server(&Status::unimplemented("watch")), None);
+        assert_eq!(wrong_server(&Status::unavailable("")), None);
+    }
+
+    #[tokio::test]
+    async fn a_grpc_server_without_the_kv_service_is_skipped_and_named() {
+        // A gRPC server with no ordkv service (like the peer port), then a working one.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let other = listener.local_addr().unwrap().to_string();
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_routes(tonic::service::Routes::default())
+                .serve_with_incoming(incoming),
+        );
+        let (good, calls) = fake(|| Ok(()), Duration::ZERO).await;
+        let c = Client::connect(&[other.clone(), good]).await.unwrap();
+        c.put_value("k", "v").await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+        let alone = Client::connect(std::slice::from_ref(&other)).await.unwrap();
+        let err = alone.put_value("k", "v").await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("{other} is a gRPC server without")),
+            "{text}"
+        );
+        assert_eq!(
+            err.write_outcome(),
+            Some(WriteOutcome::NotApplied),
+            "{text}"
+        );
     }
 
     #[test]
@@ -693,6 +874,37 @@ mod tests {
         assert_eq!(err.write_outcome(), Some(WriteOutcome::Unknown), "{err}");
         assert_eq!(first_calls.load(Ordering::SeqCst), 1);
         assert_eq!(second_calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn the_endpoint_that_answered_an_error_is_the_preferred_one() {
+        let (slow, _) = fake(|| Ok(()), Duration::from_secs(5)).await;
+        let c = Client::connect(&["127.0.0.1:1".into(), slow.clone()])
+            .await
+            .unwrap()
+            .with_timeout(Some(Duration::from_millis(200)));
+        assert_eq!(c.preferred_endpoint(), "127.0.0.1:1");
+        let err = c.put_value("k", "v").await.unwrap_err();
+        assert_eq!(err.code(), Some(Code::DeadlineExceeded), "{err}");
+        assert_eq!(c.preferred_endpoint(), slow);
+        c.prefer_next_endpoint();
+        assert_eq!(c.preferred_endpoint(), "127.0.0.1:1");
+    }
+
+    #[test]
+    fn a_refused_stream_was_not_applied() {
+        let refused = Status::from_error(Box::new(std::io::Error::other(
+            "stream error received: refused stream before processing any application logic",
+        )));
+        assert_eq!(
+            outcome_of(&with_outcome(refused)),
+            Some(WriteOutcome::NotApplied)
+        );
+        let reset = Status::from_error(Box::new(std::io::Error::other("connection reset")));
+        assert_eq!(
+            outcome_of(&with_outcome(reset)),
+            Some(WriteOutcome::Unknown)
+        );
     }
 
     #[tokio::test]

@@ -27,18 +27,29 @@ pub(crate) fn build(
         if m.current_leader == Some(*id) {
             leader = Some(ordinal);
         }
+        // What this member knows of the other's progress now: its own applied index; on the
+        // leader, what replication reported of a member it currently reaches; nothing
+        // otherwise (a follower does not see other followers; the last report of a member
+        // the leader no longer reaches is not its progress; no report is not 0).
+        let is_leader = m.state == openraft::ServerState::Leader;
         let (applied, reachable) = if *id == replica.node_id() {
-            (m.last_applied.as_ref().map_or(0, |l| l.index), true)
+            (m.last_applied.as_ref().map(|l| l.index), true)
         } else {
             match matched.get(id) {
-                Some(Some(l)) => (l.index, reached.contains(id)),
-                // Followers see the leader through its heartbeats.
-                _ if m.current_leader == Some(*id) && m.state != openraft::ServerState::Leader => {
-                    (0, true)
+                Some(matched) => {
+                    let reachable = reached.contains(id);
+                    let applied = matched.as_ref().filter(|_| reachable).map(|l| l.index);
+                    (applied, reachable)
                 }
-                _ => (0, false),
+                // Followers see the leader through its heartbeats.
+                None if m.current_leader == Some(*id) && !is_leader => (None, true),
+                None => (None, false),
             }
         };
+        // Lag is counted from the leader's last log index: only the leader has it.
+        let lag = applied
+            .filter(|_| is_leader)
+            .map(|a| last_index.saturating_sub(a));
         members.push(pb::Member {
             ordinal,
             name: node.name.clone(),
@@ -52,11 +63,7 @@ pub(crate) fn build(
             applied_index: applied,
             reachable,
             node_id: *id,
-            lag: if applied == 0 {
-                0
-            } else {
-                last_index.saturating_sub(applied)
-            },
+            lag,
         });
     }
     members.sort_by_key(|m| (m.ordinal, m.node_id));
