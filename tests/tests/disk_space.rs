@@ -86,7 +86,7 @@ async fn a_filling_disk_refuses_writes_before_it_is_full_and_accepts_them_again_
     let mut node = NodeProcess::new(
         "kv-0",
         Ports::free(),
-        &["--min-free-bytes".into(), (96u64 << 20).to_string()],
+        &["--min-free-bytes".into(), (160u64 << 20).to_string()],
     );
     let disk = match SmallDisk::mount(node.data_dir(), 512) {
         Ok(d) => d,

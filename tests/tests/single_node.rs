@@ -759,3 +759,46 @@ async fn watch_with_start_revision_replays_history() {
         ]
     );
 }
+
+/// The typed calls of `ordkv-client` (the same names as the embedded `Kv`'s) against a real
+/// server: compare-and-swap from nothing and from a value, a transaction builder, prefix
+/// scans and deletes, and a prefix watch with its event kinds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_typed_client_calls_match_the_embedded_ones() {
+    use ordkv_client::{Client, EventKind, StreamExt, Txn};
+    let node = NodeProcess::start("kv-0").await;
+    let client = Client::connect(&[node.client_addr()]).await.unwrap();
+    assert!(client.compare_and_swap("cfg/v", None, "1").await.unwrap());
+    assert!(!client.compare_and_swap("cfg/v", None, "1").await.unwrap());
+    assert!(
+        !client
+            .compare_and_swap("cfg/v", Some(Bytes::from_static(b"0")), "2")
+            .await
+            .unwrap()
+    );
+    assert!(
+        client
+            .compare_and_swap("cfg/v", Some(Bytes::from_static(b"1")), "2")
+            .await
+            .unwrap()
+    );
+    let txn = Txn::new()
+        .if_value("cfg/v", "2")
+        .then_put("cfg/mode", "fast")
+        .else_delete("cfg/v");
+    assert!(client.txn(txn).await.unwrap().succeeded);
+
+    let mut watch = client.watch_prefix("cfg/").await.unwrap();
+    let created = watch.next().await.unwrap().unwrap();
+    assert!(created.created);
+    assert_eq!(client.delete_key("cfg/mode").await.unwrap(), 1);
+    let event = watch.next().await.unwrap().unwrap().events.remove(0);
+    assert_eq!(event.kind(), EventKind::Delete);
+    assert_eq!(event.kv.unwrap().key, "cfg/mode");
+
+    client.put_value("cfg/a", "x").await.unwrap();
+    let page = client.scan_prefix("cfg/", 1).await.unwrap();
+    assert_eq!((page.kvs.len(), page.more), (1, true));
+    assert_eq!(client.delete_prefix("cfg/").await.unwrap(), 2);
+    assert!(client.scan_prefix("cfg/", 0).await.unwrap().kvs.is_empty());
+}

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{StreamExt, stream::BoxStream};
+use futures::stream::BoxStream;
 use ordkv_proto::v1::{
     BackupRequest, CompactRequest, CompactResponse, DeleteRequest, DeleteResponse, GetRequest,
     GetResponse, MemberChangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
@@ -31,6 +31,8 @@ use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
 /// gRPC status codes, as [`Error::code`] returns them.
+pub use futures::StreamExt;
+pub use ordkv_proto::ops::{self, EventKind, Txn};
 pub use tonic::Code;
 
 /// Largest response message the client accepts (64 MiB).
@@ -369,8 +371,9 @@ impl Client {
             .await
     }
 
-    /// Runs a transaction (compare-and-swap).
-    pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
+    /// Runs a transaction: a [`TxnRequest`], or a [`Txn`] built step by step.
+    pub async fn txn(&self, req: impl Into<TxnRequest>) -> Result<TxnResponse> {
+        let req = req.into();
         self.write(req, |ch, r| async move { Self::kv(ch).txn(r).await })
             .await
     }
@@ -387,6 +390,46 @@ impl Client {
             .call(req, |ch, r| async move { Self::kv(ch).watch(r).await })
             .await?;
         Ok(stream.map(|item| item.map_err(Error::from)).boxed())
+    }
+
+    /// Deletes `key`; returns how many keys were deleted (0 or 1).
+    pub async fn delete_key(&self, key: impl Into<Bytes>) -> Result<u64> {
+        Ok(self.delete(ops::delete_key(key)).await?.deleted)
+    }
+
+    /// Deletes every key that starts with `prefix`; returns how many.
+    pub async fn delete_prefix(&self, prefix: impl Into<Bytes>) -> Result<u64> {
+        Ok(self.delete(ops::delete_prefix(prefix)).await?.deleted)
+    }
+
+    /// Reads up to `limit` keys that start with `prefix` (0: the server's maximum), in key
+    /// order, linearizably. While `more`, scan on from `next_start` with [`Client::range`].
+    pub async fn scan_prefix(&self, prefix: impl Into<Bytes>, limit: u64) -> Result<RangeResponse> {
+        self.range(ops::scan_prefix(prefix, limit)).await
+    }
+
+    /// Puts `new` at `key` only if its value is `expected` (`None`: only if `key` does not
+    /// exist). Returns whether it did.
+    pub async fn compare_and_swap(
+        &self,
+        key: impl Into<Bytes>,
+        expected: Option<Bytes>,
+        new: impl Into<Bytes>,
+    ) -> Result<bool> {
+        Ok(self
+            .txn(ops::compare_and_swap(key, expected, new))
+            .await?
+            .succeeded)
+    }
+
+    /// Watches `key` from now on (see [`Client::watch`] for a start revision).
+    pub async fn watch_key(&self, key: impl Into<Bytes>) -> Result<WatchStream> {
+        self.watch(ops::watch_key(key)).await
+    }
+
+    /// Watches every key that starts with `prefix`, from now on.
+    pub async fn watch_prefix(&self, prefix: impl Into<Bytes>) -> Result<WatchStream> {
+        self.watch(ops::watch_prefix(prefix)).await
     }
 
     /// Discards watch history older than `req.revision`.

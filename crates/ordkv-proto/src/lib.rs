@@ -1,9 +1,9 @@
 //! Generated protobuf and gRPC code for ordkv: the client API (`KV`, `Cluster`) and the
-//! internal Raft command encoding. Generated from `proto/ordkv/v1`; no hand-written logic.
-
-#![allow(clippy::all, missing_docs)]
+//! internal Raft command encoding, generated from `proto/ordkv/v1`; and [`ops`], the
+//! requests of the common operations, shared by the embedded `ordkv::Kv` and `ordkv-client`.
 
 /// `ordkv.v1`: messages and services.
+#[allow(clippy::all, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("ordkv.v1");
 
@@ -13,6 +13,8 @@ pub mod v1 {
 }
 
 pub use v1::*;
+
+pub mod ops;
 
 /// The trailing metadata key that says whether a failed write happened (see `kv.proto`).
 pub const WRITE_OUTCOME_METADATA_KEY: &str = "ordkv-write-outcome";

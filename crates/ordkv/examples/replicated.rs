@@ -36,7 +36,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         config.name = name.to_string();
         config.peers = ordkv::Peers::Static(peers.clone());
         config.peer_listen_addr = Some(*addr);
-        config.advertise_peer_addr = addr.to_string();
         members.push(ordkv::Node::open(config).await?);
     }
     for m in &members {

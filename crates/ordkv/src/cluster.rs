@@ -42,7 +42,7 @@ const TICK: Duration = Duration::from_millis(500);
 pub(crate) fn member_record(identity: &Identity, config: &NodeConfig) -> MemberNode {
     MemberNode {
         name: identity.name.clone(),
-        peer_addr: config.advertise_peer_addr.clone(),
+        peer_addr: config.effective_advertise_peer_addr(),
         client_addr: config.advertise_client_addr.clone(),
     }
 }
@@ -398,7 +398,7 @@ pub(crate) fn decide(local_cluster: &str, ordinal: u32, answers: &[(String, Answ
     if !local_cluster.is_empty() && !clusters.is_empty() && !clusters.contains(local_cluster) {
         return Decision::WrongCluster(format!(
             "this data dir belongs to cluster {local_cluster}, but the peers are in {clusters:?}; \
-             point --data-dir at this member's own volume, or wipe it so the member rejoins"
+             point the data dir (`data_dir`, --data-dir) at this member's own volume, or wipe it so the member rejoins"
         ));
     }
     if let Some(c) = clusters.iter().next() {

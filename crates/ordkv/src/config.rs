@@ -164,14 +164,36 @@ pub struct NodeConfig {
     pub min_free_bytes: u64,
 }
 
+/// `advertise_peer_addr` of [`NodeConfig::new`]: left so, it is derived (see
+/// [`NodeConfig::effective_advertise_peer_addr`]).
+const DEFAULT_ADVERTISE_PEER_ADDR: &str = "127.0.0.1:7380";
+
 impl NodeConfig {
+    /// The peer address this member gives the others: `advertise_peer_addr` when it was set;
+    /// left at its default, this member's own entry in a [`Peers::Static`] map, else
+    /// `peer_listen_addr` when that names a specific address.
+    pub fn effective_advertise_peer_addr(&self) -> String {
+        if self.advertise_peer_addr != DEFAULT_ADVERTISE_PEER_ADDR {
+            return self.advertise_peer_addr.clone();
+        }
+        if let Peers::Static(map) = &self.peers
+            && let Some(own) = map.get(&self.name)
+        {
+            return own.clone();
+        }
+        match self.peer_listen_addr {
+            Some(addr) if !addr.ip().is_unspecified() => addr.to_string(),
+            _ => self.advertise_peer_addr.clone(),
+        }
+    }
+
     /// Defaults for a single member named `ordkv` in `data_dir`.
     pub fn new(data_dir: impl Into<PathBuf>) -> NodeConfig {
         NodeConfig {
             data_dir: data_dir.into(),
             name: "ordkv".to_string(),
             advertise_client_addr: "127.0.0.1:7379".to_string(),
-            advertise_peer_addr: "127.0.0.1:7380".to_string(),
+            advertise_peer_addr: DEFAULT_ADVERTISE_PEER_ADDR.to_string(),
             limits: Limits::default(),
             watch_history_revisions: 100_000,
             cache_capacity_bytes: 128 * 1024 * 1024,
@@ -268,10 +290,18 @@ impl NodeConfig {
                 for name in map.keys() {
                     Identity::parse(name)?;
                 }
-                if !map.contains_key(&identity.name) {
+                let Some(own) = map.get(&identity.name) else {
                     return bad(format!(
                         "the peer map does not list this member {:?}",
                         identity.name
+                    ));
+                };
+                let advertised = self.effective_advertise_peer_addr();
+                if advertised != *own {
+                    return bad(format!(
+                        "advertise_peer_addr {advertised} is not this member's own entry in the \
+                         peer map ({own}): the others would dial another address; set it to \
+                         {own}, or leave it at its default to use the map's"
                     ));
                 }
             }
@@ -327,5 +357,37 @@ mod tests {
         c.max_voters = 3;
         c.limits.max_key_bytes = 0;
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn a_static_member_advertises_its_own_map_entry_and_nothing_else() {
+        let mut c = NodeConfig::new("/tmp/x");
+        c.name = "kv-1".into();
+        c.peer_listen_addr = Some("127.0.0.1:7391".parse().unwrap());
+        c.peers = Peers::Static(BTreeMap::from([
+            ("kv-0".to_string(), "127.0.0.1:7381".to_string()),
+            ("kv-1".to_string(), "127.0.0.1:7391".to_string()),
+        ]));
+        // Left at its default, the address comes from the map.
+        assert!(c.validate().is_ok());
+        assert_eq!(c.effective_advertise_peer_addr(), "127.0.0.1:7391");
+        // Set to another member's address (or any other), it is refused, naming both.
+        c.advertise_peer_addr = "127.0.0.1:7381".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("127.0.0.1:7381") && e.contains("127.0.0.1:7391"),
+            "{e}"
+        );
+        c.advertise_peer_addr = "127.0.0.1:7391".into();
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn without_a_map_the_listen_address_is_advertised_when_it_names_one() {
+        let mut c = NodeConfig::new("/tmp/x");
+        c.peer_listen_addr = Some("10.0.0.7:7380".parse().unwrap());
+        assert_eq!(c.effective_advertise_peer_addr(), "10.0.0.7:7380");
+        c.peer_listen_addr = Some("0.0.0.0:7380".parse().unwrap());
+        assert_eq!(c.effective_advertise_peer_addr(), "127.0.0.1:7380");
     }
 }

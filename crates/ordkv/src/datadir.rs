@@ -61,7 +61,7 @@ impl DataDir {
         lock.try_lock_exclusive().map_err(|_| {
             dir_err(
                 path,
-                "another ordkv process is using this data dir; stop it or choose another --data-dir",
+                "another ordkv process is using this data dir; stop it or choose another data dir (`data_dir`, --data-dir)",
             )
         })?;
 
@@ -88,7 +88,7 @@ impl DataDir {
                 return Err(dir_err(
                     path,
                     format!(
-                        "it belongs to member {:?} of cluster {}, not to {:?}; point --data-dir at this member's own volume",
+                        "it belongs to member {:?} of cluster {}, not to {:?}; point the data dir (`data_dir`, --data-dir) at this member's own volume",
                         record.name, record.cluster_id, identity.name
                     ),
                 ));

@@ -18,6 +18,7 @@ use crate::read_index::Reads;
 use crate::replica::Replica;
 use crate::validate;
 use crate::writes::Writer;
+use ordkv_proto::ops;
 
 /// A cheap, cloneable handle to a node's key-value operations.
 #[derive(Clone)]
@@ -149,8 +150,10 @@ impl Kv {
         Ok(resp)
     }
 
-    /// Evaluates the compares atomically, then runs `success` or `failure`.
-    pub async fn txn(&self, req: pb::TxnRequest) -> Result<pb::TxnResponse> {
+    /// Evaluates the compares atomically, then runs `success` or `failure` (a
+    /// [`TxnRequest`](pb::TxnRequest), or a [`Txn`](crate::Txn) built step by step).
+    pub async fn txn(&self, req: impl Into<pb::TxnRequest>) -> Result<pb::TxnResponse> {
+        let req = req.into();
         validate::txn(&self.limits, &req)?;
         let (resp, header) = self.command(pb::command::Op::Txn(req)).await?;
         match resp.result {
@@ -243,6 +246,50 @@ impl Kv {
             created: false,
             events,
         })
+    }
+
+    /// Deletes `key`; returns how many keys were deleted (0 or 1).
+    pub async fn delete_key(&self, key: impl Into<Bytes>) -> Result<u64> {
+        Ok(self.delete(ops::delete_key(key)).await?.deleted)
+    }
+
+    /// Deletes every key that starts with `prefix`; returns how many.
+    pub async fn delete_prefix(&self, prefix: impl Into<Bytes>) -> Result<u64> {
+        Ok(self.delete(ops::delete_prefix(prefix)).await?.deleted)
+    }
+
+    /// Reads up to `limit` keys that start with `prefix` (0: the server's maximum), in key
+    /// order, linearizably. While `more`, scan on from `next_start` with [`Kv::range`].
+    pub async fn scan_prefix(
+        &self,
+        prefix: impl Into<Bytes>,
+        limit: u64,
+    ) -> Result<pb::RangeResponse> {
+        self.range(ops::scan_prefix(prefix, limit)).await
+    }
+
+    /// Puts `new` at `key` only if its value is `expected` (`None`: only if `key` does not
+    /// exist). Returns whether it did.
+    pub async fn compare_and_swap(
+        &self,
+        key: impl Into<Bytes>,
+        expected: Option<Bytes>,
+        new: impl Into<Bytes>,
+    ) -> Result<bool> {
+        Ok(self
+            .txn(ops::compare_and_swap(key, expected, new))
+            .await?
+            .succeeded)
+    }
+
+    /// Watches `key` from now on (see [`Kv::watch`] for a start revision).
+    pub async fn watch_key(&self, key: impl Into<Bytes>) -> Result<WatchStream> {
+        self.watch(ops::watch_key(key)).await
+    }
+
+    /// Watches every key that starts with `prefix`, from now on.
+    pub async fn watch_prefix(&self, prefix: impl Into<Bytes>) -> Result<WatchStream> {
+        self.watch(ops::watch_prefix(prefix)).await
     }
 
     /// Convenience: put and return the revision created.

@@ -35,12 +35,21 @@ mod testing;
 mod validate;
 mod writes;
 
+/// The README's Rust snippets, compiled and run as doc-tests so that they cannot drift from
+/// the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
+
 pub use autopilot::REMOVED_BY_INTENT;
 pub use config::{Identity, Limits, NodeConfig, Peers, pod_namespace};
 pub use error::{Error, Result};
+/// `next()` on a [`WatchStream`], and the rest of the stream combinators.
+pub use futures::StreamExt;
 pub use intent::{KubernetesApi, SERVICE_ACCOUNT_DIR, ScaleIntent};
 pub use kv::{Kv, WatchStream};
 pub use node::{Node, restore_snapshot};
+pub use ordkv_proto::ops::{EventKind, Txn};
 /// The request and response types shared with the gRPC API.
 pub use ordkv_store::pb;
 pub use ordkv_store::{SYNC_DURATION, SYNC_WAITERS, SnapshotSummary, verify_snapshot};

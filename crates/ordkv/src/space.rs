@@ -16,7 +16,8 @@ use crate::pb;
 /// Gauge: 1 while this member refuses writes for lack of space, else 0.
 pub const NO_SPACE_ALARM: &str = "ordkv_no_space_alarm";
 
-/// Sizes are read at most this often (sled's size and `statvfs` are system calls).
+/// Sizes are read at most this often while far from the limits (sled's size and `statvfs`
+/// are system calls), and on every write that adds data near them.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
 
 pub(crate) struct SpaceGuard {
@@ -24,8 +25,8 @@ pub(crate) struct SpaceGuard {
     data_dir: PathBuf,
     quota_bytes: u64,
     min_free_bytes: u64,
-    /// When sizes were last read, and why writes are refused, if they are.
-    last: Mutex<Option<(Instant, Option<String>)>>,
+    /// The last reading.
+    last: Mutex<Option<Measured>>,
 }
 
 /// Whether `cmd` may add data (a put, or a transaction with a put in either branch).
@@ -72,43 +73,70 @@ impl SpaceGuard {
 
     fn refusal(&self) -> Option<String> {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, why)) = &*last
-            && at.elapsed() < CHECK_EVERY
+        if let Some(m) = &*last
+            && !m.near
+            && m.at.elapsed() < CHECK_EVERY
         {
-            return why.clone();
+            return m.refusal.clone();
         }
-        let why = self.measure();
-        let was = last.as_ref().and_then(|(_, w)| w.clone());
-        match (&was, &why) {
+        let now = self.measure();
+        let was = last.as_ref().and_then(|m| m.refusal.clone());
+        match (&was, &now.refusal) {
             (None, Some(why)) => tracing::warn!(reason = %why, "refusing writes that add data"),
             (Some(_), None) => tracing::info!("space available again; writes accepted"),
             _ => {}
         }
-        metrics::gauge!(NO_SPACE_ALARM).set(if why.is_some() { 1.0 } else { 0.0 });
-        *last = Some((Instant::now(), why.clone()));
-        why
+        metrics::gauge!(NO_SPACE_ALARM).set(if now.refusal.is_some() { 1.0 } else { 0.0 });
+        let refusal = now.refusal.clone();
+        *last = Some(now);
+        refusal
     }
 
-    fn measure(&self) -> Option<String> {
+    fn measure(&self) -> Measured {
+        let at = Instant::now();
         let size = self.sm.size_on_disk();
         if self.quota_bytes > 0 && size >= self.quota_bytes {
-            return Some(format!(
-                "the store is {size} bytes, over its quota of {} bytes; delete keys and compact, \
-                 or raise the quota (--quota-bytes)",
-                self.quota_bytes
-            ));
+            return Measured {
+                at,
+                near: true,
+                refusal: Some(format!(
+                    "the store is {size} bytes, over its quota of {} bytes; delete keys and \
+                     compact, or raise the quota (`quota_bytes`, --quota-bytes)",
+                    self.quota_bytes
+                )),
+            };
         }
+        let near_quota = self.quota_bytes > 0 && size >= self.quota_bytes / 10 * 9;
         match fs2::available_space(&self.data_dir) {
-            Ok(free) if free < self.min_free_bytes => Some(format!(
-                "the disk holding {} has {free} bytes free, under the {} bytes kept in reserve; \
-                 delete keys and compact, or give the volume more space",
-                self.data_dir.display(),
-                self.min_free_bytes
-            )),
+            Ok(free) => Measured {
+                at,
+                near: near_quota || free < self.min_free_bytes.saturating_mul(2),
+                refusal: (free < self.min_free_bytes).then(|| {
+                    format!(
+                        "the disk holding {} has {free} bytes free, under the {} bytes kept in \
+                         reserve; delete keys and compact, or give the volume more space",
+                        self.data_dir.display(),
+                        self.min_free_bytes
+                    )
+                }),
+            },
             // An unreadable filesystem size is not a reason to refuse writes.
-            _ => None,
+            Err(_) => Measured {
+                at,
+                near: near_quota,
+                refusal: None,
+            },
         }
     }
+}
+
+/// One reading of the sizes.
+struct Measured {
+    at: Instant,
+    /// Close to a limit: read again on the next write rather than after [`CHECK_EVERY`],
+    /// so that a burst of large writes does not run past it.
+    near: bool,
+    refusal: Option<String>,
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ pub(crate) async fn serve(
 ) -> NodeResult<impl Future<Output = ()> + Send + 'static> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         Error::InvalidArgument(format!(
-            "cannot listen on {addr} for peers: {e}; choose another address with --peer-addr"
+            "cannot listen on {addr} for peers: {e}; choose another peer listen address (`peer_listen_addr`, --peer-addr)"
         ))
     })?;
     let service = pb::peer_server::PeerServer::new(service)
