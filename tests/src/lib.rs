@@ -833,3 +833,16 @@ pub fn tree_fingerprint(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)
     out.sort();
     out
 }
+
+/// The highest index the leader's log says it purged up to (openraft's `purge log, ...
+/// purge_upto: T1-N<id>.<index>` lines), if any.
+pub fn purged_upto(logs: &str) -> Option<u64> {
+    logs.lines()
+        .filter(|l| l.contains("purge log,"))
+        .filter_map(|l| {
+            let tail = l.split("purge_upto: ").nth(1)?;
+            let id = tail.split_whitespace().next()?;
+            id.rsplit('.').next()?.trim_end_matches(',').parse().ok()
+        })
+        .max()
+}

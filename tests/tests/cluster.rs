@@ -1159,10 +1159,24 @@ async fn a_follower_caught_up_from_a_snapshot_restarts() {
     let follower = (0..3).find(|i| *i != leader).expect("a follower");
     let others: Vec<usize> = (0..3).filter(|i| *i != follower).collect();
     let mut expected = write_keys(&c, &others, "before", 50, 4).await;
+    let had = c.status(follower).await.applied_index;
     c.kill_9(follower);
-    // Past openraft's 1000 entries kept behind a snapshot, so the follower's next entry
-    // is purged on the leader.
-    expected.extend(write_keys(&c, &others, "while-down", SCALE_KEYS, 16).await);
+    // Past the most entries the leader keeps for a lagging follower (ten times the 100
+    // behind each snapshot), so the follower's next entry is purged on the leader once the
+    // leader gives up the append it had in flight to it.
+    expected.extend(write_keys(&c, &others, "while-down", 1500, 16).await);
+    let leader = c.leader_among(&others).await;
+    c.wait_until(
+        "the leader purged its log past the follower",
+        CONVERGE,
+        || async {
+            match ordkv_tests::purged_upto(&c.node(leader).current_log()) {
+                Some(p) if p > had + 100 => Ok(()),
+                other => Err(format!("purged up to {other:?}, the follower had {had}")),
+            }
+        },
+    )
+    .await;
     c.restart(follower).await;
     c.wait_until("the follower installed a snapshot", CONVERGE, || async {
         match c

@@ -11,6 +11,23 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ordkv_proto::v1::{PutRequest, TransferLeaderRequest, kv_client::KvClient};
 use ordkv_tests::cluster::{BackgroundWriter, CONVERGE, Cluster, WriterReport};
+use ordkv_tests::history::HistoryLoad;
+use ordkv_tests::linearizability::CheckResult;
+
+/// Deadline of each request of the checked load.
+const OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most time the linearizability check may take.
+const CHECK_BUDGET: Duration = Duration::from_secs(60);
+
+/// A read/write/CAS load over every member, whose history is checked at the end.
+fn checked_load(c: &Cluster) -> HistoryLoad {
+    let endpoints = c
+        .ordinals()
+        .into_iter()
+        .map(|i| c.node(i).client_socket_addr())
+        .collect();
+    HistoryLoad::start(endpoints, "h", OP_TIMEOUT)
+}
 
 /// `ordkv_store::crash::CRASH_EXIT_CODE`.
 const CRASH_EXIT_CODE: i32 = 86;
@@ -40,8 +57,15 @@ async fn crashed(c: &mut Cluster, t: usize, point: &str, within: Duration) -> Du
 }
 
 /// Restarts `t` without the crash point and checks the outcome: every write acknowledged
-/// while `writer` ran is on every member, the members agree, `t` serves.
-async fn recovers(c: &mut Cluster, t: usize, writer: BackgroundWriter, point: &str) {
+/// while `writer` ran is on every member, the members agree, `t` serves, and the history of
+/// `load` is linearizable.
+async fn recovers(
+    c: &mut Cluster,
+    t: usize,
+    writer: BackgroundWriter,
+    load: HistoryLoad,
+    point: &str,
+) {
     c.node_mut(t).set_env(&[]);
     let restart = Instant::now();
     c.node_mut(t).spawn();
@@ -50,6 +74,11 @@ async fn recovers(c: &mut Cluster, t: usize, writer: BackgroundWriter, point: &s
     let more = writer.acked();
     writer.progresses(c, more, 20, "after the restart").await;
     let report: WriterReport = writer.stop().await;
+    // The load's own runtime must not be dropped on this one.
+    let history = tokio::task::spawn_blocking(move || load.finish(CONVERGE))
+        .await
+        .expect("history load")
+        .unwrap_or_else(|e| panic!("[{point}] {e}"));
     let all: Vec<usize> = c.ordinals();
     let converging = Instant::now();
     let data = c.converged_at_least(&all, 0).await;
@@ -78,12 +107,27 @@ async fn recovers(c: &mut Cluster, t: usize, writer: BackgroundWriter, point: &s
         converged.as_secs_f64(),
         held.len()
     );
+    let (verdict, took) = history.check(CHECK_BUDGET);
+    let (gap, gap_at) = history.longest_write_gap();
+    println!(
+        "[{point}] FIGURES ops checked {} | acknowledged writes {} (lost {}) | linearizable {} \
+         ({:.2}s) | longest write gap of the checked load {:.2}s (at {:.2}s) | leader changes {}",
+        history.events.len(),
+        report.acked.len() + history.writes.len(),
+        lost.len(),
+        verdict == CheckResult::Ok,
+        took.as_secs_f64(),
+        gap.as_secs_f64(),
+        gap_at.as_secs_f64(),
+        history.leader_changes()
+    );
     assert!(
         lost.is_empty(),
         "[{point}] {} acknowledged writes lost, first {:?}",
         lost.len(),
         lost.first()
     );
+    assert_eq!(verdict, CheckResult::Ok, "[{point}] {}", history.summary());
     // The member that crashed answers a linearizable read of the last acknowledged write.
     let (key, value) = report.acked.last().expect("some writes were acknowledged");
     let mut kv = KvClient::new(c.channel(t, Duration::from_secs(5)));
@@ -128,6 +172,7 @@ async fn leader_crashes_at(point: &str) {
     let t = (c.leader().await + 1) % 3;
     arm_and_lead(&mut c, t, point).await;
     let writer = BackgroundWriter::start(&c, &[0, 1, 2], "w/");
+    let load = checked_load(&c);
     let took = crashed(&mut c, t, point, CONVERGE).await;
     let at = writer.acked();
     println!(
@@ -138,7 +183,7 @@ async fn leader_crashes_at(point: &str) {
     writer
         .progresses(&c, at, 20, "without the crashed member")
         .await;
-    recovers(&mut c, t, writer, point).await;
+    recovers(&mut c, t, writer, load, point).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,6 +210,7 @@ async fn a_member_crashing_during_a_snapshot_build_recovers() {
     c.node_mut(t).set_env(&arm("snapshot.build"));
     c.restart(t).await;
     let writer = BackgroundWriter::start(&c, &[0, 1, 2], "w/");
+    let load = checked_load(&c);
     let took = crashed(&mut c, t, "snapshot.build", CONVERGE).await;
     println!(
         "[snapshot.build] kv-{t} crashed {:.2}s into the load",
@@ -174,7 +220,7 @@ async fn a_member_crashing_during_a_snapshot_build_recovers() {
     writer
         .progresses(&c, at, 20, "without the crashed member")
         .await;
-    recovers(&mut c, t, writer, "snapshot.build").await;
+    recovers(&mut c, t, writer, load, "snapshot.build").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,8 +229,10 @@ async fn a_follower_crashing_during_a_snapshot_install_recovers() {
     let t = (c.leader().await + 1) % 3;
     // Stopped while the leader's log moves on past what it keeps for a lagging follower
     // (ten times 100 entries), so that it must be sent a snapshot.
+    let had = c.status(t).await.applied_index;
     c.kill_9(t);
-    let mut kv = KvClient::new(c.channel(c.leader().await, Duration::from_secs(5)));
+    let leader = c.leader().await;
+    let mut kv = KvClient::new(c.channel(leader, Duration::from_secs(5)));
     for i in 0..1500 {
         kv.put(PutRequest {
             key: Bytes::from(format!("pre/{i:05}")),
@@ -194,15 +242,27 @@ async fn a_follower_crashing_during_a_snapshot_install_recovers() {
         .await
         .unwrap_or_else(|e| panic!("put {i}: {e}"));
     }
+    c.wait_until(
+        "the leader purged its log past kv-{t}",
+        CONVERGE,
+        || async {
+            match ordkv_tests::purged_upto(&c.node(leader).current_log()) {
+                Some(p) if p > had + 100 => Ok(()),
+                other => Err(format!("purged up to {other:?}, it had {had}")),
+            }
+        },
+    )
+    .await;
     c.node_mut(t).set_env(&arm("snapshot.install"));
     let writer = BackgroundWriter::start(&c, &[(t + 1) % 3, (t + 2) % 3], "w/");
+    let load = checked_load(&c);
     c.node_mut(t).spawn();
     let took = crashed(&mut c, t, "snapshot.install", CONVERGE).await;
     println!(
         "[snapshot.install] kv-{t} crashed {:.2}s after its start",
         took.as_secs_f64()
     );
-    recovers(&mut c, t, writer, "snapshot.install").await;
+    recovers(&mut c, t, writer, load, "snapshot.install").await;
     let pre = c.range(t, ordkv_proto::v1::Consistency::Serializable).await;
     let pre = pre.iter().filter(|kv| kv.key.starts_with(b"pre/")).count();
     assert_eq!(
@@ -222,6 +282,7 @@ async fn a_member_crashing_between_the_two_phases_of_a_membership_change_recover
     c.node_mut(t).set_env(&arm("apply.joint_membership"));
     c.restart(t).await;
     let writer = BackgroundWriter::start(&c, &[(t + 1) % 3, (t + 2) % 3], "w/");
+    let load = checked_load(&c);
     c.add_member(3).await;
     let took = crashed(&mut c, t, "apply.joint_membership", CONVERGE).await;
     println!(
@@ -229,5 +290,5 @@ async fn a_member_crashing_between_the_two_phases_of_a_membership_change_recover
         took.as_secs_f64()
     );
     c.wait_voters(4).await;
-    recovers(&mut c, t, writer, "apply.joint_membership").await;
+    recovers(&mut c, t, writer, load, "apply.joint_membership").await;
 }

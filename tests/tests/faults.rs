@@ -32,6 +32,7 @@ use ordkv_tests::containers::{
 };
 use ordkv_tests::history::{HistoryLoad, HistoryReport};
 use ordkv_tests::linearizability::CheckResult;
+use ordkv_tests::purged_upto;
 
 /// Deadline of each request of the loads: longer means an unknown outcome.
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -497,19 +498,6 @@ fn a_partitioned_follower_catches_up_by_snapshot_once_the_log_is_purged_past_it(
 #[test]
 fn a_partitioned_follower_catches_up_by_snapshot_with_a_1000_entry_log_window() {
     follower_far_behind("behind-cut-snap1k", Outage::Partitioned, Some("1000"));
-}
-
-/// The highest index the leader's log says it purged up to (openraft's `purge log, ...
-/// purge_upto: T1-N<id>.<index>` lines), if any.
-fn purged_upto(logs: &str) -> Option<u64> {
-    logs.lines()
-        .filter(|l| l.contains("purge log,"))
-        .filter_map(|l| {
-            let tail = l.split("purge_upto: ").nth(1)?;
-            let id = tail.split_whitespace().next()?;
-            id.rsplit('.').next()?.trim_end_matches(',').parse().ok()
-        })
-        .max()
 }
 
 /// `snapshot_every`: `--snapshot-every` (the log is then purged past the follower before

@@ -43,7 +43,12 @@ pub struct StoreOptions {
     pub history_revisions: u64,
     /// Most keys one range returns (also inside a Txn).
     pub max_range_limit: usize,
+    /// Size of a Raft log segment, preallocated (two are on disk: the active one and the
+    /// next); [`DEFAULT_WAL_SEGMENT_BYTES`] unless a small store wants less.
+    pub wal_segment_bytes: u64,
 }
+
+pub use wal::DEFAULT_SEGMENT_BYTES as DEFAULT_WAL_SEGMENT_BYTES;
 
 /// Opens (or creates) the store in `dir`: `dir/wal` for the Raft log, `dir/sled` for the
 /// vote and the state machine, and `dir/snapshots`.
@@ -71,7 +76,11 @@ pub fn open(dir: &Path, opts: &StoreOptions) -> io::Result<(LogStore, StateMachi
             .sync_data()
             .map_err(|e| format!("fdatasync of sled: {e}"))
     })?;
-    let wal = wal::Wal::open(&dir.join("wal"), LogStore::purged_index(&db)?)?;
+    let wal = wal::Wal::open_with(
+        &dir.join("wal"),
+        LogStore::purged_index(&db)?,
+        opts.wal_segment_bytes,
+    )?;
     let synced = wal.clone();
     let wal_sync = Durability::start("ordkv-wal-sync", "wal", failed, move || {
         crash::point("wal.before_sync");

@@ -31,8 +31,11 @@ use std::thread::JoinHandle;
 use crate::codec::corrupt;
 use crate::types::{Entry, LogId};
 
-/// A segment is closed and a new one started past this size (also its preallocated size).
-const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// A segment is closed and a new one started past this size (also its preallocated size),
+/// unless the store is opened with another (`StoreOptions::wal_segment_bytes`).
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+#[cfg(test)]
+const SEGMENT_BYTES: u64 = DEFAULT_SEGMENT_BYTES;
 /// The spare is zero-filled and synced in steps of this size: one sync of 64 MiB of zeros
 /// stalls the appends' syncs of the active segment for tens of milliseconds.
 const STEP: u64 = 4 * 1024 * 1024;
@@ -67,6 +70,8 @@ struct Inner {
     locs: VecDeque<Loc>,
     /// The background fill of [`SPARE`], once started; `Ok` when it is complete and synced.
     spare: Option<JoinHandle<io::Result<()>>>,
+    /// Size of a segment (preallocated, and where the next one starts).
+    segment_bytes: u64,
 }
 
 impl Drop for Inner {
@@ -111,12 +116,12 @@ fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
 
 /// Writes the spare from scratch (a leftover may be half filled): zeros, then synced, so
 /// that appends into it overwrite blocks that are allocated and written.
-fn fill_spare(path: &Path) -> io::Result<()> {
-    match fill_spare_direct(path) {
+fn fill_spare(path: &Path, size: u64) -> io::Result<()> {
+    match fill_spare_direct(path, size) {
         Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
             // This file system takes no direct I/O: zeros through the page cache.
             tracing::debug!(error = %e, "direct I/O refused; zero-filling through the page cache");
-            fill_spare_buffered(path)
+            fill_spare_buffered(path, size)
         }
         r => r,
     }
@@ -126,7 +131,7 @@ fn fill_spare(path: &Path) -> io::Result<()> {
 /// cache the kernel copies every zero page, which cost about 6% of all CPU at 256 writers
 /// (perf, `put x256`). The kernel is then asked to read the zeros back into the page cache
 /// (by DMA, no copy), so that an append does not wait for a read of the block it lands in.
-fn fill_spare_direct(path: &Path) -> io::Result<()> {
+fn fill_spare_direct(path: &Path, size: u64) -> io::Result<()> {
     use nix::fcntl::{OFlag, PosixFadviseAdvice, posix_fadvise};
     use std::os::unix::fs::OpenOptionsExt;
     const ALIGN: usize = 4096;
@@ -141,8 +146,8 @@ fn fill_spare_direct(path: &Path) -> io::Result<()> {
     let skip = buf.as_ptr().align_offset(ALIGN);
     let zeros = &buf[skip..skip + STEP as usize];
     let mut at = 0;
-    while at < SEGMENT_BYTES {
-        file.write_all_at(zeros, at)?;
+    while at < size {
+        file.write_all_at(&zeros[..STEP.min(size - at) as usize], at)?;
         file.sync_data()?;
         posix_fadvise(
             &file,
@@ -156,11 +161,11 @@ fn fill_spare_direct(path: &Path) -> io::Result<()> {
     file.sync_all()
 }
 
-fn fill_spare_buffered(path: &Path) -> io::Result<()> {
+fn fill_spare_buffered(path: &Path, size: u64) -> io::Result<()> {
     let file = File::create(path)?;
     let mut at = 0;
-    while at < SEGMENT_BYTES {
-        let to = (at + STEP).min(SEGMENT_BYTES);
+    while at < size {
+        let to = (at + STEP).min(size);
         write_zeros(&file, at, to)?;
         file.sync_data()?;
         at = to;
@@ -217,12 +222,23 @@ fn scan(bytes: &[u8], offset: usize) -> Scan {
 }
 
 impl Wal {
-    /// Opens (or creates) the log in `dir`, checking every record. `purged` is the durable
-    /// purge point: a gap that ends at or below the entry after it only separates entries
-    /// that are no longer the log (an earlier version kept appending into the segment of
-    /// a log purged past its end), so the entries before it are dropped instead of the
-    /// store refusing to open.
+    /// [`Wal::open_with`] with the default segment size.
+    #[cfg(test)]
     pub(crate) fn open(dir: &Path, purged: Option<u64>) -> io::Result<Wal> {
+        Wal::open_with(dir, purged, DEFAULT_SEGMENT_BYTES)
+    }
+
+    /// Opens (or creates) the log in `dir`, checking every record; new segments take
+    /// `segment_bytes` (a multiple of 4 KiB; segments written with another size are read as
+    /// they are). `purged` is the durable purge point: a gap that ends at or below the entry
+    /// after it only separates entries that are no longer the log (an earlier version kept
+    /// appending into the segment of a log purged past its end), so the entries before it
+    /// are dropped instead of the store refusing to open.
+    pub(crate) fn open_with(
+        dir: &Path,
+        purged: Option<u64>,
+        segment_bytes: u64,
+    ) -> io::Result<Wal> {
         fs::create_dir_all(dir)?;
         let mut names: Vec<(u64, PathBuf)> = Vec::new();
         for e in fs::read_dir(dir)? {
@@ -248,6 +264,7 @@ impl Wal {
             segments: Vec::new(),
             locs: VecDeque::new(),
             spare: None,
+            segment_bytes,
         };
         let count = names.len();
         for (n, (first_index, path)) in names.into_iter().enumerate() {
@@ -403,7 +420,8 @@ impl Wal {
     /// Appends entries (one write); they are durable after [`Wal::sync`].
     pub(crate) fn append(&self, entries: impl IntoIterator<Item = Entry>) -> io::Result<()> {
         let mut inner = self.lock();
-        if inner.segments.last().is_none_or(|s| s.len >= SEGMENT_BYTES) {
+        let segment_bytes = inner.segment_bytes;
+        if inner.segments.last().is_none_or(|s| s.len >= segment_bytes) {
             let mut entries = entries.into_iter().peekable();
             let Some(first) = entries.peek().map(|e| e.log_id.index) else {
                 return Ok(());
@@ -516,7 +534,7 @@ impl Inner {
         };
         let spare = self.dir.join(SPARE);
         if !filled {
-            fill_spare(&spare)?;
+            fill_spare(&spare, self.segment_bytes)?;
         }
         let path = self.dir.join(segment_name(first_index));
         fs::rename(&spare, &path)?;
@@ -563,15 +581,15 @@ impl Inner {
         let seg = &mut self.segments[segment];
         seg.file.write_all_at(&buf, base)?;
         seg.len += buf.len() as u64;
-        let half_full = seg.len >= SEGMENT_BYTES / 2;
+        let half_full = seg.len >= self.segment_bytes / 2;
         self.locs.extend(new);
         // Zero-filling a segment takes tens of ms (more on a busy disk): done ahead, it does
         // not stall the appends at the rotation. If the thread cannot start, `rotate` fills.
         if half_full && self.spare.is_none() {
-            let spare = self.dir.join(SPARE);
+            let (spare, size) = (self.dir.join(SPARE), self.segment_bytes);
             self.spare = std::thread::Builder::new()
                 .name("ordkv-wal-spare".into())
-                .spawn(move || fill_spare(&spare))
+                .spawn(move || fill_spare(&spare, size))
                 .ok();
         }
         Ok(())
@@ -829,14 +847,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spare = dir.path().join(SPARE);
         for (how, fill) in [
-            ("direct", fill_spare as fn(&Path) -> io::Result<()>),
+            ("direct", fill_spare as fn(&Path, u64) -> io::Result<()>),
             ("buffered", fill_spare_buffered),
         ] {
-            fs::write(&spare, vec![0xab; 3 * STEP as usize / 2]).unwrap();
-            fill(&spare).unwrap();
-            let bytes = fs::read(&spare).unwrap();
-            assert_eq!(bytes.len() as u64, SEGMENT_BYTES, "{how}");
-            assert!(all_zero(&bytes), "{how}: old bytes left in the spare");
+            // The default size, and a small one that is not a multiple of the fill step.
+            for size in [SEGMENT_BYTES, STEP + 64 * 1024] {
+                fs::write(&spare, vec![0xab; 3 * STEP as usize / 2]).unwrap();
+                fill(&spare, size).unwrap();
+                let bytes = fs::read(&spare).unwrap();
+                assert_eq!(bytes.len() as u64, size, "{how}");
+                assert!(all_zero(&bytes), "{how}: old bytes left in the spare");
+            }
         }
     }
 

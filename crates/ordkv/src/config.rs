@@ -162,6 +162,9 @@ pub struct NodeConfig {
     pub quota_bytes: u64,
     /// Writes that add data are refused while the data dir's filesystem has less free space.
     pub min_free_bytes: u64,
+    /// Size of a Raft log segment (64 MiB); two are preallocated on disk. A multiple of
+    /// 4 KiB, at least 1 MiB: small embedded uses and tests can take less.
+    pub wal_segment_bytes: u64,
 }
 
 /// `advertise_peer_addr` of [`NodeConfig::new`]: left so, it is derived (see
@@ -208,6 +211,7 @@ impl NodeConfig {
             leave_timeout: Duration::from_secs(20),
             quota_bytes: 8 << 30,
             min_free_bytes: 128 << 20,
+            wal_segment_bytes: ordkv_store::DEFAULT_WAL_SEGMENT_BYTES,
         }
     }
 
@@ -274,6 +278,12 @@ impl NodeConfig {
         }
         if !(1..=9).contains(&self.max_voters) {
             return bad(format!("max voters {} must be in 1..=9", self.max_voters));
+        }
+        if self.wal_segment_bytes < 1 << 20 || !self.wal_segment_bytes.is_multiple_of(4096) {
+            return bad(format!(
+                "wal_segment_bytes {} must be a multiple of 4096 and at least 1 MiB",
+                self.wal_segment_bytes
+            ));
         }
         if self.snapshot_every_entries < 100 {
             return bad(format!(

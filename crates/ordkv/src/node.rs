@@ -424,5 +424,6 @@ fn store_options(config: &NodeConfig) -> StoreOptions {
         cache_capacity_bytes: config.cache_capacity_bytes,
         history_revisions: config.watch_history_revisions,
         max_range_limit: config.limits.max_range_limit,
+        wal_segment_bytes: config.wal_segment_bytes,
     }
 }

@@ -32,7 +32,7 @@ pub(crate) async fn three_nodes(dir: &Path) -> Vec<Node> {
         config.name = name.to_string();
         config.peers = Peers::Static(peers.clone());
         config.peer_listen_addr = Some(addr.parse().unwrap());
-        config.advertise_peer_addr = addr.clone();
+        config.wal_segment_bytes = 4 << 20;
         drop(holders.remove(0));
         nodes.push(Node::open(config).await.unwrap());
     }
