@@ -361,6 +361,22 @@ impl Cluster {
         }
     }
 
+    /// Waits until member `leader` purged its Raft log past `index` (from its log's
+    /// `purge log` lines), so that a member that has only up to `index` needs a snapshot.
+    pub async fn wait_purged_past(&self, leader: usize, index: u64) {
+        self.wait_until(
+            &format!("kv-{leader} purged its log past {index}"),
+            CONVERGE,
+            || async {
+                match crate::purged_upto(&self.node(leader).current_log()) {
+                    Some(p) if p > index => Ok(()),
+                    other => Err(format!("purged up to {other:?}")),
+                }
+            },
+        )
+        .await
+    }
+
     /// Waits until `of` serve identical full ranges (keys, values, revisions) from their local
     /// state and report the same revision, at `revision` or later; returns that range. Members that all restarted can agree on an older
     /// state for a moment: each serves what it had applied until the leader's commit index

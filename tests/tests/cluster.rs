@@ -1166,17 +1166,7 @@ async fn a_follower_caught_up_from_a_snapshot_restarts() {
     // leader gives up the append it had in flight to it.
     expected.extend(write_keys(&c, &others, "while-down", 1500, 16).await);
     let leader = c.leader_among(&others).await;
-    c.wait_until(
-        "the leader purged its log past the follower",
-        CONVERGE,
-        || async {
-            match ordkv_tests::purged_upto(&c.node(leader).current_log()) {
-                Some(p) if p > had + 100 => Ok(()),
-                other => Err(format!("purged up to {other:?}, the follower had {had}")),
-            }
-        },
-    )
-    .await;
+    c.wait_purged_past(leader, had + 100).await;
     c.restart(follower).await;
     c.wait_until("the follower installed a snapshot", CONVERGE, || async {
         match c

@@ -242,17 +242,7 @@ async fn a_follower_crashing_during_a_snapshot_install_recovers() {
         .await
         .unwrap_or_else(|e| panic!("put {i}: {e}"));
     }
-    c.wait_until(
-        "the leader purged its log past kv-{t}",
-        CONVERGE,
-        || async {
-            match ordkv_tests::purged_upto(&c.node(leader).current_log()) {
-                Some(p) if p > had + 100 => Ok(()),
-                other => Err(format!("purged up to {other:?}, it had {had}")),
-            }
-        },
-    )
-    .await;
+    c.wait_purged_past(leader, had + 100).await;
     c.node_mut(t).set_env(&arm("snapshot.install"));
     let writer = BackgroundWriter::start(&c, &[(t + 1) % 3, (t + 2) % 3], "w/");
     let load = checked_load(&c);
