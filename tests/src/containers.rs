@@ -1075,13 +1075,23 @@ impl StatefulSet {
             crate::SplitMix64::seed_from_env_or_clock() ^ i as u64,
         )
         .unwrap_or_else(|e| panic!("NFQUEUE delayer for {}: {e}", pod_name(i)));
+        self.nfqueue_rule(i, "-A");
+        Shaping {
+            ordinal: i,
+            delayer: Some(delayer),
+        }
+    }
+
+    /// Adds (`-A`) or deletes (`-D`) the rule that sends ordinal `i`'s outgoing packets to
+    /// the delayer's queue.
+    fn nfqueue_rule(&self, i: usize, action: &str) {
         let q = NFQUEUE.to_string();
         self.in_netns(
             i,
             &[
                 "iptables",
                 "-w",
-                "-A",
+                action,
                 "OUTPUT",
                 "-o",
                 "eth0",
@@ -1092,10 +1102,6 @@ impl StatefulSet {
                 "--queue-bypass",
             ],
         );
-        Shaping {
-            ordinal: i,
-            delayer: Some(delayer),
-        }
     }
 
     /// Undoes [`StatefulSet::shape`]; says how (`tc netem`, or the delayer's counts).
@@ -1107,23 +1113,7 @@ impl StatefulSet {
                 "tc netem".into()
             }
             Some(delayer) => {
-                let q = NFQUEUE.to_string();
-                self.in_netns(
-                    i,
-                    &[
-                        "iptables",
-                        "-w",
-                        "-D",
-                        "OUTPUT",
-                        "-o",
-                        "eth0",
-                        "-j",
-                        "NFQUEUE",
-                        "--queue-num",
-                        &q,
-                        "--queue-bypass",
-                    ],
-                );
+                self.nfqueue_rule(i, "-D");
                 let stats = delayer
                     .stop()
                     .unwrap_or_else(|e| panic!("NFQUEUE delayer for {}: {e}", pod_name(i)));

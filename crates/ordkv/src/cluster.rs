@@ -199,8 +199,9 @@ impl Lifecycle {
                 .await
                 .map_err(node_stopped)?;
         }
-        let status = replica.status();
-        if !status.is_leader && !replica.removed() {
+        // Not `status()`: that also reads sled's size on disk, twice a second for nothing.
+        let is_leader = replica.is_leader();
+        if !is_leader && !replica.removed() {
             self.check_still_member().await;
             if let Some((leader_id, leader)) = replica.leader() {
                 match replica.peer.read_index(leader_id, &leader).await {
@@ -224,7 +225,7 @@ impl Lifecycle {
                 .store(false, std::sync::atomic::Ordering::SeqCst);
             return Ok(());
         }
-        if status.is_leader {
+        if is_leader {
             self.autopilot.step().await?;
         }
         Ok(())

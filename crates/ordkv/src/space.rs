@@ -94,7 +94,11 @@ impl SpaceGuard {
 
     fn measure(&self) -> Measured {
         let at = Instant::now();
-        let size = self.sm.size_on_disk();
+        let size = if self.quota_bytes > 0 {
+            self.sm.size_on_disk()
+        } else {
+            0
+        };
         if self.quota_bytes > 0 && size >= self.quota_bytes {
             return Measured {
                 at,
