@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Relative to this package (a build script runs in its package's directory), never an
+    // absolute path baked into the script: checkouts at other paths that share a target
+    // dir reuse this script and must read their own protos.
+    let root = PathBuf::from("../../proto");
     let files = [
         "ordkv/v1/kv.proto",
         "ordkv/v1/cluster.proto",
