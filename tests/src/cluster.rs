@@ -58,8 +58,11 @@ pub struct Cluster {
     ports: Vec<Ports>,
     /// How many members the cluster started with (their `--peers` map lists only them).
     initial: usize,
-    /// `serve` flags of every member (besides identity, addresses and peers).
+    /// `serve` flags of every member (besides identity, addresses and peers); `{name}` in a
+    /// flag stands for the member's name (e.g. its own `--tls-dir`).
     args: Vec<String>,
+    /// TLS for the harness's own client connections.
+    client_tls: Option<tonic::transport::ClientTlsConfig>,
     /// Environment of every member.
     env: Vec<(String, String)>,
 }
@@ -103,6 +106,19 @@ impl Cluster {
         Cluster::launch_with_env(members, members, args, env)
             .formed(members)
             .await
+    }
+
+    /// [`Cluster::start`] with TLS on the client port: the harness connects with
+    /// `client_tls` (members need `--http-plaintext`: readiness is polled over plain HTTP).
+    pub async fn start_tls(
+        members: usize,
+        planned: usize,
+        args: &[&str],
+        client_tls: tonic::transport::ClientTlsConfig,
+    ) -> Cluster {
+        let mut c = Cluster::launch(members, planned, args);
+        c.client_tls = Some(client_tls);
+        c.formed(members).await
     }
 
     /// Waits until every started member is ready and `members` vote.
@@ -155,6 +171,7 @@ impl Cluster {
             ports: distinct_ports(planned),
             initial: members,
             args: args.iter().map(|s| s.to_string()).collect(),
+            client_tls: None,
             env: env.to_vec(),
         };
         for i in 0..members {
@@ -180,7 +197,8 @@ impl Cluster {
     fn create(&mut self, i: usize) {
         assert!(self.nodes[i].is_none(), "kv-{i} exists already");
         let mut args = vec!["--peers".to_string(), self.peers_flag(i)];
-        args.extend(self.args.iter().cloned());
+        let name = member_name(i);
+        args.extend(self.args.iter().map(|a| a.replace("{name}", &name)));
         let mut node = NodeProcess::new(&member_name(i), self.ports[i], &args);
         node.set_env(&self.env);
         self.nodes[i] = Some(node);
@@ -188,10 +206,28 @@ impl Cluster {
 
     /// Adds the planned member `i` (scale-up), starts it and waits until it is ready.
     pub async fn add_member(&mut self, i: usize) {
-        assert!(i < self.ports.len(), "kv-{i} was not planned");
-        self.create(i);
-        self.spawn(i);
+        self.launch_member(i, &[]);
         self.wait_ready(i).await;
+    }
+
+    /// Starts the planned member `i` with `extra` flags besides the cluster's, without
+    /// waiting for it.
+    pub fn launch_member(&mut self, i: usize, extra: &[&str]) {
+        assert!(i < self.ports.len(), "kv-{i} was not planned");
+        let args = std::mem::take(&mut self.args);
+        self.args = args
+            .iter()
+            .cloned()
+            .chain(extra.iter().map(|s| s.to_string()))
+            .collect();
+        self.create(i);
+        self.args = args;
+        self.spawn(i);
+    }
+
+    /// Stops and forgets member `i` (its data dir goes with it).
+    pub fn remove(&mut self, i: usize) {
+        self.nodes[i] = None;
     }
 
     /// Ordinals of every member added so far.
@@ -293,8 +329,18 @@ impl Cluster {
 
     /// A lazily connecting channel to member `i`'s client port with a per-request deadline.
     pub fn channel(&self, i: usize, timeout: Duration) -> Channel {
-        Endpoint::from_shared(format!("http://{}", self.node(i).client_addr()))
-            .expect("valid endpoint")
+        let scheme = if self.client_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let endpoint = Endpoint::from_shared(format!("{scheme}://{}", self.node(i).client_addr()))
+            .expect("valid endpoint");
+        let endpoint = match &self.client_tls {
+            Some(tls) => endpoint.tls_config(tls.clone()).expect("client TLS"),
+            None => endpoint,
+        };
+        endpoint
             .connect_timeout(Duration::from_secs(2))
             .timeout(timeout)
             .connect_lazy()

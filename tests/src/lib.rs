@@ -25,6 +25,7 @@ use ordkv_proto::v1::{
 };
 use tonic::transport::{Channel, Endpoint};
 
+pub mod certs;
 pub mod cluster;
 pub mod containers;
 pub mod history;
@@ -122,6 +123,10 @@ pub fn ordkv_command() -> Command {
         "ORDKV_SERVICE_ACCOUNT_DIR",
         "KUBERNETES_SERVICE_HOST",
         "KUBERNETES_SERVICE_PORT",
+        "ORDKV_TLS_DIR",
+        "ORDKV_CACERT",
+        "ORDKV_CERT",
+        "ORDKV_KEY",
     ] {
         cmd.env_remove(var);
     }

@@ -51,9 +51,14 @@ fn dev_cluster_command(dir: &Path, base: u16) -> std::process::Command {
 
 impl DevCluster {
     async fn start() -> DevCluster {
+        DevCluster::start_with(&[]).await
+    }
+
+    async fn start_with(flags: &[&str]) -> DevCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let base = free_base();
         let child = dev_cluster_command(dir.path(), base)
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -282,5 +287,34 @@ async fn busy_ports_are_refused_with_the_way_out() {
     assert!(
         !dir.path().join("kv-0.log").exists(),
         "files were created before the ports were checked"
+    );
+}
+
+/// `dev-cluster --tls`: the members talk mutual TLS with a throwaway CA, and a client with
+/// the printed `ORDKV_CACERT` is served while a plaintext one is told to use TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_dev_cluster_serves_clients_that_trust_its_ca() {
+    let c = DevCluster::start_with(&["--tls"]).await;
+    let ca = c.dir().join("tls/ca.crt");
+    let mut put = ordkv_command();
+    put.args(["put", "greeting", "hello", "--endpoints", &c.client(1)])
+        .env("ORDKV_CACERT", &ca);
+    run_async(put, None, COMMAND_DEADLINE)
+        .await
+        .assert_success("put through a follower with TLS");
+    let mut get = ordkv_command();
+    get.args(["get", "greeting", "--endpoints", &c.client(2)])
+        .env("ORDKV_CACERT", &ca);
+    let out = run_async(get, None, COMMAND_DEADLINE).await;
+    out.assert_success("get with TLS");
+    assert!(out.stdout_str().contains("hello"), "{}", out.stdout_str());
+
+    let mut plain = ordkv_command();
+    plain.args(["get", "greeting", "--endpoints", &c.client(0)]);
+    let out = run_async(plain, None, COMMAND_DEADLINE).await;
+    assert!(
+        !out.status.success() && out.stderr.contains("requires TLS"),
+        "{}",
+        out.stderr
     );
 }

@@ -2,6 +2,7 @@
 //! `cluster status`): argument definitions and their execution over `ordkv-client`.
 
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -40,20 +41,49 @@ pub struct GlobalArgs {
     /// gRPC deadline of each request, e.g. `5s`, `500ms`, `1m`; `0` means none.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// The CA certificate (PEM) that signed the servers' certificates: turns TLS on
+    /// (endpoints without a scheme become `https://`).
+    #[arg(long, env = "ORDKV_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM), for servers run with --client-cert-auth; needs --key.
+    #[arg(
+        long = "cert",
+        id = "client_cert",
+        env = "ORDKV_CERT",
+        value_name = "FILE",
+        requires = "client_key"
+    )]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long = "key",
+        id = "client_key",
+        env = "ORDKV_KEY",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    pub key: Option<PathBuf>,
     /// Where `endpoints` came from (the default: neither the flag nor `ORDKV_ENDPOINTS`).
     #[arg(skip)]
     pub endpoints_from_default: bool,
 }
 
 /// The ids of the [`GlobalArgs`] flags.
-const CLIENT_ARG_IDS: [&str; 3] = ["endpoints", "output", "timeout"];
+const CLIENT_ARG_IDS: [&str; 6] = [
+    "endpoints",
+    "output",
+    "timeout",
+    "cacert",
+    "client_cert",
+    "client_key",
+];
 
 /// Adds the client flags to the client commands of `ordkv` (not to `serve`, `dev-cluster`,
 /// `snapshot restore`), and hides the top-level copies (still accepted there).
 pub fn with_client_args(cmd: clap::Command) -> clap::Command {
     let mut cmd = cmd.after_help(
-        "Client commands take --endpoints (or ORDKV_ENDPOINTS), -o/--output and --timeout, \
-         before or after the command: see `ordkv <command> --help`.",
+        "Client commands take --endpoints (or ORDKV_ENDPOINTS), -o/--output, --timeout and \
+         TLS's --cacert, --cert, --key, before or after the command: see `ordkv <command> --help`.",
     );
     for id in CLIENT_ARG_IDS {
         cmd = cmd.mut_arg(id, |a| a.hide(true));
@@ -121,7 +151,22 @@ impl GlobalArgs {
                 .get_one::<Duration>("timeout")
                 .copied()
                 .unwrap_or(Duration::from_secs(5)),
+            cacert: pick("cacert").get_one::<PathBuf>("cacert").cloned(),
+            cert: pick("client_cert")
+                .get_one::<PathBuf>("client_cert")
+                .cloned(),
+            key: pick("client_key").get_one::<PathBuf>("client_key").cloned(),
         }
+    }
+
+    /// A client for the endpoints, with TLS when --cacert is given.
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        let options = ordkv_client::ConnectOptions::from_files(
+            self.cacert.as_deref(),
+            self.cert.as_deref(),
+            self.key.as_deref(),
+        )?;
+        Ok(Client::connect_with(&self.endpoints, options).await?)
     }
 
     /// What to tell the user after `err` ended a client command, if anything.
@@ -379,9 +424,7 @@ pub async fn run(
     matches: &ArgMatches,
 ) -> anyhow::Result<ExitCode> {
     let timeout = (!global.timeout.is_zero()).then_some(global.timeout);
-    let client = Client::connect(&global.endpoints)
-        .await?
-        .with_timeout(timeout);
+    let client = global.connect().await?.with_timeout(timeout);
     let fmt = global.output;
     match cmd {
         ClientCommand::Put(a) => put(&client, fmt, a).await?,
@@ -450,10 +493,10 @@ async fn leader_view(client: &Client, status: StatusResponse) -> StatusResponse 
         .chain(client.endpoints().map(str::to_string))
         .filter(|e| *e != answered);
     for addr in candidates {
-        let Ok(at) = Client::connect(std::slice::from_ref(&addr)).await else {
+        let Ok(at) = client.connect_to(&addr).await else {
             continue;
         };
-        match at.with_timeout(client.timeout()).status().await {
+        match at.status().await {
             Ok(s) if from_leader(&s) => return s,
             _ => continue,
         }
@@ -550,7 +593,7 @@ async fn explain_min_revision(
     }
     let endpoint = client.preferred_endpoint().to_string();
     let waited = waited(started.elapsed(), client.timeout());
-    let probe = Client::connect(std::slice::from_ref(&endpoint)).await;
+    let probe = client.connect_to(&endpoint).await;
     let status = match probe {
         Ok(c) => c
             .with_timeout(Some(Duration::from_secs(2)))

@@ -39,6 +39,42 @@ pub struct DevClusterArgs {
     /// kv-i listens on base+10i (client), +1 (peer) and +2 (HTTP).
     #[arg(long, env = "ORDKV_DEV_BASE_PORT", default_value_t = 7379)]
     pub base_port: u16,
+    /// TLS on the client and peer ports (mutual TLS between members), with a throwaway CA
+    /// made at each start in `<dir>/tls/` (`ca.crt` is what clients pass as --cacert). The
+    /// HTTP port stays plaintext.
+    #[arg(long)]
+    pub tls: bool,
+}
+
+/// Writes a new CA (`<dir>/ca.crt`) and, per member, `<dir>/kv-i/{tls.crt,tls.key,ca.crt}`
+/// valid for `kv-i`, `localhost` and 127.0.0.1.
+fn throwaway_pki(dir: &Path, replicas: u16) -> anyhow::Result<()> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "ordkv dev-cluster CA (throwaway)");
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
+    let write = |path: PathBuf, contents: &str| {
+        std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    write(dir.join("ca.crt"), &ca.pem())?;
+    for i in 0..replicas {
+        let name = format!("kv-{i}");
+        let mut params =
+            CertificateParams::new(vec![name.clone(), "localhost".into(), "127.0.0.1".into()])?;
+        params.distinguished_name.push(DnType::CommonName, &name);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &ca)?;
+        let member = dir.join(&name);
+        std::fs::create_dir_all(&member)?;
+        write(member.join("tls.crt"), &cert.pem())?;
+        write(member.join("tls.key"), &key.serialize_pem())?;
+        write(member.join("ca.crt"), &ca.pem())?;
+    }
+    Ok(())
 }
 
 /// Acting on one member of the running dev-cluster.
@@ -110,6 +146,10 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
         .map(|(i, (_, peer, _))| format!("kv-{i}=127.0.0.1:{peer}"))
         .collect();
     let peers = peers.join(",");
+    let tls_dir = std::path::absolute(args.dir.join("tls"))?;
+    if args.tls {
+        throwaway_pki(&tls_dir, args.replicas)?;
+    }
     println!(
         "starting {} members (logs in {}/kv-N.log)",
         args.replicas,
@@ -124,25 +164,31 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
         let i = i as u16;
         // A member held down by an earlier run comes back with this one.
         let _ = std::fs::remove_file(file(&args.dir, i, "held"));
+        let mut serve_args = vec![
+            "serve".into(),
+            "--name".into(),
+            format!("kv-{i}"),
+            "--data-dir".into(),
+            args.dir.join(format!("kv-{i}")).display().to_string(),
+            "--peers".into(),
+            peers.clone(),
+            "--client-addr".into(),
+            format!("127.0.0.1:{client}"),
+            "--peer-addr".into(),
+            format!("127.0.0.1:{peer}"),
+            "--http-addr".into(),
+            format!("127.0.0.1:{http}"),
+        ];
+        if args.tls {
+            serve_args.push("--tls-dir".into());
+            serve_args.push(tls_dir.join(format!("kv-{i}")).display().to_string());
+            serve_args.push("--http-plaintext".into());
+        }
         let serve = Member {
             i,
             exe: exe.clone(),
             dir: args.dir.clone(),
-            args: vec![
-                "serve".into(),
-                "--name".into(),
-                format!("kv-{i}"),
-                "--data-dir".into(),
-                args.dir.join(format!("kv-{i}")).display().to_string(),
-                "--peers".into(),
-                peers.clone(),
-                "--client-addr".into(),
-                format!("127.0.0.1:{client}"),
-                "--peer-addr".into(),
-                format!("127.0.0.1:{peer}"),
-                "--http-addr".into(),
-                format!("127.0.0.1:{http}"),
-            ],
+            args: serve_args,
         };
         println!(
             "  kv-{i}: client 127.0.0.1:{client}  peer 127.0.0.1:{peer}  http http://127.0.0.1:{http}/readyz"
@@ -153,8 +199,12 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
         .iter()
         .map(|(client, _, _)| format!("127.0.0.1:{client}"))
         .collect();
+    if args.tls {
+        println!("\nexport ORDKV_CACERT={}", tls_dir.join("ca.crt").display());
+    }
     println!(
-        "\nexport ORDKV_ENDPOINTS={}\n\nthen try:  ordkv put greeting hello\n           ordkv get greeting\n           ordkv cluster status\n           ordkv dev-cluster stop 0    # and `start 0` to bring it back\n\nA member that exits is started again. Ctrl-C stops the cluster; the data stays in {}.",
+        "{}export ORDKV_ENDPOINTS={}\n\nthen try:  ordkv put greeting hello\n           ordkv get greeting\n           ordkv cluster status\n           ordkv dev-cluster stop 0    # and `start 0` to bring it back\n\nA member that exits is started again. Ctrl-C stops the cluster; the data stays in {}.",
+        if args.tls { "" } else { "\n" },
         endpoints.join(","),
         args.dir.display()
     );

@@ -153,7 +153,7 @@ async fn snapshot_save(
     file: std::path::PathBuf,
 ) -> anyhow::Result<ExitCode> {
     // A backup of a large store takes longer than a request deadline.
-    let client = ordkv_client::Client::connect(&global.endpoints).await?;
+    let client = global.connect().await?;
     snapshot_cmds::save(&client, file).await?;
     Ok(ExitCode::SUCCESS)
 }

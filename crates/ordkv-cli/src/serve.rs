@@ -103,6 +103,21 @@ pub struct ServeArgs {
     /// at 64 clients, with 28% less CPU per put).
     #[arg(long, env = "ORDKV_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: Option<u16>,
+    /// TLS on every port: a directory with `tls.crt`, `tls.key` and `ca.crt` (a mounted
+    /// `kubernetes.io/tls` Secret, as cert-manager writes it), re-read when it changes. Peers
+    /// must then present a certificate from that CA that names a member.
+    #[arg(long, env = "ORDKV_TLS_DIR", value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// With --tls-dir: clients must present a certificate signed by the CA.
+    #[arg(long, env = "ORDKV_CLIENT_CERT_AUTH", requires = "tls_dir")]
+    pub client_cert_auth: bool,
+    /// With --tls-dir: keep the HTTP port (health, metrics) in plaintext, for probes and a
+    /// Prometheus without TLS settings.
+    #[arg(long, env = "ORDKV_HTTP_PLAINTEXT", requires = "tls_dir")]
+    pub http_plaintext: bool,
+    /// Client connections open at once from one IP address; more are closed at once.
+    #[arg(long, env = "ORDKV_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_address: u32,
     /// Tests only: serve `POST /debug/partition?peers=a,b` on the HTTP port, which cuts this
     /// member off from the named peers.
     #[arg(long, env = "ORDKV_ENABLE_FAULT_INJECTION", hide = true)]
@@ -232,6 +247,7 @@ pub(crate) fn resolve(args: &ServeArgs) -> anyhow::Result<Resolved> {
     node.leave_timeout = args.leave_timeout;
     node.quota_bytes = args.quota_bytes;
     node.min_free_bytes = args.min_free_bytes;
+    node.tls_dir = args.tls_dir.clone();
     let statefulset = args.statefulset.as_deref().unwrap_or(&identity.set);
     ordkv::Identity::parse(statefulset).context("--statefulset must be a DNS label")?;
     node.kubernetes = ordkv::KubernetesApi::in_cluster(
@@ -267,6 +283,9 @@ pub(crate) fn resolve(args: &ServeArgs) -> anyhow::Result<Resolved> {
     node.validate()?;
     let mut server = ordkv_server::ServerConfig::new(client_addr, http_addr, &node.limits);
     server.fault_injection = args.enable_fault_injection;
+    server.client_cert_auth = args.client_cert_auth;
+    server.http_plaintext = args.http_plaintext;
+    server.max_connections_per_address = args.max_connections_per_address as usize;
     Ok(Resolved { node, server })
 }
 

@@ -28,7 +28,7 @@ use ordkv_proto::v1::{
     TxnResponse, WatchRequest, WatchResponse, cluster_client::ClusterClient, kv_client::KvClient,
 };
 use tonic::Status;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// gRPC status codes, as [`Error::code`] returns them.
 pub use futures::StreamExt;
@@ -68,6 +68,9 @@ pub enum Error {
         /// Why it was rejected.
         reason: String,
     },
+    /// TLS options that cannot be used (a file, or https:// without a CA).
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The server (or the transport) answered with a gRPC status. Displays as
     /// `CODE_NAME: message`, e.g. `INVALID_ARGUMENT: key is empty` (a message that starts
     /// with the code's own words, like `invalid argument: key is empty`, is not repeated).
@@ -162,6 +165,38 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
+/// How to connect: TLS material. The default is plaintext.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// The PEM CA bundle that signed the servers' certificates. Setting it turns TLS on for
+    /// endpoints given without a scheme (`https://`).
+    pub ca_pem: Option<Vec<u8>>,
+    /// A PEM certificate and its key, for servers that require client certificates.
+    pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl ConnectOptions {
+    /// Reads the files (the CLI's `--cacert`, `--cert`, `--key`); a certificate needs its key.
+    pub fn from_files(
+        cacert: Option<&std::path::Path>,
+        cert: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+    ) -> Result<ConnectOptions> {
+        let read = |flag: &'static str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| Error::Tls(format!("{flag} {}: {e}", path.display())))
+        };
+        let identity_pem = match (cert, key) {
+            (Some(c), Some(k)) => Some((read("--cert", c)?, read("--key", k)?)),
+            (None, None) => None,
+            _ => return Err(Error::Tls("--cert and --key go together".into())),
+        };
+        Ok(ConnectOptions {
+            ca_pem: cacert.map(|p| read("--cacert", p)).transpose()?,
+            identity_pem,
+        })
+    }
+}
+
 /// A connection to an ordkv cluster through one or more client endpoints.
 ///
 /// Cheap to share by reference; every method takes `&self`.
@@ -169,6 +204,8 @@ pub fn code_name(code: Code) -> &'static str {
 pub struct Client {
     /// `(endpoint as given, channel)`, in the given order.
     channels: Vec<(String, Channel)>,
+    /// How the channels were made, for connections to other members (the leader).
+    options: ConnectOptions,
     /// Index of the endpoint to try first.
     current: AtomicUsize,
     /// gRPC deadline applied to every unary call.
@@ -180,17 +217,39 @@ impl Client {
     /// prepended when there is no scheme; the port is required). Connections are opened
     /// lazily on first use, so this only fails on an empty list or a malformed endpoint.
     pub async fn connect(endpoints: &[String]) -> Result<Client> {
+        Client::connect_with(endpoints, ConnectOptions::default()).await
+    }
+
+    /// [`Client::connect`] with TLS: endpoints without a scheme use `https://` when
+    /// `options` has a CA; `https://` endpoints need one.
+    pub async fn connect_with(endpoints: &[String], options: ConnectOptions) -> Result<Client> {
+        let tls = options.ca_pem.as_ref().map(|ca| {
+            let config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+            match &options.identity_pem {
+                Some((cert, key)) => config.identity(Identity::from_pem(cert, key)),
+                None => config,
+            }
+        });
         let mut channels = Vec::with_capacity(endpoints.len());
         for given in endpoints.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
             let uri = if given.contains("://") {
                 given.to_string()
+            } else if tls.is_some() {
+                format!("https://{given}")
             } else {
                 format!("http://{given}")
             };
+            if uri.starts_with("https://") && tls.is_none() {
+                return Err(Error::Tls(format!(
+                    "{given}: https:// needs the CA that signed the server's certificate \
+                     (--cacert, ORDKV_CACERT)"
+                )));
+            }
             let invalid = |e: tonic::transport::Error| Error::InvalidEndpoint {
                 endpoint: given.to_string(),
                 reason: e.to_string(),
             };
+            let https = uri.starts_with("https://");
             let endpoint = Endpoint::from_shared(uri).map_err(invalid)?;
             if endpoint.uri().port_u16().is_none() {
                 let host = endpoint.uri().host().unwrap_or("127.0.0.1");
@@ -202,6 +261,12 @@ impl Client {
                     ),
                 });
             }
+            let endpoint = match &tls {
+                Some(config) if https => endpoint
+                    .tls_config(config.clone())
+                    .map_err(|e| Error::Tls(format!("{given}: {e}")))?,
+                _ => endpoint,
+            };
             let channel = endpoint
                 .connect_timeout(CONNECT_TIMEOUT)
                 .tcp_nodelay(true)
@@ -213,9 +278,20 @@ impl Client {
         }
         Ok(Client {
             channels,
+            options,
             current: AtomicUsize::new(0),
             timeout: None,
         })
+    }
+
+    /// A client for another endpoint (e.g. the leader's address from `status`), with the
+    /// same TLS options and deadline.
+    pub async fn connect_to(&self, endpoint: &str) -> Result<Client> {
+        Ok(
+            Client::connect_with(&[endpoint.to_string()], self.options.clone())
+                .await?
+                .with_timeout(self.timeout),
+        )
     }
 
     /// Sets the gRPC deadline of every unary call (and of establishing a watch); `None`
@@ -259,6 +335,7 @@ impl Client {
         Fut: Future<Output = Result<tonic::Response<R>, Status>>,
     {
         let n = self.channels.len();
+        let tls = self.options.ca_pem.is_some();
         let start = self.current.load(Ordering::Relaxed);
         let mut failures = Vec::new();
         for i in 0..n {
@@ -273,6 +350,12 @@ impl Client {
                 (_, Err(status)) if wrong_server(&status).is_some() => {
                     let why = wrong_server(&status).unwrap_or_default();
                     failures.push(format!("{endpoint} {why}"));
+                    continue;
+                }
+                // A failed TLS handshake: the server processed nothing; say what to change.
+                (_, Err(status)) if tls_failure(&status, tls).is_some() => {
+                    let why = tls_failure(&status, tls).unwrap_or_default();
+                    failures.push(format!("{endpoint}: {why}"));
                     continue;
                 }
                 (Retry::NotApplied, Err(status)) => Err(with_outcome(status)),
@@ -493,9 +576,7 @@ impl Client {
         candidates.extend(self.endpoints().map(str::to_string));
         let mut last = first;
         for addr in candidates {
-            let at = Client::connect(std::slice::from_ref(&addr))
-                .await?
-                .with_timeout(self.timeout);
+            let at = self.connect_to(&addr).await?;
             match at.write(req.clone(), f.clone()).await {
                 Ok(r) => return Ok(r),
                 // A follower again, or unreachable from here (nothing applied): go on.
@@ -596,6 +677,9 @@ fn with_outcome(mut status: Status) -> Status {
             e.downcast_ref::<std::io::Error>()
                 .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
                 || text.starts_with("tcp connect error")
+                // TLS refused before any request was sent.
+                || text.contains("invalid peer certificate")
+                || text.contains("received fatal alert")
                 || text.contains("refused stream before processing any application logic")
         });
         let outcome = if never_sent {
@@ -639,6 +723,37 @@ fn sources(status: &Status) -> impl Iterator<Item = &(dyn std::error::Error + 's
 }
 
 /// A status message followed by the messages of its source chain.
+/// What went wrong in a TLS handshake, with what to do, or `None` if `status` is not one.
+/// `tls`: whether this client uses TLS.
+fn tls_failure(status: &Status, tls: bool) -> Option<String> {
+    let text = describe(status);
+    let has = |words: &[&str]| words.iter().any(|w| text.contains(w));
+    let hint = if has(&["CertificateRequired"]) {
+        "the server requires a client certificate: pass --cert and --key (signed by its CA)"
+    } else if has(&["invalid peer certificate"]) {
+        "the server's certificate is not one --cacert vouches for (another CA, expired, or not \
+         valid for this endpoint's name or IP)"
+    } else if has(&[
+        "BadCertificate",
+        "UnknownCA",
+        "CertificateUnknown",
+        "CertificateExpired",
+    ]) {
+        "the server refused this client's certificate (--cert): is it signed by the server's CA \
+         and unexpired?"
+    } else if has(&["InvalidContentType", "corrupt message", "InvalidMessage"]) {
+        "the endpoint does not speak TLS: use http:// or leave out --cacert"
+    } else if tls && has(&["broken pipe", "connection reset"]) {
+        // TLS 1.3 clients finish their handshake before the server checks their
+        // certificate, so a refusal often arrives as a closed connection.
+        "the server closed the TLS connection: it may have refused this client's certificate \
+         (--cert); the server's log says why"
+    } else {
+        return None;
+    };
+    Some(format!("{text}; {hint}"))
+}
+
 fn describe(status: &Status) -> String {
     let mut out = status.message().to_string();
     for err in sources(status) {

@@ -31,6 +31,14 @@ pub struct ServerConfig {
     pub concurrency_limit_per_connection: usize,
     /// Client connections open at once; further connections wait in the accept backlog.
     pub max_connections: usize,
+    /// Client connections open at once from one IP address; further ones are closed.
+    pub max_connections_per_address: usize,
+    /// With TLS on (the node's `tls_dir`): require client certificates from the CA on the
+    /// client port (`--client-cert-auth`). Without it, a certificate is verified when given.
+    pub client_cert_auth: bool,
+    /// With TLS on: serve the HTTP port in plaintext anyway (`--http-plaintext`), for probes
+    /// and a Prometheus without TLS settings. It serves health and metrics only.
+    pub http_plaintext: bool,
     /// Longest a request may run on the server. A shorter client deadline (`grpc-timeout`)
     /// wins. Expiry answers `DEADLINE_EXCEEDED`. Does not apply to an established watch.
     pub request_timeout: Duration,
@@ -54,6 +62,9 @@ impl ServerConfig {
             max_concurrent_streams: 1024,
             concurrency_limit_per_connection: 256,
             max_connections: 4096,
+            max_connections_per_address: 1024,
+            client_cert_auth: false,
+            http_plaintext: false,
             request_timeout: Duration::from_secs(30),
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(20),

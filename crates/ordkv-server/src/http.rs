@@ -8,6 +8,36 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 
 /// The routes, serving `node`.
+/// The HTTP port's connections, accepted by [`ordkv::listen`], as axum takes them.
+pub(crate) struct Incoming {
+    pub(crate) conns: tokio_stream::wrappers::ReceiverStream<std::io::Result<ordkv::listen::Conn>>,
+    pub(crate) local: std::net::SocketAddr,
+}
+
+impl axum::serve::Listener for Incoming {
+    type Io = ordkv::listen::Conn;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        use futures::StreamExt;
+        loop {
+            match self.conns.next().await {
+                Some(Ok(conn)) => {
+                    let remote = conn.info().remote;
+                    return (conn, remote);
+                }
+                Some(Err(_)) => continue,
+                // The accept loop never ends while this stream lives.
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
 pub(crate) fn router(node: ordkv::Node, fault_injection: bool) -> Router {
     let router = Router::new()
         .route("/livez", get(livez))

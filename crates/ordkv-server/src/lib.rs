@@ -8,6 +8,9 @@
 //!   ready) and server reflection v1 (so `grpcurl` works without `.proto` files);
 //! - **HTTP** (`--http-addr`, port 7381): `/livez`, `/readyz`, `/metrics` (Prometheus).
 //!
+//! Both accept through [`ordkv::listen`] (connection bounds, setup deadlines, TLS with the
+//! node's material when it has some: see [`ordkv::Node::tls`]).
+//!
 //! Shutdown: health goes NOT_SERVING, both listeners close, open watches end with
 //! `UNAVAILABLE`, in-flight calls drain (bounded by the request timeout), then `serve`
 //! returns. Malformed messages, unknown methods and garbage bytes are answered or dropped by
@@ -17,7 +20,6 @@ mod cluster_service;
 mod config;
 mod health;
 mod http;
-mod incoming;
 mod kv_service;
 mod metrics;
 mod rpc;
@@ -26,7 +28,9 @@ mod status;
 use std::future::IntoFuture;
 use std::net::SocketAddr;
 
+use ordkv::listen::{self, ListenConfig};
 use ordkv::pb;
+use ordkv::tls::ClientAuth;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
@@ -103,7 +107,7 @@ async fn bind(
         })
 }
 
-/// The client gRPC server's transport settings. TCP options are set by `incoming::limited`:
+/// The client gRPC server's transport settings. TCP options are set by `ordkv::listen`:
 /// tonic ignores its own TCP settings when given an incoming stream.
 fn grpc_server(config: &ServerConfig) -> tonic::transport::Server {
     tonic::transport::Server::builder()
@@ -151,21 +155,57 @@ pub async fn serve_with_listeners(
         health_stop.clone(),
     ));
 
+    let tls = node.tls().cloned();
+    let client_tls = tls
+        .as_ref()
+        .map(|t| t.server_config(ClientAuth::Optional, &[b"h2"]));
+    let http_tls = tls
+        .as_ref()
+        .filter(|_| !config.http_plaintext)
+        .map(|t| t.server_config(ClientAuth::None, &[b"http/1.1"]));
+    let client_listen = ListenConfig {
+        max_connections: config.max_connections,
+        max_per_address: config.max_connections_per_address,
+        client_cert_required: config.client_cert_auth,
+        ..ListenConfig::grpc("client", client_tls)
+    };
+    let http_listen = ListenConfig {
+        max_connections: 1024,
+        max_per_address: 256,
+        setup_bytes: listen::HTTP1_SETUP_BYTES,
+        idle_timeout: std::time::Duration::from_secs(120),
+        ..ListenConfig::grpc("http", http_tls)
+    };
     let grpc = grpc_server(&config)
+        .layer(tonic::service::InterceptorLayer::new(
+            listen::refuse_plaintext,
+        ))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(kv)
         .add_service(cluster)
         .serve_with_incoming_shutdown(
-            incoming::limited(client, config.max_connections),
+            listen::incoming(client, client_listen),
             stopping.clone().cancelled_owned(),
         );
     let mut grpc = tokio::spawn(grpc);
-    let http_server = axum::serve(http, http::router(node, config.fault_injection))
+    let http_incoming = http::Incoming {
+        conns: listen::incoming(http, http_listen),
+        local: http_addr,
+    };
+    let http_server = axum::serve(http_incoming, http::router(node, config.fault_injection))
         .with_graceful_shutdown(stopping.clone().cancelled_owned())
         .into_future();
     let mut http = tokio::spawn(http_server);
-    tracing::info!(node = %member, %client_addr, %http_addr, "serving");
+    tracing::info!(
+        node = %member,
+        %client_addr,
+        %http_addr,
+        tls = tls.is_some(),
+        client_cert_auth = tls.is_some() && config.client_cert_auth,
+        http_tls = tls.is_some() && !config.http_plaintext,
+        "serving"
+    );
 
     enum First<G, H> {
         Shutdown,
@@ -255,7 +295,7 @@ mod tests {
             grpc_server(&ServerConfig::default())
                 .add_service(health_service)
                 .serve_with_incoming_shutdown(
-                    incoming::limited(listener, 8),
+                    listen::incoming(listener, ListenConfig::grpc("client", None)),
                     stop.clone().cancelled_owned(),
                 ),
         );

@@ -165,6 +165,10 @@ pub struct NodeConfig {
     /// Size of a Raft log segment (64 MiB); two are preallocated on disk. A multiple of
     /// 4 KiB, at least 1 MiB: small embedded uses and tests can take less.
     pub wal_segment_bytes: u64,
+    /// TLS for the peer port (and, through [`crate::Node::tls`], the servers an application
+    /// runs): a directory with `tls.crt`, `tls.key` and `ca.crt`, re-read when they change.
+    /// Peers must then present certificates from that CA naming a member.
+    pub tls_dir: Option<PathBuf>,
 }
 
 /// `advertise_peer_addr` of [`NodeConfig::new`]: left so, it is derived (see
@@ -212,6 +216,7 @@ impl NodeConfig {
             quota_bytes: 8 << 30,
             min_free_bytes: 128 << 20,
             wal_segment_bytes: ordkv_store::DEFAULT_WAL_SEGMENT_BYTES,
+            tls_dir: None,
         }
     }
 

@@ -142,19 +142,12 @@ fn tls_config(ca: &std::path::Path) -> std::result::Result<Arc<rustls::ClientCon
     if added == 0 {
         return Err(format!("{} holds no usable certificate", ca.display()));
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(ring_provider()))
+    let config = rustls::ClientConfig::builder_with_provider(crate::tls::ring_provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
-}
-
-/// rustls with ring. rustls 0.23.48 deprecates it for lacking post-quantum key exchange; its
-/// alternative, aws-lc-rs, needs cmake and a C++ toolchain to build.
-#[allow(deprecated)]
-fn ring_provider() -> rustls::crypto::CryptoProvider {
-    rustls::crypto::ring::default_provider()
 }
 
 /// `spec.replicas` from the API's answer, or what the API said instead.

@@ -21,6 +21,7 @@ mod datadir;
 mod error;
 mod intent;
 mod kv;
+pub mod listen;
 mod membership;
 mod node;
 mod peer;
@@ -32,6 +33,7 @@ mod space;
 mod status;
 #[cfg(test)]
 mod testing;
+pub mod tls;
 mod validate;
 mod writes;
 

@@ -24,6 +24,7 @@ use crate::peer::client::PeerNetwork;
 use crate::read_index::Reads;
 use crate::replica::{NodeStatus, Replica};
 use crate::retention::Retention;
+use crate::tls::{ClientAuth, PeerNames, TlsMaterial};
 use crate::writes::Writer;
 
 struct Inner {
@@ -37,6 +38,8 @@ struct Inner {
     membership: Membership,
     /// Holds the data dir's lock.
     data_dir: Arc<DataDir>,
+    /// The TLS material of `tls_dir`, re-read on change.
+    tls: Option<TlsMaterial>,
     /// Cancelled on shutdown: stops the peer server and the lifecycle task.
     stop: CancellationToken,
     /// The tasks the node runs (peer server, cluster lifecycle, intent poller), joined on
@@ -90,6 +93,13 @@ impl Node {
     /// not ready until it is a member and caught up.
     pub async fn open(config: NodeConfig) -> Result<Node> {
         let identity = config.validate()?;
+        let tls =
+            match &config.tls_dir {
+                Some(dir) => Some(TlsMaterial::load(dir).map_err(|e| {
+                    Error::InvalidArgument(format!("TLS (`tls_dir`, --tls-dir): {e}"))
+                })?),
+                None => None,
+            };
         let data_dir = Arc::new(DataDir::open(&config.data_dir, &identity)?);
         let (log, sm) =
             ordkv_store::open(&data_dir.path, &store_options(&config)).map_err(|e| {
@@ -100,7 +110,12 @@ impl Node {
             })?;
         let node_id = data_dir.record.node_id;
         let cluster_id = Some(data_dir.record.cluster_id.clone()).filter(|c| !c.is_empty());
-        let peer = Arc::new(PeerShared::new(node_id, identity.name.clone(), cluster_id));
+        let peer = Arc::new(PeerShared::new(
+            node_id,
+            identity.name.clone(),
+            cluster_id,
+            tls.clone(),
+        ));
         let network = PeerNetwork {
             shared: peer.clone(),
         };
@@ -150,6 +165,7 @@ impl Node {
                 intent: intent.clone(),
                 membership: membership.clone(),
                 data_dir,
+                tls: tls.clone(),
                 stop: stop.clone(),
                 tasks: Default::default(),
                 config,
@@ -157,14 +173,21 @@ impl Node {
         };
         let inner = &node.inner;
         inner.spawn(intent.poll(stop.clone()));
+        if let Some(tls) = &tls {
+            inner.spawn(tls.clone().watch(stop.clone()));
+        }
         if let Some(addr) = inner.config.peer_listen_addr {
+            let tls = tls
+                .as_ref()
+                .zip(PeerNames::of(&inner.identity, &inner.config.peers));
+            let tls = tls.map(|(t, names)| t.server_config(ClientAuth::Peers(names), &[b"h2"]));
             let service = crate::peer::server::PeerService {
                 replica,
                 writer,
                 membership,
                 snapshots_dir: inner.data_dir.path.join("snapshots"),
             };
-            inner.spawn(crate::peer::server::serve(service, addr, stop.clone()).await?);
+            inner.spawn(crate::peer::server::serve(service, addr, tls, stop.clone()).await?);
         }
         if inner.config.peers == Peers::None {
             lifecycle.bootstrap_alone().await?;
@@ -178,6 +201,12 @@ impl Node {
             "node open"
         );
         Ok(node)
+    }
+
+    /// The TLS material of `tls_dir`, kept current; `ordkv-server` serves the client and HTTP
+    /// ports with it.
+    pub fn tls(&self) -> Option<&TlsMaterial> {
+        self.inner.tls.as_ref()
     }
 
     /// The KV handle.

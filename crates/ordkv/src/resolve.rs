@@ -9,8 +9,12 @@ use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::tls::TlsMaterial;
 
 fn resolver() -> Option<&'static TokioResolver> {
     static RESOLVER: OnceLock<Option<TokioResolver>> = OnceLock::new();
@@ -55,7 +59,9 @@ pub(crate) fn split_host_port(addr: &str) -> std::io::Result<(&str, u16)> {
     Ok((host, port))
 }
 
-async fn connect(uri: Uri) -> std::io::Result<TokioIo<TcpStream>> {
+type PeerIo = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+
+async fn connect(uri: Uri, tls: Option<TlsMaterial>) -> std::io::Result<TokioIo<PeerIo>> {
     let host = uri.host().unwrap_or_default().to_string();
     let port = uri.port_u16().unwrap_or(80);
     let mut last = std::io::Error::other(format!("{host} has no address"));
@@ -63,7 +69,18 @@ async fn connect(uri: Uri) -> std::io::Result<TokioIo<TcpStream>> {
         match TcpStream::connect(SocketAddr::new(ip, port)).await {
             Ok(s) => {
                 let _ = s.set_nodelay(true);
-                return Ok(TokioIo::new(s));
+                let Some(tls) = &tls else {
+                    return Ok(TokioIo::new(Either::Left(s)));
+                };
+                // The peer must present a certificate from the CA valid for the name dialed.
+                let name = ServerName::try_from(host.trim_matches(['[', ']']).to_string())
+                    .map_err(|e| std::io::Error::other(format!("{host}: {e}")))?;
+                let connector = tokio_rustls::TlsConnector::from(tls.dial_config());
+                let stream = connector
+                    .connect(name, s)
+                    .await
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("TLS with {host}: {e}")))?;
+                return Ok(TokioIo::new(Either::Right(stream)));
             }
             Err(e) => last = e,
         }
@@ -71,15 +88,21 @@ async fn connect(uri: Uri) -> std::io::Result<TokioIo<TcpStream>> {
     Err(last)
 }
 
-/// A lazily connecting channel to `addr` (`host:port`), re-resolving `host` on each connect.
-pub(crate) fn channel(addr: &str, connect_timeout: Duration) -> Result<Channel, String> {
+/// A lazily connecting channel to `addr` (`host:port`), re-resolving `host` on each connect,
+/// with TLS from `tls` (the material current at each connect).
+pub(crate) fn channel(
+    addr: &str,
+    connect_timeout: Duration,
+    tls: Option<TlsMaterial>,
+) -> Result<Channel, String> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5));
-    Ok(endpoint.connect_with_connector_lazy(tower::service_fn(connect)))
+    Ok(endpoint
+        .connect_with_connector_lazy(tower::service_fn(move |uri| connect(uri, tls.clone()))))
 }
 
 /// Whether the host of `addr` (`host:port`) resolves to at least one address now.

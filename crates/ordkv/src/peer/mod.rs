@@ -54,12 +54,19 @@ pub(crate) struct PeerShared {
     pub(crate) without_append_stream: AtomicBool,
     /// One lazily connecting channel per peer address, shared by every caller.
     channels: Mutex<HashMap<String, Channel>>,
+    /// How peers are dialed with TLS on.
+    tls: Option<crate::tls::TlsMaterial>,
     /// Which peers answer the Raft calls (quiet logs while one is down).
     pub(crate) health: health::PeerHealth,
 }
 
 impl PeerShared {
-    pub(crate) fn new(node_id: u64, name: String, cluster_id: Option<String>) -> PeerShared {
+    pub(crate) fn new(
+        node_id: u64,
+        name: String,
+        cluster_id: Option<String>,
+        tls: Option<crate::tls::TlsMaterial>,
+    ) -> PeerShared {
         let cell = OnceLock::new();
         if let Some(id) = cluster_id {
             let _ = cell.set(id);
@@ -73,6 +80,7 @@ impl PeerShared {
             #[cfg(test)]
             without_append_stream: AtomicBool::new(false),
             channels: Mutex::new(HashMap::new()),
+            tls,
             health: Default::default(),
         }
     }
@@ -83,7 +91,7 @@ impl PeerShared {
         let channel = match channels.get(addr) {
             Some(c) => c.clone(),
             None => {
-                let c = crate::resolve::channel(addr, Duration::from_secs(2))?;
+                let c = crate::resolve::channel(addr, Duration::from_secs(2), self.tls.clone())?;
                 channels.insert(addr.to_string(), c.clone());
                 c
             }

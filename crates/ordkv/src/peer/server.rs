@@ -38,6 +38,7 @@ pub(crate) struct PeerService {
 pub(crate) async fn serve(
     service: PeerService,
     addr: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
     stop: tokio_util::sync::CancellationToken,
 ) -> NodeResult<impl Future<Output = ()> + Send + 'static> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -48,13 +49,21 @@ pub(crate) async fn serve(
     let service = pb::peer_server::PeerServer::new(service)
         .max_decoding_message_size(super::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(super::MAX_MESSAGE_BYTES);
-    // `Server::tcp_nodelay` only reaches listeners tonic binds itself; without TCP_NODELAY
-    // on the accepted sockets, Nagle held append replies for the leader's delayed ACK
-    // (~40 ms stalls, once every few hundred writes).
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tracing::info!(%addr, "serving peers");
+    // The listener sets TCP_NODELAY: without it, Nagle held append replies for the leader's
+    // delayed ACK (~40 ms stalls, once every few hundred writes).
+    let tls_on = tls.is_some();
+    let incoming =
+        crate::listen::incoming(listener, crate::listen::ListenConfig::grpc("peer", tls));
+    tracing::info!(%addr, tls = tls_on, "serving peers");
     Ok(async move {
         let served = tonic::transport::Server::builder()
+            // Pings keep idle connections from looking silent to the listener's watchdog
+            // and find dead ones.
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+            .layer(tonic::service::InterceptorLayer::new(
+                crate::listen::refuse_plaintext,
+            ))
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
             .await;
