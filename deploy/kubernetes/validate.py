@@ -484,6 +484,109 @@ def check_invariants(c: Checker, docs: list, serve_rs: str | None) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def check_tls_component(directory: str, versions: list, verbose: bool):
+    """Renders the base with the `tls/` component through a throwaway overlay and checks it.
+
+    Returns (problems, summary). cert-manager's kinds are not in the Kubernetes schemas: they
+    are checked by the invariants below only."""
+    component = os.path.join(directory, "tls")
+    if not os.path.isdir(component):
+        return [], "no tls/ component"
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="ordkv-tls-overlay-") as overlay:
+        with open(os.path.join(overlay, "kustomization.yaml"), "w", encoding="utf-8") as f:
+            yaml.safe_dump(
+                {
+                    "resources": [os.path.relpath(directory, overlay)],
+                    "components": [os.path.relpath(component, overlay)],
+                },
+                f,
+            )
+        try:
+            tool, docs = real_kustomize(overlay)
+        except (Failed, OSError, subprocess.SubprocessError) as e:
+            return [f"tls: {e}"], "tls/ not rendered"
+    if docs is None:
+        # Without a kustomize the component is not rendered; its plain manifests still are.
+        problems = []
+        for d in load_docs(os.path.join(component, "networkpolicy.yaml")):
+            problems += schema_validate("tls/networkpolicy.yaml", d, versions)
+        return problems, f"tls/ not rendered ({tool})"
+
+    problems = []
+    crd = [d for d in docs if str(d.get("apiVersion", "")).startswith("cert-manager.io/")]
+    for d in docs:
+        if d not in crd:
+            problems += schema_validate("tls", d, versions)
+    c = Checker("tls", verbose)
+    by_kind = {}
+    for d in docs:
+        by_kind.setdefault(d.get("kind"), []).append(d)
+    sts = (by_kind.get("StatefulSet") or [{}])[0]
+    pod = ((sts.get("spec") or {}).get("template") or {}).get("spec") or {}
+    container = next(iter(pod.get("containers") or []), {})
+    env = {e.get("name"): e.get("value") for e in container.get("env") or []}
+    tls_dir = env.get("ORDKV_TLS_DIR")
+    c.check(bool(tls_dir), "ORDKV_TLS_DIR is set", str(sorted(env)))
+    mount = next((m for m in container.get("volumeMounts") or [] if m.get("mountPath") == tls_dir), {})
+    c.check(bool(mount) and "subPath" not in mount, "ORDKV_TLS_DIR is a whole-volume mount (subPath mounts never update)", str(mount))
+    volume = next((v for v in pod.get("volumes") or [] if v.get("name") == mount.get("name")), {})
+    secret = (volume.get("secret") or {}).get("secretName")
+    c.check(bool(secret), "the TLS mount is a Secret volume", str(volume))
+    certs = {(d.get("spec") or {}).get("secretName"): d for d in by_kind.get("Certificate") or []}
+    issuers = {(d.get("metadata") or {}).get("name") for d in by_kind.get("Issuer") or []}
+    cert = (certs.get(secret) or {}).get("spec") or {}
+    c.check(bool(cert), f"a Certificate writes the mounted Secret {secret!r}", str(sorted(map(str, certs))))
+    c.check((cert.get("issuerRef") or {}).get("name") in issuers, "the Certificate's issuer is in the render", str(cert.get("issuerRef")))
+    usages = set(cert.get("usages") or [])
+    c.check({"server auth", "client auth"} <= usages, "the member certificate serves and dials (server auth, client auth)", str(usages))
+    service = (sts.get("spec") or {}).get("serviceName")
+    names = set(cert.get("dnsNames") or [])
+    c.check(
+        f"*.{service}.default.svc.cluster.local" in names
+        or all(f"{sts['metadata']['name']}-{i}.{service}.default.svc.cluster.local" in names for i in range(3)),
+        "the certificate names every member ({sts}-N.{service}.default.svc.cluster.local)",
+        str(sorted(names)),
+    )
+    read = [d["metadata"]["name"] for d in by_kind.get("Service") or [] if (d.get("spec") or {}).get("clusterIP") != "None"]
+    c.check(all(r in names for r in read), "the certificate names the read Service", f"{read} vs {sorted(names)}")
+    if env.get("ORDKV_CLIENT_CERT_AUTH") == "true":
+        c.check(
+            any("client auth" in ((d.get("spec") or {}).get("usages") or []) and d.get("spec", {}).get("secretName") != secret for d in by_kind.get("Certificate") or []),
+            "client certificates are required and one is issued for an application",
+            "",
+        )
+    https = env.get("ORDKV_HTTP_PLAINTEXT") != "true"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        scheme = ((container.get(probe) or {}).get("httpGet") or {}).get("scheme", "HTTP")
+        c.check(scheme == ("HTTPS" if https else "HTTP"), f"{probe} speaks what the HTTP port serves", scheme)
+    peer_rules = []
+    for np in by_kind.get("NetworkPolicy") or []:
+        spec = np.get("spec") or {}
+        if (spec.get("podSelector") or {}).get("matchLabels", {}).get("app.kubernetes.io/name") != "ordkv":
+            continue
+        for rule in spec.get("ingress") or []:
+            if any(p.get("port") in (7380, "peer") for p in rule.get("ports") or []) or not rule.get("ports"):
+                peer_rules.append(rule)
+    c.check(
+        bool(peer_rules)
+        and all(
+            rule.get("from")
+            and all((f.get("podSelector") or {}).get("matchLabels", {}).get("app.kubernetes.io/name") == "ordkv" and len(f) == 1 for f in rule["from"])
+            for rule in peer_rules
+        ),
+        "a NetworkPolicy admits the peer port from ordkv pods only",
+        str(peer_rules),
+    )
+    summary = (
+        f"tls/ component rendered by {tool} ({len(docs)} objects; {len(crd)} cert-manager objects "
+        f"checked by invariants only, their CRDs are not in the Kubernetes schemas; "
+        f"{c.passed} checks)"
+    )
+    return problems + c.problems, summary
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("directory")
@@ -547,6 +650,9 @@ def main() -> int:
     if theirs is not None:
         problems += compare_renders(rendered, theirs, tool)
 
+    tls_problems, tls_summary = check_tls_component(directory, versions, args.verbose)
+    problems += tls_problems
+
     schema_versions = ", ".join(kv.major_minor(v) for v in versions)
     if problems:
         for p in problems:
@@ -557,7 +663,7 @@ def main() -> int:
     print(
         f"ordkv manifests: OK: {len(here)} files / {len(raw)} objects and the kustomize render "
         f"({len(rendered)} objects, {compared}) pass strict schemas for k8s {schema_versions} "
-        f"and {raw_check.passed + rendered_check.passed} invariant checks"
+        f"and {raw_check.passed + rendered_check.passed} invariant checks; {tls_summary}"
     )
     return 0
 

@@ -6,7 +6,10 @@
 #   2. renders kustomization.yaml with a small built-in renderer (the subset this kustomization
 #      uses) and, when `kubectl kustomize` or `kustomize` is on PATH, checks that the real
 #      kustomize renders the same objects;
-#   3. ordkv's invariants (headless Service <-> serviceName, Parallel, probes, PVC mount, ...).
+#   3. ordkv's invariants (headless Service <-> serviceName, Parallel, probes, PVC mount, ...);
+#   4. the tls/ component, rendered over the base by a real kustomize when one is on PATH:
+#      schemas of the Kubernetes kinds (cert-manager's CRDs are not in the schemas) and its
+#      invariants (Secret mounted whole, Certificate names, probes, NetworkPolicy).
 # Needs python3 (>= 3.9, with venv) and PyPI once: kubernetes-validate (which ships the schemas)
 # and PyYAML are installed into a venv under ${XDG_CACHE_HOME:-$HOME/.cache}/ordkv-validate and
 # reused afterwards. Exits non-zero on any problem; prints a one-line summary.

@@ -10,6 +10,8 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 /// A certificate and its key, PEM.
 #[derive(Clone, Debug)]
 pub struct Issued {
+    /// The first name it was issued for (its CN).
+    pub name: String,
     /// The certificate.
     pub cert: String,
     /// Its private key.
@@ -52,6 +54,7 @@ impl TestCa {
         let key = KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
         Issued {
+            name: names[0].to_string(),
             cert: cert.pem(),
             key: key.serialize_pem(),
         }

@@ -63,19 +63,29 @@ pub struct GlobalArgs {
         requires = "client_cert"
     )]
     pub key: Option<PathBuf>,
+    /// A bearer token (the server's --auth-token-file names its identity); prefer the
+    /// environment variable, which does not show in the process list.
+    #[arg(
+        long,
+        env = "ORDKV_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
     /// Where `endpoints` came from (the default: neither the flag nor `ORDKV_ENDPOINTS`).
     #[arg(skip)]
     pub endpoints_from_default: bool,
 }
 
 /// The ids of the [`GlobalArgs`] flags.
-const CLIENT_ARG_IDS: [&str; 6] = [
+const CLIENT_ARG_IDS: [&str; 7] = [
     "endpoints",
     "output",
     "timeout",
     "cacert",
     "client_cert",
     "client_key",
+    "token",
 ];
 
 /// Adds the client flags to the client commands of `ordkv` (not to `serve`, `dev-cluster`,
@@ -83,7 +93,7 @@ const CLIENT_ARG_IDS: [&str; 6] = [
 pub fn with_client_args(cmd: clap::Command) -> clap::Command {
     let mut cmd = cmd.after_help(
         "Client commands take --endpoints (or ORDKV_ENDPOINTS), -o/--output, --timeout and \
-         TLS's --cacert, --cert, --key, before or after the command: see `ordkv <command> --help`.",
+         TLS's --cacert, --cert, --key and --token, before or after the command: see `ordkv <command> --help`.",
     );
     for id in CLIENT_ARG_IDS {
         cmd = cmd.mut_arg(id, |a| a.hide(true));
@@ -156,16 +166,18 @@ impl GlobalArgs {
                 .get_one::<PathBuf>("client_cert")
                 .cloned(),
             key: pick("client_key").get_one::<PathBuf>("client_key").cloned(),
+            token: pick("token").get_one::<String>("token").cloned(),
         }
     }
 
     /// A client for the endpoints, with TLS when --cacert is given.
     pub async fn connect(&self) -> anyhow::Result<Client> {
-        let options = ordkv_client::ConnectOptions::from_files(
+        let mut options = ordkv_client::ConnectOptions::from_files(
             self.cacert.as_deref(),
             self.cert.as_deref(),
             self.key.as_deref(),
         )?;
+        options.token = self.token.clone();
         Ok(Client::connect_with(&self.endpoints, options).await?)
     }
 

@@ -101,6 +101,7 @@ pub fn status_json(s: &StatusResponse) -> Value {
         "members": members,
         "statefulset_replicas": s.statefulset_replicas,
         "scale_intent": s.scale_intent,
+        "access_control": s.access_control,
     })
 }
 
@@ -124,6 +125,9 @@ pub fn status_table(s: &StatusResponse) -> String {
     ));
     if !s.scale_intent.is_empty() {
         out.push_str(&format!("scale intent: {}\n", s.scale_intent));
+    }
+    if !s.access_control.is_empty() {
+        out.push_str(&format!("access control: {}\n", s.access_control));
     }
     let leader_name = s
         .leader

@@ -115,6 +115,20 @@ pub struct ServeArgs {
     /// Prometheus without TLS settings.
     #[arg(long, env = "ORDKV_HTTP_PLAINTEXT", requires = "tls_dir")]
     pub http_plaintext: bool,
+    /// Access control: a YAML list of grants (`- name: app`, `read: ["app/"]`,
+    /// `write: ["app/"]`, `admin: true`) by key prefix, re-read when it changes. Without it,
+    /// any client the client port admits may read, write and administer.
+    #[arg(long, env = "ORDKV_AUTH_POLICY", value_name = "FILE")]
+    pub auth_policy: Option<PathBuf>,
+    /// Bearer tokens for clients without certificates: `token,name` lines (the first two
+    /// columns of Kubernetes' static token file), re-read when it changes; never logged.
+    #[arg(
+        long,
+        env = "ORDKV_AUTH_TOKEN_FILE",
+        value_name = "FILE",
+        requires = "auth_policy"
+    )]
+    pub auth_token_file: Option<PathBuf>,
     /// Client connections open at once from one IP address; more are closed at once.
     #[arg(long, env = "ORDKV_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections_per_address: u32,
@@ -284,6 +298,8 @@ pub(crate) fn resolve(args: &ServeArgs) -> anyhow::Result<Resolved> {
     let mut server = ordkv_server::ServerConfig::new(client_addr, http_addr, &node.limits);
     server.fault_injection = args.enable_fault_injection;
     server.client_cert_auth = args.client_cert_auth;
+    server.auth_policy = args.auth_policy.clone();
+    server.auth_token_file = args.auth_token_file.clone();
     server.http_plaintext = args.http_plaintext;
     server.max_connections_per_address = args.max_connections_per_address as usize;
     Ok(Resolved { node, server })

@@ -68,6 +68,9 @@ pub enum Error {
         /// Why it was rejected.
         reason: String,
     },
+    /// The token has characters a header cannot carry.
+    #[error("the token is not a valid header value (printable ASCII only)")]
+    Token,
     /// TLS options that cannot be used (a file, or https:// without a CA).
     #[error("TLS: {0}")]
     Tls(String),
@@ -173,6 +176,8 @@ pub struct ConnectOptions {
     pub ca_pem: Option<Vec<u8>>,
     /// A PEM certificate and its key, for servers that require client certificates.
     pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+    /// A bearer token, sent with every request (servers with `--auth-token-file`).
+    pub token: Option<String>,
 }
 
 impl ConnectOptions {
@@ -193,6 +198,7 @@ impl ConnectOptions {
         Ok(ConnectOptions {
             ca_pem: cacert.map(|p| read("--cacert", p)).transpose()?,
             identity_pem,
+            token: None,
         })
     }
 }
@@ -206,6 +212,8 @@ pub struct Client {
     channels: Vec<(String, Channel)>,
     /// How the channels were made, for connections to other members (the leader).
     options: ConnectOptions,
+    /// `Bearer <token>`, sent with every request.
+    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     /// Index of the endpoint to try first.
     current: AtomicUsize,
     /// gRPC deadline applied to every unary call.
@@ -223,6 +231,14 @@ impl Client {
     /// [`Client::connect`] with TLS: endpoints without a scheme use `https://` when
     /// `options` has a CA; `https://` endpoints need one.
     pub async fn connect_with(endpoints: &[String], options: ConnectOptions) -> Result<Client> {
+        let authorization = match &options.token {
+            Some(token) => Some(
+                format!("Bearer {}", token.trim())
+                    .parse::<tonic::metadata::MetadataValue<_>>()
+                    .map_err(|_| Error::Token)?,
+            ),
+            None => None,
+        };
         let tls = options.ca_pem.as_ref().map(|ca| {
             let config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
             match &options.identity_pem {
@@ -278,6 +294,7 @@ impl Client {
         }
         Ok(Client {
             channels,
+            authorization,
             options,
             current: AtomicUsize::new(0),
             timeout: None,
@@ -344,6 +361,11 @@ impl Client {
             let mut request = tonic::Request::new(req.clone());
             if let Some(timeout) = self.timeout {
                 request.set_timeout(timeout);
+            }
+            if let Some(value) = &self.authorization {
+                request
+                    .metadata_mut()
+                    .insert("authorization", value.clone());
             }
             let result = match (retry, f(channel.clone(), request).await) {
                 // Not ordkv's client API: nothing was applied; say which port it is.

@@ -22,6 +22,10 @@ impl ClusterService {
 pub type BackupStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::BackupChunk, Status>> + Send>>;
 
+/// What `cluster status` says without `--auth-policy`.
+pub(crate) const ACCESS_CONTROL_OFF: &str =
+    "off: any client the port admits may read, write and administer (--auth-policy)";
+
 /// Bytes per backup chunk.
 const BACKUP_CHUNK_BYTES: usize = 1024 * 1024;
 
@@ -31,9 +35,10 @@ impl pb::cluster_server::Cluster for ClusterService {
 
     async fn backup(
         &self,
-        _request: Request<pb::BackupRequest>,
+        request: Request<pb::BackupRequest>,
     ) -> Result<Response<BackupStream>, Status> {
         use futures::StreamExt;
+        self.ctx.authorize(&request)?;
         let node = self.ctx.node.clone();
         let (summary, file) = node.backup().await.map_err(crate::status_from_error)?;
         tracing::info!(node = %node.identity().name, revision = summary.revision, "streaming a backup");
@@ -52,9 +57,15 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        let access_control = match &self.ctx.access {
+            Some(access) => access.describe(),
+            None => ACCESS_CONTROL_OFF.to_string(),
+        };
         self.ctx
             .unary("Status", request, |node, _req| async move {
-                node.cluster_status().await
+                let mut status = node.cluster_status().await?;
+                status.access_control = access_control;
+                Ok(status)
             })
             .await
     }

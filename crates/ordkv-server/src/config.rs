@@ -48,6 +48,11 @@ pub struct ServerConfig {
     pub http2_keepalive_timeout: Duration,
     /// How often the gRPC health status is refreshed from the node's readiness.
     pub health_interval: Duration,
+    /// The access policy (YAML grants by key prefix, `--auth-policy`); `None` admits every
+    /// request, as without access control.
+    pub auth_policy: Option<std::path::PathBuf>,
+    /// Bearer tokens, `token,name` lines (`--auth-token-file`).
+    pub auth_token_file: Option<std::path::PathBuf>,
     /// Serve `POST /debug/partition` (tests only: it cuts this member off from peers).
     pub fault_injection: bool,
 }
@@ -69,6 +74,8 @@ impl ServerConfig {
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(20),
             health_interval: Duration::from_secs(1),
+            auth_policy: None,
+            auth_token_file: None,
             fault_injection: false,
         }
     }

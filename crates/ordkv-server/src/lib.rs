@@ -16,6 +16,7 @@
 //! returns. Malformed messages, unknown methods and garbage bytes are answered or dropped by
 //! tonic/hyper per connection; the server keeps serving everyone else.
 
+mod access;
 mod cluster_service;
 mod config;
 mod health;
@@ -35,6 +36,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
+pub use access::{AUTH_REFUSED, AUTH_RELOAD_ERRORS, AccessControl, Grant};
 pub use cluster_service::ClusterService;
 pub use config::{MAX_DECODING_CAP_BYTES, MESSAGE_SLACK_BYTES, ServerConfig, max_decoding_for};
 pub use health::HEALTH_SERVICES;
@@ -73,6 +75,9 @@ pub enum ServeError {
         /// The I/O error.
         error: std::io::Error,
     },
+    /// The access policy or token file cannot be used.
+    #[error("access control: {0}")]
+    Access(String),
     /// The embedded descriptors for server reflection do not decode (a build problem).
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -133,10 +138,28 @@ pub async fn serve_with_listeners(
     let member = node.identity().name.clone();
 
     let stopping = CancellationToken::new();
+    let access = match &config.auth_policy {
+        Some(policy) => {
+            let access = AccessControl::load(policy, config.auth_token_file.as_deref())
+                .map_err(ServeError::Access)?;
+            let access = std::sync::Arc::new(access);
+            tracing::info!(node = %member, access_control = %access.describe(), "access control on");
+            tokio::spawn(access.clone().watch(stopping.clone()));
+            Some(access)
+        }
+        None => {
+            if config.auth_token_file.is_some() {
+                tracing::warn!(node = %member, "--auth-token-file without --auth-policy: tokens are not checked");
+            }
+            tracing::warn!(node = %member, "access control {}", cluster_service::ACCESS_CONTROL_OFF);
+            None
+        }
+    };
     let ctx = rpc::RpcContext {
         node: node.clone(),
         request_timeout: config.request_timeout,
         shutdown: stopping.clone(),
+        access,
     };
     let kv = pb::kv_server::KvServer::new(KvService::new(ctx.clone()))
         .max_decoding_message_size(config.max_decoding_message_bytes);

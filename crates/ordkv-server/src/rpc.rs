@@ -6,6 +6,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
+use crate::access::{AccessControl, Needs};
 use crate::status::status_from_error;
 
 /// State shared by the gRPC services of one server.
@@ -15,13 +16,28 @@ pub(crate) struct RpcContext {
     pub(crate) request_timeout: Duration,
     /// Cancelled when the server starts shutting down; ends open watch streams.
     pub(crate) shutdown: tokio_util::sync::CancellationToken,
+    /// Who may do what; `None` admits everyone.
+    pub(crate) access: Option<std::sync::Arc<AccessControl>>,
 }
 
 impl RpcContext {
-    /// Runs one unary call: `call` gets the request message; its result or error is mapped
-    /// to a response or a status; the call is cut off at the deadline with
-    /// `DEADLINE_EXCEEDED`; the outcome is counted under `rpc`.
-    pub(crate) async fn unary<Q, R, F>(
+    /// Admits `request` under the access policy; the caller's name when there is one.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn authorize<Q: Needs>(
+        &self,
+        request: &Request<Q>,
+    ) -> Result<Option<String>, Status> {
+        match &self.access {
+            Some(access) => access.check(request).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Runs one unary call: the caller must be allowed to (see [`RpcContext::authorize`]);
+    /// `call` gets the request message; its result or error is mapped to a response or a
+    /// status; the call is cut off at the deadline with `DEADLINE_EXCEEDED`; the outcome is
+    /// counted under `rpc`.
+    pub(crate) async fn unary<Q: Needs, R, F>(
         &self,
         rpc: &'static str,
         request: Request<Q>,
@@ -31,8 +47,15 @@ impl RpcContext {
         F: Future<Output = ordkv::Result<R>>,
     {
         let started = Instant::now();
+        let caller = match self.authorize(&request) {
+            Ok(caller) => caller,
+            Err(status) => {
+                crate::metrics::record_request(rpc, status.code(), started.elapsed());
+                return Err(status);
+            }
+        };
         let deadline = deadline(self.request_timeout, request.metadata());
-        let span = tracing::info_span!("rpc", node = %self.node.identity().name, rpc);
+        let span = tracing::info_span!("rpc", node = %self.node.identity().name, rpc, caller = caller.as_deref());
         let work = call(self.node.clone(), request.into_inner());
         let result = async {
             match tokio::time::timeout(deadline, work).await {

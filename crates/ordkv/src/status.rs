@@ -95,6 +95,8 @@ pub(crate) fn build(
         }),
         version: env!("CARGO_PKG_VERSION").to_string(),
         statefulset_replicas: intent.replicas(),
+        // Access control is the client port's (`ordkv-server`), which fills this in.
+        access_control: String::new(),
         scale_intent: match (&intent, &config.kubernetes) {
             (ScaleIntent::Replicas(_), Ok(api)) => {
                 format!("{intent} (statefulset {})", api.statefulset)
