@@ -13,6 +13,8 @@
 # given its share, as a CPU limit would in a pod: `ORDKV_WORKER_THREADS` for ordkv,
 # `GOMAXPROCS` for etcd. With the defaults (one thread per core in every member), both spend
 # CPU waking idle threads; see benches/README.md for the measured difference.
+# --tls runs both with TLS: server TLS on the client ports and mutual TLS between members
+# (one openssl-made CA and certificate for 127.0.0.1), and writes compare-tls.* instead.
 # ORDKV_BIN=path runs that ordkv binary instead of this checkout's (an A/B of two builds, with
 # etcd as the yardstick of both runs).
 set -euo pipefail
@@ -21,7 +23,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$ROOT/target/bench
 QUICK=0 REPEATS=3 DURATION=10 WARMUP=2 KEYS=10000 MEMORY_KEYS=1000000
 THREADS=$(( $(nproc) / 3 )); [ "$THREADS" -ge 1 ] || THREADS=1
-ONLY=()
+ONLY=() TLS=0
 while [ $# -gt 0 ]; do
     case $1 in
         --quick) QUICK=1; REPEATS=1 DURATION=2 WARMUP=1 KEYS=2000 MEMORY_KEYS=0 ;;
@@ -30,6 +32,7 @@ while [ $# -gt 0 ]; do
         --duration) DURATION=$2; shift ;;
         --memory-keys) MEMORY_KEYS=$2; shift ;;
         --threads-per-member) THREADS=$2; shift ;;
+        --tls) TLS=1 ;;
         *) echo "unknown option $1 (see the comment at the top of $0)" >&2; exit 2 ;;
     esac
     shift
@@ -72,9 +75,31 @@ else
 fi
 
 mkdir -p "$OUT"
-DATA=$OUT/data LOGS=$OUT/logs RESULTS=$OUT/results.jsonl
+DATA=$OUT/data LOGS=$OUT/logs RESULTS=$OUT/results.jsonl NAME=compare
 rm -rf "$DATA" "$LOGS" "$RESULTS"
 mkdir -p "$DATA" "$LOGS"
+
+# --- TLS: one CA and one certificate (127.0.0.1, server and client use) for every member -----
+SCHEME=http ORDKV_TLS=() ETCD_TLS=() CURL_TLS=() KVBENCH_TLS=()
+if [ $TLS = 1 ]; then
+    command -v openssl >/dev/null || { echo "--tls needs openssl" >&2; exit 1; }
+    PKI=$OUT/pki NAME=compare-tls SCHEME=https
+    rm -rf "$PKI" && mkdir -p "$PKI"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -subj "/CN=bench CA" -keyout "$PKI/ca.key" -out "$PKI/ca.crt" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=member" \
+        -keyout "$PKI/tls.key" -out "$PKI/member.csr" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n' >"$PKI/ext"
+    openssl x509 -req -in "$PKI/member.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" \
+        -CAcreateserial -days 2 -extfile "$PKI/ext" -out "$PKI/tls.crt" 2>/dev/null
+    ORDKV_TLS=(--tls-dir "$PKI" --http-plaintext)
+    ETCD_TLS=(--cert-file "$PKI/tls.crt" --key-file "$PKI/tls.key"
+              --peer-cert-file "$PKI/tls.crt" --peer-key-file "$PKI/tls.key"
+              --peer-trusted-ca-file "$PKI/ca.crt" --peer-client-cert-auth)
+    CURL_TLS=(--cacert "$PKI/ca.crt")
+    KVBENCH_TLS=(--cacert "$PKI/ca.crt")
+    log "TLS on: client ports server-authenticated, members mutually authenticated"
+fi
 
 # --- processes: every one started is remembered and stopped by pid --------------------------
 PIDS=()
@@ -92,7 +117,7 @@ trap 'exit 130' INT TERM
 
 wait_ready() { # url...
     for url in "$@"; do
-        for _ in $(seq 300); do curl -sf -o /dev/null "$url" && continue 2; sleep 0.1; done
+        for _ in $(seq 300); do curl -sf "${CURL_TLS[@]}" -o /dev/null "$url" && continue 2; sleep 0.1; done
         echo "$url did not become ready; logs in $LOGS" >&2; exit 1
     done
 }
@@ -103,7 +128,7 @@ start_ordkv() { # tag
     for i in 0 1 2; do
         "$ORDKV" serve --name "kv-$i" --data-dir "$DATA/ordkv-$1-$i" --peers "$peers" \
             --client-addr "127.0.0.1:$((7501 + 10 * i))" --peer-addr "127.0.0.1:$((7502 + 10 * i))" \
-            --http-addr "127.0.0.1:$((7503 + 10 * i))" 2>"$LOGS/ordkv-$1-$i.log" &
+            --http-addr "127.0.0.1:$((7503 + 10 * i))" "${ORDKV_TLS[@]}" 2>"$LOGS/ordkv-$1-$i.log" &
         PIDS+=($!)
     done
     ENDPOINTS=127.0.0.1:7501,127.0.0.1:7511,127.0.0.1:7521
@@ -112,19 +137,19 @@ start_ordkv() { # tag
 
 start_etcd() { # tag
     local cluster= i
-    for i in 0 1 2; do cluster+="${cluster:+,}e$i=http://127.0.0.1:$((12380 + 10 * i))"; done
+    for i in 0 1 2; do cluster+="${cluster:+,}e$i=$SCHEME://127.0.0.1:$((12380 + 10 * i))"; done
     for i in 0 1 2; do
-        etcd --name "e$i" --data-dir "$DATA/etcd-$1-$i" \
-            --listen-client-urls "http://127.0.0.1:$((12379 + 10 * i))" \
-            --advertise-client-urls "http://127.0.0.1:$((12379 + 10 * i))" \
-            --listen-peer-urls "http://127.0.0.1:$((12380 + 10 * i))" \
-            --initial-advertise-peer-urls "http://127.0.0.1:$((12380 + 10 * i))" \
+        etcd --name "e$i" --data-dir "$DATA/etcd-$1-$i" "${ETCD_TLS[@]}" \
+            --listen-client-urls "$SCHEME://127.0.0.1:$((12379 + 10 * i))" \
+            --advertise-client-urls "$SCHEME://127.0.0.1:$((12379 + 10 * i))" \
+            --listen-peer-urls "$SCHEME://127.0.0.1:$((12380 + 10 * i))" \
+            --initial-advertise-peer-urls "$SCHEME://127.0.0.1:$((12380 + 10 * i))" \
             --initial-cluster "$cluster" --initial-cluster-state new \
             --initial-cluster-token "bench-$1" >"$LOGS/etcd-$1-$i.log" 2>&1 &
         PIDS+=($!)
     done
     ENDPOINTS=127.0.0.1:12379,127.0.0.1:12389,127.0.0.1:12399
-    wait_ready http://127.0.0.1:12379/health http://127.0.0.1:12389/health http://127.0.0.1:12399/health
+    wait_ready $SCHEME://127.0.0.1:12379/health $SCHEME://127.0.0.1:12389/health $SCHEME://127.0.0.1:12399/health
 }
 
 # bench backend tag kvbench-args...: a fresh cluster, one run, the cluster stopped and removed.
@@ -133,7 +158,7 @@ bench() {
     "start_$backend" "$tag"
     local pids; pids=$(IFS=,; echo "${PIDS[*]}")
     "$KVBENCH" run --backend "$backend" --endpoints "$ENDPOINTS" --server-pids "$pids" \
-        --out "$RESULTS" "$@" >/dev/null
+        --out "$RESULTS" "${KVBENCH_TLS[@]}" "$@" >/dev/null
     stop_all
     rm -rf "$DATA"/"$backend"-"$tag"-*
 }
@@ -162,6 +187,6 @@ for rep in $(seq "$REPEATS"); do
     fi
 done
 
-"$KVBENCH" report --input "$RESULTS" --json "$OUT/compare.json" --markdown "$OUT/compare.md" \
-    --chart "$OUT/compare.png"
-log "wrote $OUT/compare.json, compare.md and compare.png"
+"$KVBENCH" report --input "$RESULTS" --json "$OUT/$NAME.json" --markdown "$OUT/$NAME.md" \
+    --chart "$OUT/$NAME.png"
+log "wrote $OUT/$NAME.json, $NAME.md and $NAME.png"

@@ -108,6 +108,43 @@ pub async fn presented_certificate(
     ca_bundle: &str,
     identity: Option<&Issued>,
 ) -> Result<Vec<u8>, String> {
+    let tls = connect(addr, ca_bundle, identity).await?;
+    let (_, conn) = tls.get_ref();
+    conn.peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .ok_or_else(|| "no certificate presented".to_string())
+}
+
+/// An HTTP/1.0 GET over TLS: `(status code, body)`.
+pub async fn https_get(
+    addr: std::net::SocketAddr,
+    ca_bundle: &str,
+    path: &str,
+) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = connect(addr, ca_bundle, None).await?;
+    tls.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    // A server may close without close_notify; what was read counts.
+    let _ = tls.read_to_end(&mut response).await;
+    let text = String::from_utf8_lossy(&response);
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no HTTP status in {text:?}"))?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((code, body.to_string()))
+}
+
+async fn connect(
+    addr: std::net::SocketAddr,
+    ca_bundle: &str,
+    identity: Option<&Issued>,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     let mut roots = rustls::RootCertStore::empty();
@@ -137,15 +174,10 @@ pub async fn presented_certificate(
         .await
         .map_err(|e| e.to_string())?;
     let name = ServerName::from(addr.ip());
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
         .connect(name, tcp)
         .await
-        .map_err(|e| e.to_string())?;
-    let (_, conn) = tls.get_ref();
-    conn.peer_certificates()
-        .and_then(|c| c.first())
-        .map(|c| c.to_vec())
-        .ok_or_else(|| "no certificate presented".to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// The DER of the first certificate in `pem`.

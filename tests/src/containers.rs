@@ -511,9 +511,20 @@ pub struct StatefulSet {
     clients: AtomicUsize,
     /// The Kubernetes API slice the pods read their StatefulSet from, if they get one.
     kube_api: Option<FakeKubeApi>,
+    /// The mounted TLS Secret and how the harness trusts it (see [`StatefulSet::with_tls`]).
+    tls: Option<SetTls>,
     /// Runs the harness's gRPC probes (one worker thread).
     rt: tokio::runtime::Runtime,
     _permit: Permit,
+}
+
+/// Where the pods mount their TLS Secret.
+const TLS_MOUNT: &str = "/etc/ordkv/tls";
+
+/// The TLS Secret of a set: a host directory laid out as the kubelet mounts a Secret.
+struct SetTls {
+    dir: tempfile::TempDir,
+    client: tonic::transport::ClientTlsConfig,
 }
 
 impl StatefulSet {
@@ -546,6 +557,7 @@ impl StatefulSet {
             logs_shown: AtomicBool::new(false),
             clients: AtomicUsize::new(0),
             kube_api: None,
+            tls: None,
             // A worker thread keeps polling connections between calls: a connection left
             // unpolled would not answer the server's GOAWAY/PING on SIGTERM.
             rt: tokio::runtime::Builder::new_multi_thread()
@@ -622,6 +634,51 @@ impl StatefulSet {
         self.kube_api = Some(api);
         self.env("KUBERNETES_SERVICE_HOST", &host)
             .env("KUBERNETES_SERVICE_PORT", &port.to_string())
+    }
+
+    /// TLS on every pod created from now on, as `deploy/kubernetes/tls/` sets it up with
+    /// cert-manager: one Secret (`tls.crt`, `tls.key`, `ca.crt`) for every member, whose
+    /// certificate carries the member wildcard `*.ordkv.default.svc.cluster.local`, the read
+    /// Service's name, localhost and 127.0.0.1; the HTTP port stays plaintext. The harness's
+    /// clients (gRPC from the host, the CLI in pods) trust the CA.
+    pub fn with_tls(mut self) -> StatefulSet {
+        use std::os::unix::fs::PermissionsExt;
+        let ca = crate::certs::TestCa::new("ordkv test CA (as cert-manager's)");
+        let wildcard = format!("*.{SERVICE}.{NAMESPACE}.svc.cluster.local");
+        let leaf = ca.issue(&[&wildcard, READ_SERVICE_DNS, "localhost", "127.0.0.1"]);
+        let dir = tempfile::Builder::new()
+            .prefix("ordkv-tls-secret-")
+            .tempdir()
+            .expect("secret dir");
+        crate::certs::write_secret(dir.path(), &leaf, &ca.pem());
+        // The pods run as uid 65532; a Secret volume is world-readable by default (0644).
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod secret dir");
+        self.say(&format!("TLS on: one Secret for every member, {wildcard}"));
+        self.tls = Some(SetTls {
+            dir,
+            client: crate::certs::client_tls(&ca.pem(), None),
+        });
+        self.env("ORDKV_TLS_DIR", TLS_MOUNT)
+            .env("ORDKV_HTTP_PLAINTEXT", "true")
+    }
+
+    /// How the harness reaches the client ports: TLS trusting the set's CA, if it has TLS.
+    pub fn client_tls(&self) -> Option<tonic::transport::ClientTlsConfig> {
+        self.tls.as_ref().map(|t| t.client.clone())
+    }
+
+    /// `-v` and `-e` arguments that give a container the Secret and `ORDKV_CACERT`.
+    fn tls_args(&self) -> Vec<String> {
+        match &self.tls {
+            Some(t) => vec![
+                "-v".into(),
+                format!("{}:{TLS_MOUNT}:ro", t.dir.path().display()),
+                "-e".into(),
+                format!("ORDKV_CACERT={TLS_MOUNT}/ca.crt"),
+            ],
+            None => Vec::new(),
+        }
     }
 
     /// The Kubernetes API slice of [`StatefulSet::with_kube_api`].
@@ -752,6 +809,7 @@ impl StatefulSet {
                 "-p".into(),
                 format!("127.0.0.1:{}:7381", ports.http),
             ]);
+            args.extend(self.tls_args());
             if let Some(api) = &self.kube_api {
                 args.extend([
                     "-v".into(),
@@ -1157,6 +1215,7 @@ impl StatefulSet {
             argv.extend(["--dns-search".into(), domain.to_string()]);
         }
         argv.extend(self.labels());
+        argv.extend(self.tls_args());
         argv.push(image());
         argv.extend(args.iter().map(|a| a.to_string()));
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
@@ -1167,13 +1226,12 @@ impl StatefulSet {
     /// (`docker exec ... /ordkv --endpoints 127.0.0.1:7379 <args>`).
     pub fn exec(&self, i: usize, args: &[&str]) -> Output {
         let c = self.container(i);
-        let mut argv = vec![
-            "exec",
-            c.as_str(),
-            "/ordkv",
-            "--endpoints",
-            "127.0.0.1:7379",
-        ];
+        let cacert = format!("ORDKV_CACERT={TLS_MOUNT}/ca.crt");
+        let mut argv = vec!["exec"];
+        if self.tls.is_some() {
+            argv.extend(["-e", cacert.as_str()]);
+        }
+        argv.extend([c.as_str(), "/ordkv", "--endpoints", "127.0.0.1:7379"]);
         argv.extend_from_slice(args);
         docker(&argv)
     }
@@ -1401,7 +1459,7 @@ impl StatefulSet {
     /// A lazily connecting channel to ordinal `i`'s published client port.
     fn channel(&self, i: usize, timeout: Duration) -> Channel {
         let _guard = self.rt.enter();
-        channel_to(self.client_addr(i), timeout)
+        channel_to_with(self.client_addr(i), timeout, self.client_tls())
     }
 
     /// Puts `key = value` through ordinal `i`; returns the revision.
@@ -1706,8 +1764,23 @@ pub fn blob(n: usize, size: usize) -> Vec<u8> {
 
 /// A lazily connecting channel to `addr` with a per-request deadline (needs a runtime).
 pub fn channel_to(addr: SocketAddr, timeout: Duration) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .expect("valid endpoint")
+    channel_to_with(addr, timeout, None)
+}
+
+/// [`channel_to`] with TLS when `tls` is given.
+pub fn channel_to_with(
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Channel {
+    let endpoint = match tls {
+        Some(tls) => Endpoint::from_shared(format!("https://{addr}"))
+            .expect("valid endpoint")
+            .tls_config(tls)
+            .expect("client TLS"),
+        None => Endpoint::from_shared(format!("http://{addr}")).expect("valid endpoint"),
+    };
+    endpoint
         .connect_timeout(Duration::from_millis(500))
         .timeout(timeout)
         .connect_lazy()
@@ -1772,6 +1845,16 @@ impl WriteLoad {
     /// Starts writing through `endpoints` (the first one first), each request with
     /// `op_timeout`.
     pub fn start(endpoints: Vec<SocketAddr>, prefix: &str, op_timeout: Duration) -> WriteLoad {
+        WriteLoad::start_with(endpoints, prefix, op_timeout, None)
+    }
+
+    /// [`WriteLoad::start`] over TLS when `tls` is given (see [`StatefulSet::client_tls`]).
+    pub fn start_with(
+        endpoints: Vec<SocketAddr>,
+        prefix: &str,
+        op_timeout: Duration,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> WriteLoad {
         assert!(!endpoints.is_empty());
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(AtomicUsize::new(0));
@@ -1783,7 +1866,7 @@ impl WriteLoad {
                     .enable_all()
                     .build()
                     .expect("tokio runtime");
-                rt.block_on(write_loop(endpoints, prefix, op_timeout, stop, acked))
+                rt.block_on(write_loop(endpoints, prefix, op_timeout, tls, stop, acked))
             })
         };
         WriteLoad {
@@ -1819,12 +1902,13 @@ async fn write_loop(
     endpoints: Vec<SocketAddr>,
     prefix: String,
     op_timeout: Duration,
+    tls: Option<tonic::transport::ClientTlsConfig>,
     stop: Arc<AtomicBool>,
     acked_count: Arc<AtomicUsize>,
 ) -> LoadReport {
     let channels: Vec<Channel> = endpoints
         .iter()
-        .map(|a| channel_to(*a, op_timeout))
+        .map(|a| channel_to_with(*a, op_timeout, tls.clone()))
         .collect();
     let started = Instant::now();
     let mut report = LoadReport {

@@ -642,12 +642,25 @@ fn sigterm_is_not_held_up_by_a_silent_client_connection() {
 /// The killed pod is started again and catches up.
 #[test]
 fn killed_leader_fails_over_without_losing_acknowledged_writes() {
-    let mut sts = StatefulSet::new("failover");
+    leader_failover(StatefulSet::new("failover"));
+}
+
+/// The same with TLS on, certificates issued and mounted as `deploy/kubernetes/tls/` has
+/// cert-manager do it (one Secret with the member wildcard): members dial each other by
+/// their StatefulSet DNS names and admit each other by the names in their certificates.
+#[test]
+fn killed_leader_fails_over_without_losing_acknowledged_writes_over_tls() {
+    let sts = StatefulSet::new("failover-tls").with_tls();
+    leader_failover(sts);
+}
+
+fn leader_failover(mut sts: StatefulSet) {
     start(&mut sts, 3);
-    let load = WriteLoad::start(
+    let load = WriteLoad::start_with(
         (0..3).map(|i| sts.client_addr(i)).collect(),
         "load",
         LOAD_OP_TIMEOUT,
+        sts.client_tls(),
     );
     sts.wait_until("the load made 100 writes", CONVERGE, || {
         (load.acked() >= 100)

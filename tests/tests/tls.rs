@@ -303,8 +303,9 @@ async fn certificates_and_ca_rotate_without_restart() {
 }
 
 /// 5,000 connections from one address that send the HTTP/2 preface and then nothing, random
-/// bytes, or (on TLS) a stalled handshake: a well-behaved client from another address is
-/// served at once, and the silent ones are closed within the setup deadline.
+/// bytes, or a stalled TLS handshake, on the client port (plaintext and TLS), the HTTP port
+/// and the peer port: a well-behaved client from another address is served at once, and the
+/// silent ones are closed within the setup deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_do_not_lock_out_clients() {
     let root = tempfile::tempdir().unwrap();
@@ -312,18 +313,31 @@ async fn silent_connections_do_not_lock_out_clients() {
     let leaf = ca.issue(&["kv-0", "127.0.0.1"]);
     certs::write_secret(&root.path().join("kv-0"), &leaf, &ca.pem());
     let tls_dir = root.path().join("kv-0");
-    let plain = NodeProcess::start("flood-0").await;
+    // A member of a one-member static map, so that it has a peer port.
+    let ports = ordkv_tests::Ports::free();
+    let peers = format!("flood-0=127.0.0.1:{}", ports.peer);
+    let mut plain = NodeProcess::new("flood-0", ports, &["--peers".into(), peers]);
+    plain.spawn();
+    plain.wait_ready().await;
     let tls = NodeProcess::start_with(
         "kv-0",
         &["--tls-dir", tls_dir.to_str().unwrap(), "--http-plaintext"],
     )
     .await;
+    let peer_addr: std::net::SocketAddr = plain.peer_addr().parse().unwrap();
+    let ca_pem = ca.pem();
 
-    for (node, tls_config) in [
-        (&plain, None),
-        (&tls, Some(certs::client_tls(&ca.pem(), None))),
-    ] {
-        let addr = node.client_socket_addr();
+    let cases: [(&str, std::net::SocketAddr, Option<&str>); 4] = [
+        ("client", plain.client_socket_addr(), None),
+        (
+            "client over TLS",
+            tls.client_socket_addr(),
+            Some(ca_pem.as_str()),
+        ),
+        ("HTTP", plain.http_addr(), None),
+        ("peer", peer_addr, None),
+    ];
+    for (port, addr, ca) in cases {
         let junk: [&[u8]; 3] = [
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             &[0x5a; 64],
@@ -339,36 +353,11 @@ async fn silent_connections_do_not_lock_out_clients() {
         }
 
         let started = Instant::now();
-        let scheme = if tls_config.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        let endpoint =
-            tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}")).unwrap();
-        let endpoint = match &tls_config {
-            Some(t) => endpoint.tls_config(t.clone()).unwrap(),
-            None => endpoint,
-        };
-        let channel = endpoint
-            .local_address(Some("127.0.0.2".parse().unwrap()))
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .unwrap_or_else(|e| panic!("{scheme}: a good client could not connect: {e:?}"));
-        ordkv_proto::v1::kv_client::KvClient::new(channel)
-            .put(PutRequest {
-                key: Bytes::from("good"),
-                value: Bytes::from("client"),
-                prev_kv: false,
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{scheme}: a good client was not served: {e:?}"));
+        good_client(port, addr, ca).await;
         let served_in = started.elapsed();
         assert!(
             served_in < Duration::from_secs(1),
-            "{scheme}: a good client waited {served_in:?} behind {} silent connections",
+            "{port}: a good client waited {served_in:?} behind {} silent connections",
             silent.len()
         );
 
@@ -382,14 +371,98 @@ async fn silent_connections_do_not_lock_out_clients() {
                 match tokio::time::timeout(left, conn.read(&mut buf)).await {
                     Ok(Ok(0)) | Ok(Err(_)) => break,
                     Ok(Ok(_)) => continue,
-                    Err(_) => panic!("{scheme}: a silent connection is still open after 15 s"),
+                    Err(_) => panic!("{port}: a silent connection is still open after 15 s"),
                 }
             }
         }
         eprintln!(
-            "{scheme}: good client served in {served_in:?}; {} silent connections closed within {:?}",
+            "{port}: good client served in {served_in:?}; {} silent connections closed within {:?}",
             silent.len(),
             closing.elapsed()
         );
     }
+}
+
+/// A well-behaved client from 127.0.0.2: a put on a client port, `/readyz` on the HTTP
+/// port, an HTTP/2 connection on the peer port.
+async fn good_client(port: &str, addr: std::net::SocketAddr, ca: Option<&str>) {
+    let source: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    if port == "HTTP" {
+        use tokio::io::AsyncReadExt;
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((source, 0).into()).unwrap();
+        let mut conn = socket.connect(addr).await.unwrap();
+        conn.write_all(b"GET /readyz HTTP/1.0\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        conn.read_to_string(&mut response).await.unwrap();
+        assert!(response.starts_with("HTTP/1.0 200"), "{port}: {response}");
+        return;
+    }
+    let scheme = if ca.is_some() { "https" } else { "http" };
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}")).unwrap();
+    let endpoint = match ca {
+        Some(ca) => endpoint.tls_config(certs::client_tls(ca, None)).unwrap(),
+        None => endpoint,
+    };
+    let channel = endpoint
+        .local_address(Some(source))
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{port}: a good client could not connect: {e:?}"));
+    if port == "peer" {
+        return;
+    }
+    ordkv_proto::v1::kv_client::KvClient::new(channel)
+        .put(PutRequest {
+            key: Bytes::from("good"),
+            value: Bytes::from("client"),
+            prev_kv: false,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{port}: a good client was not served: {e:?}"));
+}
+
+/// Without --http-plaintext the HTTP port serves HTTPS with the same certificate: probes and
+/// metrics work over TLS, and a plaintext request gets no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_port_serves_https_by_default() {
+    let root = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("ca");
+    let leaf = ca.issue(&["kv-0", "127.0.0.1"]);
+    certs::write_secret(root.path(), &leaf, &ca.pem());
+    let args = vec!["--tls-dir".to_string(), root.path().display().to_string()];
+    let mut node = NodeProcess::new("kv-0", ordkv_tests::Ports::free(), &args);
+    node.spawn();
+    let addr = node.http_addr();
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        match certs::https_get(addr, &ca.pem(), "/readyz").await {
+            Ok((200, _)) => break,
+            other if Instant::now() > until => {
+                panic!("/readyz over HTTPS: {other:?}\n{}", node.logs())
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert_eq!(
+        certs::presented_certificate(addr, &ca.pem(), None)
+            .await
+            .unwrap(),
+        certs::der_of(&leaf.cert)
+    );
+    let (code, metrics) = certs::https_get(addr, &ca.pem(), "/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("ordkv_tls_cert_not_after_seconds"),
+        "{metrics}"
+    );
+    let plain = node.http_get("/readyz").await;
+    assert!(
+        plain.is_err(),
+        "a plaintext request was answered: {plain:?}"
+    );
 }

@@ -35,14 +35,32 @@ pub type Events = std::pin::Pin<Box<dyn Stream<Item = anyhow::Result<Vec<Bytes>>
 
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
+/// TLS for every channel (`kvbench run --cacert`), set once at start.
+static TLS: std::sync::OnceLock<tonic::transport::ClientTlsConfig> = std::sync::OnceLock::new();
+
+/// Connects over TLS from now on, trusting the PEM CA `ca`.
+pub fn use_tls(ca: &[u8]) {
+    let config = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+    let _ = TLS.set(config);
+}
+
 fn channel(endpoint: &str) -> anyhow::Result<Channel> {
+    let tls = TLS.get();
     let uri = if endpoint.contains("://") {
         endpoint.to_string()
+    } else if tls.is_some() {
+        format!("https://{endpoint}")
     } else {
         format!("http://{endpoint}")
     };
-    Ok(Endpoint::from_shared(uri)
-        .with_context(|| format!("bad endpoint {endpoint}"))?
+    let endpoint_config =
+        Endpoint::from_shared(uri).with_context(|| format!("bad endpoint {endpoint}"))?;
+    let endpoint_config = match tls {
+        Some(tls) => endpoint_config.tls_config(tls.clone())?,
+        None => endpoint_config,
+    };
+    Ok(endpoint_config
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .connect_lazy())

@@ -57,6 +57,9 @@ enum Command {
         /// Results file to append to (JSON lines).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Connect over TLS, trusting this PEM CA (both backends).
+        #[arg(long)]
+        cacert: Option<PathBuf>,
     },
     /// Measure 4 KiB write + fdatasync in a directory (appending and over written blocks).
     Fsync {
@@ -110,7 +113,13 @@ async fn main() -> anyhow::Result<()> {
             endpoints,
             spec,
             out,
+            cacert,
         } => {
+            if let Some(ca) = cacert {
+                let pem =
+                    std::fs::read(&ca).with_context(|| format!("reading {}", ca.display()))?;
+                backend::use_tls(&pem);
+            }
             let connections = spec.connections.min(spec.clients.max(1));
             let backend = backend::Backend::connect(backend, &endpoints, connections).await?;
             let record = workload::run(backend, spec).await?;

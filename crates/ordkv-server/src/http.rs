@@ -96,7 +96,7 @@ async fn readyz(State(node): State<ordkv::Node>) -> (StatusCode, String) {
 
 /// Prometheus text format, node gauges refreshed first.
 async fn metrics(State(node): State<ordkv::Node>) -> impl IntoResponse {
-    crate::metrics::refresh_gauges(&node.status());
+    crate::metrics::refresh_gauges(&node.status(), node.tls());
     (
         [(
             header::CONTENT_TYPE,

@@ -196,7 +196,8 @@ pub async fn serve_with_listeners(
         max_connections: 1024,
         max_per_address: 256,
         setup_bytes: listen::HTTP1_SETUP_BYTES,
-        idle_timeout: std::time::Duration::from_secs(120),
+        // Probes and scrapes send one request at a time; an idle one reconnects cheaply.
+        idle_timeout: std::time::Duration::from_secs(10),
         ..ListenConfig::grpc("http", http_tls)
     };
     let grpc = grpc_server(&config)

@@ -176,11 +176,14 @@ pub(crate) fn record_request(rpc: &'static str, code: tonic::Code, elapsed: Dura
     });
 }
 
-/// Sets the node gauges from `status`.
-pub(crate) fn refresh_gauges(status: &ordkv::NodeStatus) {
+/// Sets the node gauges from `status`, and the certificate's expiry from `tls`.
+pub(crate) fn refresh_gauges(status: &ordkv::NodeStatus, tls: Option<&ordkv::tls::TlsMaterial>) {
     with_recorder(|| {
         for (name, _, read) in GAUGES {
             metrics::gauge!(*name).set(read(status));
+        }
+        if let Some(tls) = tls {
+            metrics::gauge!(ordkv::tls::TLS_CERT_NOT_AFTER).set(tls.cert_info().not_after as f64);
         }
     });
 }
@@ -203,12 +206,15 @@ mod tests {
     fn renders_gauges_and_request_metrics() {
         init();
         init(); // a second server in the same process reuses the recorder
-        refresh_gauges(&ordkv::NodeStatus {
-            term: 7,
-            commit_index: 42,
-            is_leader: true,
-            ..Default::default()
-        });
+        refresh_gauges(
+            &ordkv::NodeStatus {
+                term: 7,
+                commit_index: 42,
+                is_leader: true,
+                ..Default::default()
+            },
+            None,
+        );
         record_request("Put", tonic::Code::Ok, Duration::from_millis(3));
         record_request(
             "Put",
