@@ -579,7 +579,11 @@ impl StatefulSet {
             &network,
         ]);
         set.say(&format!("network {network} created"));
-        set
+        // `ORDKV_TEST_CONTAINER_TLS=1` runs every scenario with TLS on (`.ci/run` does).
+        match std::env::var("ORDKV_TEST_CONTAINER_TLS") {
+            Ok(v) if !v.is_empty() && v != "0" => set.with_tls(),
+            _ => set,
+        }
     }
 
     /// Adds an environment variable to every member created from now on (like editing the
@@ -643,9 +647,24 @@ impl StatefulSet {
     /// clients (gRPC from the host, the CLI in pods) trust the CA.
     pub fn with_tls(mut self) -> StatefulSet {
         use std::os::unix::fs::PermissionsExt;
+        if self.tls.is_some() {
+            return self;
+        }
         let ca = crate::certs::TestCa::new("ordkv test CA (as cert-manager's)");
+        // The names of deploy/kubernetes/tls/certificates.yaml.
         let wildcard = format!("*.{SERVICE}.{NAMESPACE}.svc.cluster.local");
-        let leaf = ca.issue(&[&wildcard, READ_SERVICE_DNS, "localhost", "127.0.0.1"]);
+        let mut names = vec![
+            wildcard.clone(),
+            format!("*.{SERVICE}.{NAMESPACE}.svc"),
+            "ordkv-read".into(),
+            "ordkv-read.default.svc".into(),
+            READ_SERVICE_DNS.into(),
+            "localhost".into(),
+            "127.0.0.1".into(),
+        ];
+        names.extend((0..9).map(|i| format!("{}.{SERVICE}", pod_name(i))));
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let leaf = ca.issue(&names);
         let dir = tempfile::Builder::new()
             .prefix("ordkv-tls-secret-")
             .tempdir()

@@ -365,7 +365,7 @@ impl Step {
 /// must be served by the leader afterwards.
 fn scale_step(sts: &mut StatefulSet, prefix: &str, n: usize) -> Step {
     let writers: Vec<_> = (0..n.min(2)).map(|i| sts.client_addr(i)).collect();
-    let load = WriteLoad::start(writers, prefix, LOAD_OP_TIMEOUT);
+    let load = WriteLoad::start_with(writers, prefix, LOAD_OP_TIMEOUT, sts.client_tls());
     sts.wait_until("the writer runs", CONVERGE, || {
         (load.acked() >= 10)
             .then_some(())
@@ -845,10 +845,11 @@ fn full_stop_and_start_keeps_everything() {
 fn rolling_restart_under_write_load_loses_nothing() {
     let mut sts = StatefulSet::new("rolling").with_kube_api();
     let before = start(&mut sts, 3);
-    let load = WriteLoad::start(
+    let load = WriteLoad::start_with(
         (0..3).map(|i| sts.client_addr(i)).collect(),
         "roll",
         LOAD_OP_TIMEOUT,
+        sts.client_tls(),
     );
     sts.wait_until("the load made 50 writes", CONVERGE, || {
         (load.acked() >= 50)

@@ -381,9 +381,14 @@ impl Watchdog {
         }
     }
 
-    /// Ready with the reason once the connection should close.
+    /// Ready with the reason once the connection should close. The timer is moved only
+    /// when it fires (reads push the idle deadline on, and resetting a timer per read would
+    /// cost more than the check).
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<&'static str> {
         loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
             let deadline = self.next_deadline();
             if Instant::now() >= deadline {
                 return Poll::Ready(if self.received < self.setup_bytes {
@@ -392,12 +397,7 @@ impl Watchdog {
                     "idle"
                 });
             }
-            if self.timer.deadline() != deadline.into() {
-                self.timer.as_mut().reset(deadline.into());
-            }
-            if self.timer.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
+            self.timer.as_mut().reset(deadline.into());
         }
     }
 }
