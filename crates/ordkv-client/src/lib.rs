@@ -352,7 +352,6 @@ impl Client {
         Fut: Future<Output = Result<tonic::Response<R>, Status>>,
     {
         let n = self.channels.len();
-        let tls = self.options.ca_pem.is_some();
         let start = self.current.load(Ordering::Relaxed);
         let mut failures = Vec::new();
         for i in 0..n {
@@ -375,8 +374,8 @@ impl Client {
                     continue;
                 }
                 // A failed TLS handshake: the server processed nothing; say what to change.
-                (_, Err(status)) if tls_failure(&status, tls).is_some() => {
-                    let why = tls_failure(&status, tls).unwrap_or_default();
+                (_, Err(status)) if tls_failure(&status).is_some() => {
+                    let why = tls_failure(&status).unwrap_or_default();
                     failures.push(format!("{endpoint}: {why}"));
                     continue;
                 }
@@ -746,8 +745,9 @@ fn sources(status: &Status) -> impl Iterator<Item = &(dyn std::error::Error + 's
 
 /// A status message followed by the messages of its source chain.
 /// What went wrong in a TLS handshake, with what to do, or `None` if `status` is not one.
-/// `tls`: whether this client uses TLS.
-fn tls_failure(status: &Status, tls: bool) -> Option<String> {
+/// Only handshake errors count: a connection reset after a request was sent leaves its
+/// outcome unknown, TLS or not.
+fn tls_failure(status: &Status) -> Option<String> {
     let text = describe(status);
     let has = |words: &[&str]| words.iter().any(|w| text.contains(w));
     let hint = if has(&["CertificateRequired"]) {
@@ -765,11 +765,6 @@ fn tls_failure(status: &Status, tls: bool) -> Option<String> {
          and unexpired?"
     } else if has(&["InvalidContentType", "corrupt message", "InvalidMessage"]) {
         "the endpoint does not speak TLS: use http:// or leave out --cacert"
-    } else if tls && has(&["broken pipe", "connection reset"]) {
-        // TLS 1.3 clients finish their handshake before the server checks their
-        // certificate, so a refusal often arrives as a closed connection.
-        "the server closed the TLS connection: it may have refused this client's certificate \
-         (--cert); the server's log says why"
     } else {
         return None;
     };
@@ -791,6 +786,23 @@ fn describe(status: &Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_handshake_errors_count_as_tls_failures() {
+        let refused =
+            Status::unavailable("transport error: invalid peer certificate: UnknownIssuer");
+        let why = tls_failure(&refused).unwrap();
+        assert!(why.contains("--cacert"), "{why}");
+        let not_tls = Status::unknown("transport error: InvalidContentType");
+        assert!(
+            tls_failure(&not_tls)
+                .unwrap()
+                .contains("does not speak TLS")
+        );
+        // After a request went out, a reset leaves its outcome unknown.
+        let reset = Status::unknown("transport error: connection reset by peer");
+        assert_eq!(tls_failure(&reset), None);
+    }
 
     #[tokio::test]
     async fn connect_validates_endpoints() {
