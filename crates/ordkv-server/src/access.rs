@@ -335,7 +335,8 @@ impl AccessControl {
             Some(p) => read(p)?,
             None => Vec::new(),
         };
-        if self.rules().files == (policy.clone(), tokens.clone()) {
+        let current = self.rules();
+        if current.files.0 == policy && current.files.1 == tokens {
             return Ok(false);
         }
         let grants =

@@ -76,8 +76,6 @@ impl ListenConfig {
 pub struct ConnInfo {
     /// The remote address.
     pub remote: SocketAddr,
-    /// Whether the connection is TLS.
-    pub tls: bool,
     /// The verified client certificate, if one was presented.
     pub client_cert: Option<Arc<CertInfo>>,
     /// Set on a plaintext HTTP/2 connection to a TLS port: it is kept only to answer each
@@ -211,7 +209,6 @@ async fn set_up(
     let started = Instant::now();
     let mut info = ConnInfo {
         remote,
-        tls: config.tls.is_some(),
         client_cert: None,
         refused: None,
     };
@@ -232,7 +229,6 @@ async fn set_up(
                 shared.closed(remote, "not_tls", || {
                     "a plaintext HTTP/2 client on a TLS port; it is told to use TLS".into()
                 });
-                info.tls = false;
                 info.refused = Some(TLS_REQUIRED);
                 Io::Plain(stream)
             } else if first[0] != 0x16 {
