@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from("../../proto");
     let files = [
         "ordkv/v1/kv.proto",
+        "ordkv/v1/lease.proto",
         "ordkv/v1/cluster.proto",
         "ordkv/v1/raft.proto",
     ];

@@ -606,6 +606,7 @@ impl BackgroundWriter {
                     key: Bytes::from(key.clone()),
                     value: Bytes::from(value.clone()),
                     prev_kv: false,
+                    lease: 0,
                 });
                 match put.await {
                     Ok(_) => a.lock().unwrap().push((key, value, Instant::now())),

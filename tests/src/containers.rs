@@ -1489,6 +1489,7 @@ impl StatefulSet {
                 key: Bytes::from(key.to_string()),
                 value: Bytes::from(value.to_string()),
                 prev_kv: false,
+                lease: 0,
             })
             .await
             .map(|r| r.into_inner().header.map_or(0, |h| h.revision))
@@ -1541,6 +1542,7 @@ impl StatefulSet {
                             key: Bytes::from(key.clone()),
                             value: Bytes::from(value.clone()),
                             prev_kv: false,
+                            lease: 0,
                         })
                         .await
                         .map_err(|e| format!("put {key}: {:?} {}", e.code(), e.message()))?;
@@ -1945,6 +1947,7 @@ async fn write_loop(
                 key: Bytes::from(key.clone()),
                 value: Bytes::from(value.clone()),
                 prev_kv: false,
+                lease: 0,
             })
             .await;
         match result {

@@ -280,6 +280,7 @@ fn put(key: &str, value: &[u8]) -> PutRequest {
         key: Bytes::from(key.to_string()),
         value: Bytes::copy_from_slice(value),
         prev_kv: false,
+        lease: 0,
     }
 }
 

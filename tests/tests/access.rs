@@ -77,6 +77,7 @@ fn put(key: &str) -> PutRequest {
         key: Bytes::from(key.to_string()),
         value: Bytes::from("v"),
         prev_kv: false,
+        lease: 0,
     }
 }
 

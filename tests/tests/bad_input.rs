@@ -64,6 +64,7 @@ fn put_req(key: Bytes, value: Bytes) -> PutRequest {
         key,
         value,
         prev_kv: false,
+        lease: 0,
     }
 }
 
@@ -381,6 +382,7 @@ async fn an_oversized_message_is_refused_and_changes_nothing() {
         key: b("huge"),
         value: Bytes::from(vec![1u8; 10 * 1024 * 1024]),
         prev_kv: false,
+        lease: 0,
     }
     .encode_to_vec();
     let result = raw_unary(node.channel().await, "/ordkv.v1.KV/Put", huge.into()).await;

@@ -194,6 +194,7 @@ async fn watch_prefix_shows_puts_made_after_it_started() {
         key: key.into(),
         value: value.into(),
         prev_kv: false,
+        lease: 0,
     };
     let until = Instant::now() + Duration::from_secs(15);
     let mut i = 0u32;
@@ -413,6 +414,7 @@ async fn scan_follows_pages_beyond_the_range_limit() {
                     key: Bytes::copy_from_slice(k.as_bytes()),
                     value: Bytes::from_static(b"v"),
                     prev_kv: false,
+                    lease: 0,
                 })),
             })
             .collect();
@@ -594,6 +596,7 @@ async fn create_once(client: &ordkv_client::Client, key: &str) {
                 key: Bytes::copy_from_slice(key.as_bytes()),
                 value: Bytes::from(format!("v-{key}")),
                 prev_kv: false,
+                lease: 0,
             })),
         }],
         failure: vec![],

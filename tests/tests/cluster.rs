@@ -72,6 +72,7 @@ fn put_req(key: &str, value: &str) -> PutRequest {
         key: Bytes::from(key.to_string()),
         value: Bytes::from(value.to_string()),
         prev_kv: false,
+        lease: 0,
     }
 }
 

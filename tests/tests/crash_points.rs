@@ -238,6 +238,7 @@ async fn a_follower_crashing_during_a_snapshot_install_recovers() {
             key: Bytes::from(format!("pre/{i:05}")),
             value: Bytes::from(format!("v{i}")),
             prev_kv: false,
+            lease: 0,
         })
         .await
         .unwrap_or_else(|e| panic!("put {i}: {e}"));

@@ -819,6 +819,7 @@ fn a_filling_disk_refuses_writes_before_it_is_full_and_takes_them_again_when_spa
             key: format!("fill/{acked:04}").into(),
             value: blob(acked, BLOB_SIZE).into(),
             prev_kv: false,
+            lease: 0,
         }));
         match put {
             Ok(_) => acked += 1,

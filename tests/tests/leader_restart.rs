@@ -54,6 +54,7 @@ async fn a_leader_restarted_at_once_serves_no_stale_linearizable_read() {
                 key: Bytes::from_static(b"k"),
                 value: Bytes::from(last.clone()),
                 prev_kv: false,
+                lease: 0,
             })
             .await
             .unwrap_or_else(|e| panic!("round {round}: put {last} via kv-{leader}: {e:?}"));

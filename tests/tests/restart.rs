@@ -50,6 +50,7 @@ async fn acknowledged_writes_survive_sigkill_under_load() {
                     key: key.clone(),
                     value: value.clone(),
                     prev_kv: false,
+                    lease: 0,
                 });
                 match put.await {
                     Ok(resp) => {
@@ -153,6 +154,7 @@ async fn acknowledged_writes_survive_sigkill_under_load() {
             key: Bytes::from_static(b"after-restart"),
             value: Bytes::from_static(b"1"),
             prev_kv: false,
+            lease: 0,
         })
         .await
         .expect("put after restart")
@@ -181,6 +183,7 @@ async fn a_second_process_on_the_same_data_dir_is_refused() {
             key: Bytes::from_static(b"k"),
             value: Bytes::from_static(b"before"),
             prev_kv: false,
+            lease: 0,
         })
         .await
         .unwrap();
@@ -207,6 +210,7 @@ async fn a_second_process_on_the_same_data_dir_is_refused() {
             key: Bytes::from_static(b"k"),
             value: Bytes::from_static(b"after"),
             prev_kv: true,
+            lease: 0,
         })
         .await
         .unwrap_or_else(|e| panic!("first node stopped serving: {e:?}\n{}", node.logs()))
@@ -225,6 +229,7 @@ async fn a_data_dir_of_another_member_is_refused_untouched() {
             key: Bytes::from_static(b"k"),
             value: Bytes::from_static(b"v"),
             prev_kv: false,
+            lease: 0,
         })
         .await
         .unwrap();

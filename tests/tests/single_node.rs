@@ -25,6 +25,7 @@ fn kv(key: &str, value: &str, create: u64, modified: u64, version: u64) -> KeyVa
         create_revision: create,
         mod_revision: modified,
         version,
+        lease: 0,
     }
 }
 
@@ -53,6 +54,7 @@ async fn put(kv: &mut KvClient<Channel>, key: &str, value: &str) -> u64 {
         key: b(key),
         value: b(value),
         prev_kv: false,
+        lease: 0,
     })
     .await
     .unwrap_or_else(|e| panic!("put {key}: {e:?}"))
@@ -86,6 +88,7 @@ fn put_op(key: &str, value: &str) -> RequestOp {
             key: b(key),
             value: b(value),
             prev_kv: false,
+            lease: 0,
         })),
     }
 }
@@ -123,6 +126,7 @@ async fn put_get_delete_range_txn_with_headers_and_revisions() {
             key: b("a"),
             value: b("1"),
             prev_kv: true,
+            lease: 0,
         })
         .await
         .unwrap()
@@ -134,6 +138,7 @@ async fn put_get_delete_range_txn_with_headers_and_revisions() {
             key: b("a"),
             value: b("2"),
             prev_kv: true,
+            lease: 0,
         })
         .await
         .unwrap()
@@ -145,6 +150,7 @@ async fn put_get_delete_range_txn_with_headers_and_revisions() {
             key: b("b"),
             value: b("x"),
             prev_kv: false,
+            lease: 0,
         })
         .await
         .unwrap()

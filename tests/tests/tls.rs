@@ -67,6 +67,7 @@ async fn mutual_tls_cluster_serves_and_refuses_clearly() {
             key: Bytes::from("tls/forwarded"),
             value: Bytes::from("yes"),
             prev_kv: false,
+            lease: 0,
         })
         .await
         .unwrap_or_else(|e| panic!("forwarded put: {e:?}\n{}", c.logs()));
@@ -200,6 +201,7 @@ async fn members_with_wrong_certificates_are_refused() {
             key: Bytes::from("still"),
             value: Bytes::from("serving"),
             prev_kv: false,
+            lease: 0,
         })
         .await
         .expect("the cluster stopped serving");
@@ -290,6 +292,7 @@ async fn certificates_and_ca_rotate_without_restart() {
         key: Bytes::from("after/rotation"),
         value: Bytes::from("ok"),
         prev_kv: false,
+        lease: 0,
     })
     .await
     .unwrap_or_else(|e| panic!("write after the rotation: {e:?}\n{}", c.logs()));
@@ -421,6 +424,7 @@ async fn good_client(port: &str, addr: std::net::SocketAddr, ca: Option<&str>) {
             key: Bytes::from("good"),
             value: Bytes::from("client"),
             prev_kv: false,
+            lease: 0,
         })
         .await
         .unwrap_or_else(|e| panic!("{port}: a good client was not served: {e:?}"));

@@ -101,6 +101,7 @@ impl Backend {
                         key,
                         value,
                         prev_kv: false,
+                        lease: 0,
                     })
                     .await?;
             }

@@ -240,6 +240,13 @@ pub enum ClientCommand {
     /// Cluster administration.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Leases: keys with a time to live.
+    #[command(subcommand)]
+    Lease(crate::coord_cmds::LeaseCommand),
+    /// Hold a lock while a command runs (or until Ctrl-C); prints the fencing token.
+    Lock(crate::coord_cmds::LockArgs),
+    /// Campaign in an election and lead until Ctrl-C, or watch who leads.
+    Elect(crate::coord_cmds::ElectArgs),
 }
 
 /// `ordkv cluster ...`.
@@ -272,6 +279,10 @@ pub struct PutArgs {
     /// Also print the previous value, if any.
     #[arg(long)]
     pub prev_kv: bool,
+    /// Attach the key to this lease (an id as `lease grant` prints it): the key is deleted
+    /// when the lease expires or is revoked.
+    #[arg(long, value_name = "ID", default_value_t = 0)]
+    pub lease: u64,
 }
 
 /// `ordkv get`.
@@ -412,7 +423,7 @@ fn parse_kn(s: &str) -> Result<(String, u64), String> {
 }
 
 /// Parses `500ms`, `5s`, `2m`, `1h` or a bare number of seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num
@@ -469,6 +480,9 @@ pub async fn run(
         ClientCommand::Cluster(ClusterCommand::TransferLeader { ordinal }) => {
             print_change(fmt, client.transfer_leader(ordinal).await?)?
         }
+        ClientCommand::Lease(c) => return crate::coord_cmds::lease(&client, fmt, c).await,
+        ClientCommand::Lock(a) => return crate::coord_cmds::lock(&client, fmt, a).await,
+        ClientCommand::Elect(a) => return crate::coord_cmds::elect(&client, fmt, a).await,
         ClientCommand::Cluster(ClusterCommand::Status) => {
             let status = leader_view(&client, client.status().await?).await;
             match fmt {
@@ -528,11 +542,7 @@ fn print_change(fmt: Format, resp: ordkv_proto::v1::MemberChangeResponse) -> any
 }
 
 fn print_json(v: &Value) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer(&mut out, v)?;
-    out.write_all(b"\n")?;
-    out.flush()?;
-    Ok(())
+    output::print_json(v)
 }
 
 /// Writes `parts` joined by `sep`, then a newline.
@@ -561,6 +571,7 @@ async fn put(client: &Client, fmt: Format, a: PutArgs) -> anyhow::Result<()> {
             key: a.key.into(),
             value,
             prev_kv: a.prev_kv,
+            lease: a.lease,
         })
         .await?;
     match fmt {
@@ -933,6 +944,7 @@ fn put_op((k, v): (String, String)) -> RequestOp {
             key: k.into(),
             value: v.into(),
             prev_kv: false,
+            lease: 0,
         })),
     }
 }

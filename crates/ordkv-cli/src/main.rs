@@ -4,6 +4,7 @@
 //! missing key prints `not found` and exits 1; usage errors exit 2.
 
 mod client_cmds;
+mod coord_cmds;
 mod dev_cluster;
 mod output;
 mod serve;

@@ -35,6 +35,9 @@ pub fn kv_json(kv: &KeyValue, with_value: bool) -> Value {
     obj.insert("create_revision".into(), kv.create_revision.into());
     obj.insert("mod_revision".into(), kv.mod_revision.into());
     obj.insert("version".into(), kv.version.into());
+    if kv.lease != 0 {
+        obj.insert("lease".into(), kv.lease.into());
+    }
     Value::Object(obj)
 }
 
@@ -225,6 +228,23 @@ pub fn base64(bytes: &[u8]) -> String {
     out
 }
 
+/// Prints one JSON value on a line of its own.
+pub fn print_json(v: &Value) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, v)?;
+    out.write_all(b"\n")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// A key alone as JSON: `{"key": ...}` or `{"key_base64": ...}`.
+pub fn key_json(key: &[u8]) -> Value {
+    let mut obj = Map::new();
+    put_bytes(&mut obj, "key", key);
+    Value::Object(obj)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,6 +275,7 @@ mod tests {
             create_revision: 2,
             mod_revision: 5,
             version: 3,
+            lease: 0,
         };
         assert_eq!(
             kv_json(&kv, true),

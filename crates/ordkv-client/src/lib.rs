@@ -27,8 +27,55 @@ use ordkv_proto::v1::{
     RemoveMemberRequest, StatusRequest, StatusResponse, TransferLeaderRequest, TxnRequest,
     TxnResponse, WatchRequest, WatchResponse, cluster_client::ClusterClient, kv_client::KvClient,
 };
+use ordkv_proto::v1::{
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, lease_client::LeaseClient,
+};
 use tonic::Status;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// A lease kept alive in the background (see [`ordkv_recipes::Session`]).
+pub type Session = ordkv_recipes::Session<Client>;
+/// A lock with fencing tokens (see [`ordkv_recipes::Lock`]).
+pub type Lock = ordkv_recipes::Lock<Client>;
+/// Leader election (see [`ordkv_recipes::Election`]).
+pub type Election = ordkv_recipes::Election<Client>;
+/// Why a lock, an election or a session failed.
+pub type RecipeError = ordkv_recipes::Error<Error>;
+pub use ordkv_recipes::{Leadership, LockGuard};
+
+impl ordkv_recipes::Backend for Client {
+    type Error = Error;
+
+    async fn lease_grant(&self, ttl: i64) -> Result<(u64, i64)> {
+        let granted = Client::lease_grant(self, LeaseGrantRequest { ttl, id: 0 }).await?;
+        Ok((granted.id, granted.ttl))
+    }
+
+    async fn lease_keep_alive(&self, id: u64) -> Result<i64> {
+        Ok(Client::lease_keep_alive(self, id).await?.ttl)
+    }
+
+    async fn lease_revoke(&self, id: u64) -> Result<()> {
+        match Client::lease_revoke(self, id).await {
+            Err(e) if e.code() == Some(Code::NotFound) => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
+    async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
+        Client::txn(self, req).await
+    }
+
+    async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
+        Client::range(self, req).await
+    }
+
+    async fn watch(&self, req: WatchRequest) -> Result<WatchStream> {
+        Client::watch(self, req).await
+    }
+}
 
 /// gRPC status codes, as [`Error::code`] returns them.
 pub use futures::StreamExt;
@@ -205,8 +252,8 @@ impl ConnectOptions {
 
 /// A connection to an ordkv cluster through one or more client endpoints.
 ///
-/// Cheap to share by reference; every method takes `&self`.
-#[derive(Debug)]
+/// Cheap to share by reference or to clone; clones share the preferred endpoint.
+#[derive(Debug, Clone)]
 pub struct Client {
     /// `(endpoint as given, channel)`, in the given order.
     channels: Vec<(String, Channel)>,
@@ -215,7 +262,7 @@ pub struct Client {
     /// `Bearer <token>`, sent with every request.
     authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     /// Index of the endpoint to try first.
-    current: AtomicUsize,
+    current: std::sync::Arc<AtomicUsize>,
     /// gRPC deadline applied to every unary call.
     timeout: Option<Duration>,
 }
@@ -296,7 +343,7 @@ impl Client {
             channels,
             authorization,
             options,
-            current: AtomicUsize::new(0),
+            current: Default::default(),
             timeout: None,
         })
     }
@@ -447,6 +494,10 @@ impl Client {
         KvClient::new(channel).max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
     }
 
+    fn lease(channel: Channel) -> LeaseClient<Channel> {
+        LeaseClient::new(channel).max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+    }
+
     fn cluster(channel: Channel) -> ClusterClient<Channel> {
         ClusterClient::new(channel).max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
     }
@@ -542,6 +593,66 @@ impl Client {
             .await
     }
 
+    /// Grants a lease of `req.ttl` seconds (`req.id = 0`: the cluster picks the id). A TTL
+    /// below the cluster's minimum is raised, and `ttl_raised` says so.
+    pub async fn lease_grant(&self, req: LeaseGrantRequest) -> Result<LeaseGrantResponse> {
+        self.write(
+            req,
+            |ch, r| async move { Self::lease(ch).lease_grant(r).await },
+        )
+        .await
+    }
+
+    /// Revokes lease `id` and deletes its keys (`NOT_FOUND` if there is no such lease).
+    pub async fn lease_revoke(&self, id: u64) -> Result<LeaseRevokeResponse> {
+        self.write(LeaseRevokeRequest { id }, |ch, r| async move {
+            Self::lease(ch).lease_revoke(r).await
+        })
+        .await
+    }
+
+    /// Keeps lease `id` alive once: its countdown restarts from its full TTL, which the
+    /// answer carries (`ttl = 0`: the lease is gone for good). Safe to repeat, so it moves on
+    /// to the next endpoint on `UNAVAILABLE`. For a lease kept alive in the background, see
+    /// [`Session`].
+    pub async fn lease_keep_alive(&self, id: u64) -> Result<LeaseKeepAliveResponse> {
+        self.call(LeaseKeepAliveRequest { id }, |ch, r| async move {
+            let (metadata, extensions, message) = r.into_parts();
+            let one = futures::stream::iter([message]);
+            let request = tonic::Request::from_parts(metadata, extensions, one);
+            let mut answers = Self::lease(ch)
+                .lease_keep_alive(request)
+                .await?
+                .into_inner();
+            match answers.message().await? {
+                Some(answer) => Ok(tonic::Response::new(answer)),
+                None => Err(Status::unavailable(
+                    "the keepalive stream ended without an answer",
+                )),
+            }
+        })
+        .await
+    }
+
+    /// A lease's granted TTL, the seconds it has left, and its keys when `req.keys`.
+    pub async fn lease_time_to_live(
+        &self,
+        req: LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse> {
+        self.call(req, |ch, r| async move {
+            Self::lease(ch).lease_time_to_live(r).await
+        })
+        .await
+    }
+
+    /// Every live lease.
+    pub async fn lease_leases(&self) -> Result<LeaseLeasesResponse> {
+        self.call(LeaseLeasesRequest {}, |ch, r| async move {
+            Self::lease(ch).lease_leases(r).await
+        })
+        .await
+    }
+
     /// A consistent backup of the answering member: its snapshot file's bytes, in order.
     pub async fn backup(&self) -> Result<BoxStream<'static, Result<Bytes>>> {
         let stream = self
@@ -620,6 +731,7 @@ impl Client {
                 key: key.into(),
                 value: value.into(),
                 prev_kv: false,
+                lease: 0,
             })
             .await?;
         Ok(resp.header.map_or(0, |h| h.revision))

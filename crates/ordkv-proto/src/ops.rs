@@ -137,6 +137,7 @@ impl Txn {
                 key: key.into(),
                 value: value.into(),
                 prev_kv: false,
+                lease: 0,
             })),
         }
     }

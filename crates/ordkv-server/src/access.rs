@@ -247,6 +247,26 @@ impl Needs for pb::CompactRequest {
     }
 }
 
+/// Leases name no keys: any known identity may grant one and keep it alive (the keys it
+/// puts with a lease are checked as puts). A revoke deletes the lease's keys, which
+/// `LeaseRevoke` checks on top (see `lease_service`).
+macro_rules! known_identity_needs {
+    ($($t:ty),*) => {$(
+        impl Needs for $t {
+            fn needs(&self) -> Vec<Need> {
+                vec![Need::Known]
+            }
+        }
+    )*};
+}
+known_identity_needs!(
+    pb::LeaseGrantRequest,
+    pb::LeaseRevokeRequest,
+    pb::LeaseTimeToLiveRequest,
+    pb::LeaseLeasesRequest,
+    tonic::Streaming<pb::LeaseKeepAliveRequest>
+);
+
 impl Needs for pb::StatusRequest {
     fn needs(&self) -> Vec<Need> {
         vec![Need::Known]
@@ -380,6 +400,26 @@ impl AccessControl {
     /// Admits `request` when its caller's grant covers every need; else the status to answer.
     #[allow(clippy::result_large_err)]
     pub(crate) fn check<T: Needs>(&self, request: &tonic::Request<T>) -> Result<String, Status> {
+        self.check_needs(request, request.get_ref().needs())
+    }
+
+    /// Admits `request` only if its caller may write each of `keys`.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn check_writes<T>(
+        &self,
+        request: &tonic::Request<T>,
+        keys: &[Bytes],
+    ) -> Result<String, Status> {
+        let needs = keys.iter().map(|k| Need::Write(KeyRange::key(k)));
+        self.check_needs(request, needs.collect())
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn check_needs<T>(
+        &self,
+        request: &tonic::Request<T>,
+        needs: Vec<Need>,
+    ) -> Result<String, Status> {
         let rules = self.rules();
         let refused = |status: Status| {
             metrics::counter!(AUTH_REFUSED, "code" => crate::status::code_name(status.code()))
@@ -392,7 +432,7 @@ impl AccessControl {
                 "{name:?} has no grant in the access policy"
             ))));
         };
-        for need in request.get_ref().needs() {
+        for need in needs {
             let allowed = match &need {
                 Need::Read(range) => grant.read.iter().any(|p| range.within(p.as_bytes())),
                 Need::Write(range) => grant.write.iter().any(|p| range.within(p.as_bytes())),

@@ -22,6 +22,7 @@ mod config;
 mod health;
 mod http;
 mod kv_service;
+mod lease_service;
 mod metrics;
 mod rpc;
 mod status;
@@ -41,6 +42,7 @@ pub use cluster_service::ClusterService;
 pub use config::{MAX_DECODING_CAP_BYTES, MESSAGE_SLACK_BYTES, ServerConfig, max_decoding_for};
 pub use health::HEALTH_SERVICES;
 pub use kv_service::{KvService, WatchStream};
+pub use lease_service::{KeepAliveStream, LeaseService};
 pub use metrics::{REQUEST_DURATION, REQUESTS_TOTAL};
 pub use status::{LEADER_METADATA_KEY, code_name, status_from_error};
 
@@ -163,6 +165,7 @@ pub async fn serve_with_listeners(
     };
     let kv = pb::kv_server::KvServer::new(KvService::new(ctx.clone()))
         .max_decoding_message_size(config.max_decoding_message_bytes);
+    let lease = pb::lease_server::LeaseServer::new(LeaseService::new(ctx.clone()));
     let cluster = pb::cluster_server::ClusterServer::new(ClusterService::new(ctx));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -207,6 +210,7 @@ pub async fn serve_with_listeners(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(kv)
+        .add_service(lease)
         .add_service(cluster)
         .serve_with_incoming_shutdown(
             listen::incoming(client, client_listen),

@@ -92,6 +92,12 @@ fn exporter() -> &'static Exporter {
                     SYNC_BUCKETS,
                 )
             })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(ordkv::LEASE_REVOKE_DELAY.to_string()),
+                    DURATION_BUCKETS,
+                )
+            })
             .unwrap_or_else(|_| PrometheusBuilder::new())
             .build_recorder();
         let handle = recorder.handle();
@@ -156,6 +162,20 @@ fn describe() {
     metrics::describe_gauge!(
         ordkv::NO_SPACE_ALARM,
         "1 while this member refuses writes that add data (over --quota-bytes, or under --min-free-bytes free)."
+    );
+    metrics::describe_gauge!(ordkv::LEASES_LIVE, "Leases in this member's state.");
+    metrics::describe_counter!(
+        ordkv::LEASE_EXPIRIES,
+        "Leases this member, as the leader, ended because their TTL ran out."
+    );
+    metrics::describe_counter!(
+        ordkv::LEASE_KEEPALIVES,
+        "Lease keepalives this member, as the leader, acknowledged (its rate: keepalives per second)."
+    );
+    metrics::describe_histogram!(
+        ordkv::LEASE_REVOKE_DELAY,
+        metrics::Unit::Seconds,
+        "From a lease's deadline until the leader applied its expiry (how late leases end)."
     );
     for (name, help, _) in GAUGES {
         metrics::describe_gauge!(*name, *help);

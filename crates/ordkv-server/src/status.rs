@@ -28,6 +28,8 @@ pub fn status_from_error(e: ordkv::Error) -> Status {
     let code = match &e {
         E::InvalidArgument(_) => Code::InvalidArgument,
         E::Compacted { .. } => Code::OutOfRange,
+        E::NotFound(_) => Code::NotFound,
+        E::AlreadyExists(_) => Code::AlreadyExists,
         E::NotLeader { .. } => Code::FailedPrecondition,
         E::Unavailable(_) | E::OutcomeUnknown(_) => Code::Unavailable,
         E::NoSpace(_) => Code::ResourceExhausted,

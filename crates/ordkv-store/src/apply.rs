@@ -11,11 +11,48 @@ use crate::codec::{decode_kv, prefix_end};
 use crate::pb;
 use crate::pb::command::Op;
 
-/// Reads through pending (uncommitted) changes to the committed `kv` tree.
+/// Reads through pending (uncommitted) changes to the committed `kv` tree and lease trees.
 pub(crate) struct Overlay<'a> {
     tree: &'a sled::Tree,
+    leases: &'a LeaseTrees,
     /// `None` marks a deletion.
     pub(crate) changes: BTreeMap<Bytes, Option<pb::KeyValue>>,
+    /// Lease id → its TTL (`None`: revoked).
+    pub(crate) lease_changes: BTreeMap<u64, Option<i64>>,
+    /// `lease_keys` rows (`id || key`) → whether the row exists.
+    pub(crate) lease_key_changes: BTreeMap<Vec<u8>, bool>,
+}
+
+/// The lease tables: `leases` (big-endian id → [`pb::LeaseRecord`]) and `lease_keys`
+/// (`id || key` → nothing), the keys attached to each lease, so a revoke finds them.
+pub(crate) struct LeaseTrees {
+    pub(crate) leases: sled::Tree,
+    pub(crate) lease_keys: sled::Tree,
+}
+
+/// The `lease_keys` row of `key` attached to lease `id`.
+pub(crate) fn lease_key_row(id: u64, key: &[u8]) -> Vec<u8> {
+    let mut row = Vec::with_capacity(8 + key.len());
+    row.extend_from_slice(&id.to_be_bytes());
+    row.extend_from_slice(key);
+    row
+}
+
+/// A lease granted or ended by an applied command (for the leader's expiry clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseChange {
+    /// Granted with this TTL in seconds.
+    Granted {
+        /// Lease id.
+        id: u64,
+        /// TTL in seconds.
+        ttl: i64,
+    },
+    /// Revoked or expired.
+    Ended {
+        /// Lease id.
+        id: u64,
+    },
 }
 
 fn sled_err(e: sled::Error) -> io::Error {
@@ -23,10 +60,60 @@ fn sled_err(e: sled::Error) -> io::Error {
 }
 
 impl<'a> Overlay<'a> {
-    pub(crate) fn new(tree: &'a sled::Tree) -> Overlay<'a> {
+    pub(crate) fn new(tree: &'a sled::Tree, leases: &'a LeaseTrees) -> Overlay<'a> {
         Overlay {
             tree,
+            leases,
             changes: BTreeMap::new(),
+            lease_changes: BTreeMap::new(),
+            lease_key_changes: BTreeMap::new(),
+        }
+    }
+
+    /// A lease's granted TTL, `None` when it does not exist.
+    pub(crate) fn lease(&self, id: u64) -> io::Result<Option<i64>> {
+        if let Some(change) = self.lease_changes.get(&id) {
+            return Ok(*change);
+        }
+        match self.leases.leases.get(id.to_be_bytes()).map_err(sled_err)? {
+            Some(v) => Ok(Some(crate::codec::decode_lease(&v)?.ttl)),
+            None => Ok(None),
+        }
+    }
+
+    /// The keys attached to lease `id`, in order.
+    pub(crate) fn lease_keys(&self, id: u64) -> io::Result<Vec<Bytes>> {
+        let prefix = id.to_be_bytes();
+        let mut rows: BTreeMap<Vec<u8>, bool> = BTreeMap::new();
+        for item in self.leases.lease_keys.scan_prefix(prefix) {
+            rows.insert(item.map_err(sled_err)?.0.to_vec(), true);
+        }
+        let end = (id < u64::MAX).then(|| (id + 1).to_be_bytes().to_vec());
+        let upper = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        for (row, present) in self
+            .lease_key_changes
+            .range::<[u8], _>((Bound::Included(&prefix[..]), upper))
+        {
+            rows.insert(row.clone(), *present);
+        }
+        Ok(rows
+            .into_iter()
+            .filter(|(_, present)| *present)
+            .map(|(row, _)| Bytes::copy_from_slice(&row[8..]))
+            .collect())
+    }
+
+    /// Moves `key` from lease `from` to lease `to` (0: none).
+    fn reattach(&mut self, key: &[u8], from: u64, to: u64) {
+        if from == to {
+            return;
+        }
+        if from != 0 {
+            self.lease_key_changes
+                .insert(lease_key_row(from, key), false);
+        }
+        if to != 0 {
+            self.lease_key_changes.insert(lease_key_row(to, key), true);
         }
     }
 
@@ -150,6 +237,39 @@ pub(crate) struct Effects<'e> {
     /// Events produced, in order.
     pub(crate) events: &'e mut Vec<pb::Event>,
     pub(crate) max_range_limit: usize,
+    /// The log index of the entry being applied (picks lease ids).
+    pub(crate) index: u64,
+    /// Leases granted and ended, in order.
+    pub(crate) lease_changes: &'e mut Vec<LeaseChange>,
+}
+
+fn refuse(kind: pb::CommandError, error: String) -> pb::CommandResponse {
+    pb::CommandResponse {
+        error,
+        error_kind: kind as i32,
+        ..Default::default()
+    }
+}
+
+/// The first lease a put among `ops` names that does not exist.
+fn missing_lease<'o>(
+    ov: &Overlay<'_>,
+    mut puts: impl Iterator<Item = &'o pb::PutRequest>,
+) -> io::Result<Option<u64>> {
+    puts.try_fold(None, |missing, p| {
+        Ok(match missing {
+            Some(id) => Some(id),
+            None if p.lease != 0 && ov.lease(p.lease)?.is_none() => Some(p.lease),
+            None => None,
+        })
+    })
+}
+
+fn lease_not_found(id: u64) -> pb::CommandResponse {
+    refuse(
+        pb::CommandError::LeaseNotFound,
+        format!("lease {id} not found (it expired, was revoked, or never existed)"),
+    )
 }
 
 /// Applies one command. Never panics on any input: a command the leader should have refused
@@ -164,8 +284,12 @@ pub(crate) fn execute(
     let mut resp = pb::CommandResponse::default();
     match cmd.op {
         Some(Op::Put(p)) => {
-            resp.result = Some(R::Put(put(ov, fx, p, next)?));
-            fx.revision = next;
+            if let Some(id) = missing_lease(ov, std::iter::once(&p))? {
+                resp = lease_not_found(id);
+            } else {
+                resp.result = Some(R::Put(put(ov, fx, p, next)?));
+                fx.revision = next;
+            }
         }
         Some(Op::Delete(d)) => {
             let r = delete(ov, fx, &d, next)?;
@@ -183,6 +307,15 @@ pub(crate) fn execute(
                 .into_iter()
                 .all(|ok| ok);
             let ops = if succeeded { t.success } else { t.failure };
+            let puts = ops.iter().filter_map(|op| match &op.request {
+                Some(pb::request_op::Request::Put(p)) => Some(p),
+                _ => None,
+            });
+            if let Some(id) = missing_lease(ov, puts)? {
+                let mut resp = lease_not_found(id);
+                resp.revision = fx.revision;
+                return Ok(resp);
+            }
             let mut wrote = false;
             let mut responses = Vec::with_capacity(ops.len());
             for op in ops {
@@ -223,10 +356,85 @@ pub(crate) fn execute(
             }
             resp.result = Some(R::Compact(pb::CompactResponse::default()));
         }
+        Some(Op::LeaseGrant(g)) => resp = grant(ov, fx, &g)?,
+        Some(Op::LeaseRevoke(r)) => {
+            if ov.lease(r.id)?.is_none() {
+                resp = lease_not_found(r.id);
+            } else {
+                let keys = ov.lease_keys(r.id)?;
+                let mut deleted = 0;
+                for key in keys {
+                    let d = delete(
+                        ov,
+                        fx,
+                        &crate::pb::DeleteRequest {
+                            key,
+                            ..Default::default()
+                        },
+                        next,
+                    )?;
+                    deleted += d.deleted;
+                }
+                ov.lease_changes.insert(r.id, None);
+                fx.lease_changes.push(LeaseChange::Ended { id: r.id });
+                if deleted > 0 {
+                    fx.revision = next;
+                }
+                resp.result = Some(R::LeaseRevoke(pb::LeaseRevokeResponse {
+                    header: None,
+                    deleted,
+                }));
+            }
+        }
         None => resp.error = "empty command".into(),
     }
     resp.revision = fx.revision;
     Ok(resp)
+}
+
+fn grant(
+    ov: &mut Overlay<'_>,
+    fx: &mut Effects<'_>,
+    g: &pb::LeaseGrantRequest,
+) -> io::Result<pb::CommandResponse> {
+    if g.ttl <= 0 {
+        return Ok(refuse(
+            pb::CommandError::Invalid,
+            format!("lease TTL {} is not positive", g.ttl),
+        ));
+    }
+    let id = if g.id != 0 {
+        if ov.lease(g.id)?.is_some() {
+            return Ok(refuse(
+                pb::CommandError::LeaseExists,
+                format!("lease {} already exists", g.id),
+            ));
+        }
+        g.id
+    } else {
+        // The entry's log index is unique and the same on every replica; an id a client
+        // chose may hold it, so look on from there.
+        let mut id = fx.index.max(1);
+        while ov.lease(id)?.is_some() {
+            id += 1;
+        }
+        id
+    };
+    ov.lease_changes.insert(id, Some(g.ttl));
+    fx.lease_changes
+        .push(LeaseChange::Granted { id, ttl: g.ttl });
+    Ok(pb::CommandResponse {
+        revision: fx.revision,
+        result: Some(pb::command_response::Result::LeaseGrant(
+            pb::LeaseGrantResponse {
+                header: None,
+                id,
+                ttl: g.ttl,
+                ttl_raised: false,
+            },
+        )),
+        ..Default::default()
+    })
 }
 
 fn put(
@@ -242,7 +450,9 @@ fn put(
         create_revision: prev.as_ref().map_or(rev, |x| x.create_revision),
         mod_revision: rev,
         version: prev.as_ref().map_or(1, |x| x.version + 1),
+        lease: p.lease,
     };
+    ov.reattach(&p.key, prev.as_ref().map_or(0, |x| x.lease), p.lease);
     ov.set(p.key, Some(kv.clone()));
     fx.events.push(pb::Event {
         r#type: pb::event::EventType::Put as i32,
@@ -278,6 +488,7 @@ fn delete(
         ..Default::default()
     };
     for prev in victims {
+        ov.reattach(&prev.key, prev.lease, 0);
         ov.set(prev.key.clone(), None);
         fx.events.push(pb::Event {
             r#type: pb::event::EventType::Delete as i32,

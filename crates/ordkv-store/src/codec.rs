@@ -69,6 +69,11 @@ pub(crate) fn decode_kv(key: &[u8], stored: &[u8]) -> io::Result<pb::KeyValue> {
     Ok(kv)
 }
 
+/// A lease's stored record.
+pub(crate) fn decode_lease(stored: &[u8]) -> io::Result<pb::LeaseRecord> {
+    pb::LeaseRecord::decode(stored).map_err(|e| corrupt(format!("lease record: {e}")))
+}
+
 /// History rows are keyed by the revision of their last event (see `pb::HistoryRow`).
 pub(crate) fn history_key(revision: u64) -> [u8; 8] {
     revision.to_be_bytes()

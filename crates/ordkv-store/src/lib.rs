@@ -25,10 +25,11 @@ use durability::Durability;
 
 pub use durability::{SYNC_DURATION, SYNC_WAITERS};
 
+pub use apply::LeaseChange;
 pub use log_store::LogStore;
 pub use ordkv_proto::v1 as pb;
 pub use snapshot::SnapshotData;
-pub use state_machine::{EventBatch, ReadError, StateMachine};
+pub use state_machine::{EventBatch, LeaseChanges, LeaseSubscription, ReadError, StateMachine};
 pub use types::{
     Applied, Command, Entry, LogId, MemberNode, NodeId, SnapshotMeta, StoredMembership, TypeConfig,
     Vote,
@@ -113,6 +114,8 @@ pub struct SnapshotSummary {
     pub last_log_id: Option<LogId>,
     /// The store revision it holds.
     pub revision: u64,
+    /// How many leases it holds.
+    pub leases: usize,
 }
 
 /// Checks a snapshot file (format and checksum) and describes it.
@@ -121,6 +124,7 @@ pub fn verify_snapshot(path: &Path) -> io::Result<SnapshotSummary> {
     Ok(SnapshotSummary {
         last_log_id: header.meta.last_log_id,
         revision: header.revision,
+        leases: header.leases.len(),
     })
 }
 

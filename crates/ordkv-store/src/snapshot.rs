@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{corrupt, history_key};
 use crate::state_machine::{
-    INSTALLING, SmState, StateMachine, decode_history_row, event_revision, sled_err,
+    INSTALLING, LEASE_UNDO, SmState, StateMachine, all_leases, decode_history_row, event_revision,
+    sled_err,
 };
 use crate::types::{SnapshotMeta, TypeConfig};
 
@@ -37,6 +38,10 @@ pub struct SnapshotData {
 pub(crate) struct Header {
     pub(crate) meta: SnapshotMeta,
     pub(crate) revision: u64,
+    /// Every lease as `(id, granted TTL)` (absent in snapshots from before leases). The keys
+    /// name their lease in their records, which rebuild `lease_keys` on install.
+    #[serde(default)]
+    pub(crate) leases: Vec<(u64, i64)>,
 }
 
 /// Snapshot file names sort by the log index they cover.
@@ -105,6 +110,7 @@ pub(crate) fn build_with(
                 last_membership: st.membership.clone(),
             },
             revision: st.revision,
+            leases: all_leases(&sm.shared.leases.leases)?,
         };
         // Every change since `from` is in the history unless it was compacted or a snapshot
         // replaced the keys; then the copy is made again, under the lock.
@@ -345,6 +351,12 @@ pub(crate) fn install(
         sh.db.flush().map_err(sled_err)?;
         sh.kv.clear().map_err(sled_err)?;
         sh.history.clear().map_err(sled_err)?;
+        sh.leases.leases.clear().map_err(sled_err)?;
+        sh.leases.lease_keys.clear().map_err(sled_err)?;
+        for (id, ttl) in &header.leases {
+            let record = prost::Message::encode_to_vec(&crate::pb::LeaseRecord { ttl: *ttl });
+            sh.leases.leases.insert(id.to_be_bytes(), record).map_err(sled_err)?;
+        }
 
         let mut r = BufReader::new(File::open(&path)?);
         let mut skip = vec![0u8; 8 + 4];
@@ -363,6 +375,11 @@ pub(crate) fn install(
             let mut v = vec![0u8; vlen];
             r.read_exact(&mut k)?;
             r.read_exact(&mut v)?;
+            let lease = crate::codec::decode_kv(&k, &v)?.lease;
+            if lease != 0 {
+                let row = crate::apply::lease_key_row(lease, &k);
+                sh.leases.lease_keys.insert(row, &[][..]).map_err(sled_err)?;
+            }
             batch.insert(k, v);
             in_batch += 1;
             if in_batch == INSTALL_BATCH_KEYS {
@@ -385,6 +402,7 @@ pub(crate) fn install(
         for (k, v) in StateMachine::state_rows(&st)? {
             sh.meta.insert(k, v).map_err(sled_err)?;
         }
+        sh.meta.remove(LEASE_UNDO).map_err(sled_err)?;
         sh.meta.remove(INSTALLING).map_err(sled_err)?;
         tracing::info!(last_log_id = ?meta.last_log_id, revision = st.revision, "installed snapshot");
         Ok(st)

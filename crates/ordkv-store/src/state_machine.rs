@@ -25,7 +25,7 @@ use openraft::{EntryPayload, OptionalSend};
 use prost::Message;
 use tokio::sync::{broadcast, watch};
 
-use crate::apply::{self, Effects, Overlay};
+use crate::apply::{self, Effects, LeaseChange, LeaseTrees, Overlay};
 use crate::codec::{OLD_HISTORY_KEY_LEN, decode_meta, encode_meta, history_key, key_u64};
 use crate::durability::Durability;
 use crate::pb;
@@ -37,6 +37,8 @@ pub(crate) const STATE: &[u8] = b"state";
 const COMPACT_REVISION: &[u8] = b"compact_revision";
 /// Present while a snapshot is being installed: the keys are then half-replaced.
 pub(crate) const INSTALLING: &[u8] = b"installing";
+/// The lease rows a batch is about to change, as they were (`pb::LeaseUndo`).
+pub(crate) const LEASE_UNDO: &[u8] = b"lease_undo";
 /// Present once the history holds only batched rows (see `batch_old_history_rows`), so
 /// later opens do not scan it.
 pub(crate) const HISTORY_BATCHED: &[u8] = b"history_batched";
@@ -53,6 +55,18 @@ pub(crate) struct SmState {
     pub(crate) compact_revision: u64,
     /// Snapshots installed since open (a snapshot build checks that none came meanwhile).
     pub(crate) installs: u64,
+}
+
+/// The leases one applied batch granted and ended; `None` when a snapshot install replaced
+/// them all.
+pub type LeaseChanges = Option<Arc<Vec<LeaseChange>>>;
+
+/// Every lease at one point, and the changes applied after it.
+pub struct LeaseSubscription {
+    /// Changes after `leases` was read.
+    pub changes: broadcast::Receiver<LeaseChanges>,
+    /// Every lease as `(id, granted TTL)`.
+    pub leases: Vec<(u64, i64)>,
 }
 
 /// Events applied together, broadcast to watchers in revision order.
@@ -83,11 +97,17 @@ pub(crate) struct Shared {
     pub(crate) kv: sled::Tree,
     pub(crate) history: sled::Tree,
     pub(crate) meta: sled::Tree,
+    pub(crate) leases: LeaseTrees,
     /// Writers (apply, install) take it exclusively; readers share it, so nobody sees half
     /// of a batch. The snapshot builder holds it only to finish (see `snapshot::build`).
     pub(crate) state: RwLock<SmState>,
     revision_tx: watch::Sender<u64>,
     events_tx: broadcast::Sender<Arc<EventBatch>>,
+    /// Leases granted and ended by each applied batch; `None` after a snapshot install
+    /// replaced them all.
+    pub(crate) lease_tx: broadcast::Sender<LeaseChanges>,
+    /// How many leases exist (kept with the state lock held for writing).
+    pub(crate) lease_count: std::sync::atomic::AtomicUsize,
     history_max: u64,
     max_range_limit: usize,
     pub(crate) snapshot_dir: PathBuf,
@@ -123,6 +143,10 @@ impl StateMachine {
         let kv = db.open_tree("kv").map_err(sled_err)?;
         let history = db.open_tree("history").map_err(sled_err)?;
         let meta = db.open_tree("sm_meta").map_err(sled_err)?;
+        let leases = LeaseTrees {
+            leases: db.open_tree("leases").map_err(sled_err)?,
+            lease_keys: db.open_tree("lease_keys").map_err(sled_err)?,
+        };
         std::fs::create_dir_all(&snapshot_dir)?;
         // Files of a snapshot build that a crash interrupted (no build runs before open).
         for e in std::fs::read_dir(&snapshot_dir)? {
@@ -137,6 +161,8 @@ impl StateMachine {
             tracing::warn!("an interrupted snapshot install is rolled back");
             kv.clear().map_err(sled_err)?;
             history.clear().map_err(sled_err)?;
+            leases.leases.clear().map_err(sled_err)?;
+            leases.lease_keys.clear().map_err(sled_err)?;
             meta.clear().map_err(sled_err)?;
             db.flush().map_err(sled_err)?;
         }
@@ -156,8 +182,10 @@ impl StateMachine {
             meta.insert(HISTORY_BATCHED, &[]).map_err(sled_err)?;
         }
         undo_unfinished_batch(&kv, &history, state.revision)?;
+        undo_unfinished_lease_changes(&meta, &leases, state.applied.map_or(0, |l| l.index))?;
         let (revision_tx, _) = watch::channel(state.revision);
         let (events_tx, _) = broadcast::channel(1024);
+        let (lease_tx, _) = broadcast::channel(1024);
         Ok(StateMachine {
             shared: Arc::new(Shared {
                 db: db.clone(),
@@ -167,6 +195,9 @@ impl StateMachine {
                 state: RwLock::new(state),
                 revision_tx,
                 events_tx,
+                lease_count: std::sync::atomic::AtomicUsize::new(leases.leases.len()),
+                leases,
+                lease_tx,
                 history_max,
                 max_range_limit,
                 snapshot_dir,
@@ -219,20 +250,57 @@ impl StateMachine {
         self.shared.durability.has_failed()
     }
 
+    fn overlay(&self) -> Overlay<'_> {
+        Overlay::new(&self.shared.kv, &self.shared.leases)
+    }
+
     /// One key and the revision it was read at.
     pub fn get(&self, key: &[u8]) -> io::Result<(Option<pb::KeyValue>, u64)> {
         let st = self.read_state();
-        Ok((Overlay::new(&self.shared.kv).get(key)?, st.revision))
+        Ok((self.overlay().get(key)?, st.revision))
+    }
+
+    /// A lease's granted TTL in seconds (`None`: no such lease), its keys when asked, and
+    /// the revision they were read at.
+    pub fn lease(&self, id: u64, keys: bool) -> io::Result<(Option<i64>, Vec<bytes::Bytes>, u64)> {
+        let st = self.read_state();
+        let ov = self.overlay();
+        let ttl = ov.lease(id)?;
+        let keys = if keys && ttl.is_some() {
+            ov.lease_keys(id)?
+        } else {
+            Vec::new()
+        };
+        Ok((ttl, keys, st.revision))
+    }
+
+    /// How many leases exist.
+    pub fn lease_count(&self) -> usize {
+        self.shared
+            .lease_count
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Every lease as `(id, granted TTL)`, in id order, and the revision they were read at.
+    pub fn leases(&self) -> io::Result<(Vec<(u64, i64)>, u64)> {
+        let st = self.read_state();
+        Ok((all_leases(&self.shared.leases.leases)?, st.revision))
+    }
+
+    /// Follows lease grants and ends: every lease applied after this call arrives on the
+    /// receiver, and the list returned holds every lease before it. `None` on the receiver
+    /// (or a lag) means the leases were replaced: list them again.
+    pub fn subscribe_leases(&self) -> io::Result<LeaseSubscription> {
+        let _st = self.read_state();
+        let changes = self.shared.lease_tx.subscribe();
+        let leases = all_leases(&self.shared.leases.leases)?;
+        Ok(LeaseSubscription { changes, leases })
     }
 
     /// A range and the revision it was read at.
     pub fn range(&self, req: &pb::RangeRequest) -> io::Result<(pb::RangeResponse, u64)> {
         let st = self.read_state();
-        let resp = apply::range(
-            &Overlay::new(&self.shared.kv),
-            req,
-            self.shared.max_range_limit,
-        )?;
+        let resp = apply::range(&self.overlay(), req, self.shared.max_range_limit)?;
         Ok((resp, st.revision))
     }
 
@@ -289,8 +357,9 @@ impl StateMachine {
         let sh = &*self.shared;
         let mut st = sh.state.write().unwrap_or_else(|p| p.into_inner());
         let mut next = st.clone();
-        let mut ov = Overlay::new(&sh.kv);
+        let mut ov = Overlay::new(&sh.kv, &sh.leases);
         let mut events = Vec::new();
+        let mut lease_changes = Vec::new();
         let mut compact_to = None;
         let mut responses = Vec::new();
         for (entry, responder) in batch {
@@ -307,6 +376,8 @@ impl StateMachine {
                         compact_revision: next.compact_revision,
                         events: &mut events,
                         max_range_limit: sh.max_range_limit,
+                        index: entry.log_id.index,
+                        lease_changes: &mut lease_changes,
                     };
                     let r = apply::execute(&mut ov, &mut fx, cmd.0)?;
                     next.revision = fx.revision;
@@ -346,6 +417,13 @@ impl StateMachine {
             next.compact_revision = target;
         }
 
+        // Lease rows have no history to undo them: their old values go first, in one row.
+        let lease_rows = !ov.lease_changes.is_empty() || !ov.lease_key_changes.is_empty();
+        if lease_rows {
+            let undo = lease_undo(&sh.leases, &ov, next.applied.map_or(0, |l| l.index))?;
+            sh.meta.insert(LEASE_UNDO, undo).map_err(sled_err)?;
+        }
+
         // Encoded in place as `pb::HistoryRow`s (the events are still needed for the
         // watchers). A row ends at a revision boundary once it passes HISTORY_ROW_BYTES, so
         // rows stay inline in sled's data file rather than in separate blob files.
@@ -366,6 +444,23 @@ impl StateMachine {
             match change {
                 Some(v) => sh.kv.insert(k.as_ref(), crate::codec::encode_kv(v)),
                 None => sh.kv.remove(k.as_ref()),
+            }
+            .map_err(sled_err)?;
+        }
+        for (id, ttl) in &ov.lease_changes {
+            match ttl {
+                Some(ttl) => sh.leases.leases.insert(
+                    id.to_be_bytes(),
+                    pb::LeaseRecord { ttl: *ttl }.encode_to_vec(),
+                ),
+                None => sh.leases.leases.remove(id.to_be_bytes()),
+            }
+            .map_err(sled_err)?;
+        }
+        for (row, present) in &ov.lease_key_changes {
+            match present {
+                true => sh.leases.lease_keys.insert(row.as_slice(), &[][..]),
+                false => sh.leases.lease_keys.remove(row.as_slice()),
             }
             .map_err(sled_err)?;
         }
@@ -394,6 +489,18 @@ impl StateMachine {
         // Still under the lock, so subscribers see batches in order and none is missed.
         if !events.is_empty() {
             let _ = sh.events_tx.send(Arc::new(EventBatch { events }));
+        }
+        if !lease_changes.is_empty() {
+            let count = lease_changes.iter().fold(
+                sh.lease_count.load(std::sync::atomic::Ordering::Relaxed),
+                |n, change| match change {
+                    LeaseChange::Granted { .. } => n + 1,
+                    LeaseChange::Ended { .. } => n.saturating_sub(1),
+                },
+            );
+            sh.lease_count
+                .store(count, std::sync::atomic::Ordering::Relaxed);
+            let _ = sh.lease_tx.send(Some(Arc::new(lease_changes)));
         }
         sh.revision_tx.send_replace(revision);
         drop(st);
@@ -438,6 +545,9 @@ impl StateMachine {
         let revision = new.revision;
         *st = new;
         sh.revision_tx.send_replace(revision);
+        sh.lease_count
+            .store(sh.leases.leases.len(), std::sync::atomic::Ordering::Relaxed);
+        let _ = sh.lease_tx.send(None);
         Ok(())
     }
 
@@ -460,6 +570,71 @@ pub(crate) fn decode_history_row(row: &[u8]) -> io::Result<Vec<pb::Event>> {
     pb::HistoryRow::decode(row)
         .map(|r| r.events)
         .map_err(|e| crate::codec::corrupt(format!("history row: {e}")))
+}
+
+pub(crate) fn all_leases(tree: &sled::Tree) -> io::Result<Vec<(u64, i64)>> {
+    tree.iter()
+        .map(|item| {
+            let (k, v) = item.map_err(sled_err)?;
+            Ok((key_u64(&k)?, crate::codec::decode_lease(&v)?.ttl))
+        })
+        .collect()
+}
+
+/// The undo record of the lease rows `ov` is about to change (see `LEASE_UNDO`).
+fn lease_undo(trees: &LeaseTrees, ov: &Overlay<'_>, log_index: u64) -> io::Result<Vec<u8>> {
+    let mut rows = Vec::new();
+    for id in ov.lease_changes.keys() {
+        let key = id.to_be_bytes().to_vec();
+        let previous = trees.leases.get(&key).map_err(sled_err)?;
+        rows.push(pb::UndoRow {
+            tree: 0,
+            key: key.into(),
+            previous: previous.map(|v| bytes::Bytes::copy_from_slice(&v)),
+        });
+    }
+    for row in ov.lease_key_changes.keys() {
+        let previous = trees.lease_keys.get(row).map_err(sled_err)?;
+        rows.push(pb::UndoRow {
+            tree: 1,
+            key: bytes::Bytes::copy_from_slice(row),
+            previous: previous.map(|v| bytes::Bytes::copy_from_slice(&v)),
+        });
+    }
+    Ok(pb::LeaseUndo { log_index, rows }.encode_to_vec())
+}
+
+/// Restores the lease rows of a batch that a crash interrupted (newer than `applied`).
+fn undo_unfinished_lease_changes(
+    meta: &sled::Tree,
+    trees: &LeaseTrees,
+    applied: u64,
+) -> io::Result<()> {
+    let Some(undo) = meta.get(LEASE_UNDO).map_err(sled_err)? else {
+        return Ok(());
+    };
+    let undo = pb::LeaseUndo::decode(undo.as_ref())
+        .map_err(|e| crate::codec::corrupt(format!("lease undo record: {e}")))?;
+    if undo.log_index > applied {
+        tracing::warn!(
+            rows = undo.rows.len(),
+            "undoing lease changes of a batch that a crash interrupted"
+        );
+        for row in undo.rows {
+            let tree = if row.tree == 0 {
+                &trees.leases
+            } else {
+                &trees.lease_keys
+            };
+            match row.previous {
+                Some(v) => tree.insert(row.key.as_ref(), v.as_ref()),
+                None => tree.remove(row.key.as_ref()),
+            }
+            .map_err(sled_err)?;
+        }
+    }
+    meta.remove(LEASE_UNDO).map_err(sled_err)?;
+    Ok(())
 }
 
 /// Undoes the writes of a batch that a crash interrupted: history rows newer than the

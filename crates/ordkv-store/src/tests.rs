@@ -148,6 +148,7 @@ fn kv(key: &str, value: &str, create: u64, modified: u64, version: u64) -> pb::K
         create_revision: create,
         mod_revision: modified,
         version,
+        lease: 0,
     }
 }
 
@@ -156,6 +157,7 @@ fn put_req(key: &str, value: &str) -> pb::PutRequest {
         key: b(key),
         value: b(value),
         prev_kv: false,
+        lease: 0,
     }
 }
 
@@ -1237,6 +1239,7 @@ impl Action {
                 key: Bytes::from(key.clone()),
                 value: Bytes::from(value.clone()),
                 prev_kv: *prev_kv,
+                lease: 0,
             }),
             Action::Delete { sel, prev_kv } => {
                 let (key, end, prefix) = match sel {
@@ -1313,6 +1316,7 @@ impl Model {
             create_revision: r.create,
             mod_revision: r.modified,
             version: r.version,
+            lease: 0,
         }
     }
 
@@ -1486,6 +1490,7 @@ impl Model {
             revision: self.revision,
             result: Some(result),
             error: String::new(),
+            error_kind: 0,
         }
     }
 }
@@ -1786,3 +1791,5 @@ fn large_values_split_history_rows_between_revisions() {
     assert_eq!((s.all(), s.sm.revision()), before);
     assert_eq!(s.history(0, u64::MAX).len(), 1);
 }
+
+mod leases;

@@ -64,6 +64,8 @@ impl fmt::Display for Command {
             Some(Op::Delete(_)) => write!(f, "delete"),
             Some(Op::Txn(t)) => write!(f, "txn({} compares)", t.compare.len()),
             Some(Op::Compact(c)) => write!(f, "compact({})", c.revision),
+            Some(Op::LeaseGrant(g)) => write!(f, "lease-grant({}s)", g.ttl),
+            Some(Op::LeaseRevoke(r)) => write!(f, "lease-revoke({})", r.id),
             None => write!(f, "empty"),
         }
     }

@@ -653,6 +653,7 @@ mod tests {
             key: b"k".to_vec().into(),
             value: vec![7u8; bytes].into(),
             prev_kv: false,
+            lease: 0,
         };
         Entry {
             log_id: openraft::testing::log_id::<crate::TypeConfig>(1, 1, index),

@@ -38,6 +38,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     key: "user/1".into(),
                     value: "ada lovelace".into(),
                     prev_kv: false,
+                    lease: 0,
                 })),
             }],
             failure: vec![],

@@ -8,6 +8,15 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
+    /// What the request names does not exist (a lease that expired, was revoked or never
+    /// existed). Nothing was changed.
+    #[error("not found: {0}")]
+    NotFound(String),
+
+    /// What the request would create exists already (a lease id). Nothing was changed.
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+
     /// A watch or read asked for history that compaction already discarded.
     #[error(
         "revision {requested} is compacted (the oldest revision still available is {oldest}); \

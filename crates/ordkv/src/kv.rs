@@ -13,12 +13,15 @@ use tokio::sync::broadcast;
 
 use crate::config::Limits;
 use crate::error::{Error, Result};
+use crate::lease::LeaseClock;
 use crate::pb;
 use crate::read_index::Reads;
 use crate::replica::Replica;
 use crate::validate;
 use crate::writes::Writer;
 use ordkv_proto::ops;
+
+mod leases;
 
 /// A cheap, cloneable handle to a node's key-value operations.
 #[derive(Clone)]
@@ -27,8 +30,10 @@ pub struct Kv {
     writer: Writer,
     reads: Reads,
     limits: Limits,
-    /// How long a read waits for `min_revision`.
+    /// How long a read waits for `min_revision`, and lease calls for a leader.
     request_wait: std::time::Duration,
+    /// The leader's lease countdowns (asked on the leader only).
+    leases: Arc<LeaseClock>,
 }
 
 /// The events of a watch, in revision order. The first item has `created = true`.
@@ -48,6 +53,7 @@ impl Kv {
         reads: Reads,
         limits: Limits,
         request_wait: std::time::Duration,
+        leases: Arc<LeaseClock>,
     ) -> Kv {
         Kv {
             replica,
@@ -55,6 +61,7 @@ impl Kv {
             reads,
             limits,
             request_wait,
+            leases,
         }
     }
 
@@ -299,6 +306,7 @@ impl Kv {
                 key: key.into(),
                 value: value.into(),
                 prev_kv: false,
+                lease: 0,
             })
             .await?;
         Ok(resp.header.map_or(0, |h| h.revision))

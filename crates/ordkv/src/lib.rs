@@ -21,6 +21,7 @@ mod datadir;
 mod error;
 mod intent;
 mod kv;
+mod lease;
 pub mod listen;
 mod membership;
 mod node;
@@ -50,8 +51,21 @@ pub use error::{Error, Result};
 pub use futures::StreamExt;
 pub use intent::{KubernetesApi, SERVICE_ACCOUNT_DIR, ScaleIntent};
 pub use kv::{Kv, WatchStream};
+/// A lease kept alive in the background (see [`ordkv_recipes::Session`]).
+pub type Session = ordkv_recipes::Session<Kv>;
+/// A lock with fencing tokens (see [`ordkv_recipes::Lock`]).
+pub type Lock = ordkv_recipes::Lock<Kv>;
+/// Leader election (see [`ordkv_recipes::Election`]).
+pub type Election = ordkv_recipes::Election<Kv>;
+/// Why a lock, an election or a session failed.
+pub type RecipeError = ordkv_recipes::Error<Error>;
+pub use lease::{
+    LEASE_EXPIRIES, LEASE_KEEPALIVES, LEASE_REVOKE_DELAY, LEASES_LIVE,
+    MAX_TTL_SECS as MAX_LEASE_TTL_SECS, MIN_TTL_SECS as MIN_LEASE_TTL_SECS,
+};
 pub use node::{Node, restore_snapshot};
 pub use ordkv_proto::ops::{EventKind, Txn};
+pub use ordkv_recipes::{Leadership, LockGuard};
 /// The request and response types shared with the gRPC API.
 pub use ordkv_store::pb;
 pub use ordkv_store::{SYNC_DURATION, SYNC_WAITERS, SnapshotSummary, verify_snapshot};

@@ -17,6 +17,7 @@ use crate::datadir::DataDir;
 use crate::error::{Error, Result};
 use crate::intent::IntentWatch;
 use crate::kv::Kv;
+use crate::lease::LeaseClock;
 use crate::membership::Membership;
 use crate::pb;
 use crate::peer::PeerShared;
@@ -136,12 +137,18 @@ impl Node {
             Arc::new(space),
         );
         let reads = Reads::new(replica.clone(), config.request_wait);
+        let leases = Arc::new(LeaseClock::new(
+            replica.clone(),
+            writer.clone(),
+            config.request_wait,
+        ));
         let kv = Kv::new(
             replica.clone(),
             writer.clone(),
             reads,
             config.limits,
             config.request_wait,
+            leases.clone(),
         );
         let api = match config.peers {
             Peers::None => Err("a cluster of one".to_string()),
@@ -173,6 +180,7 @@ impl Node {
         };
         let inner = &node.inner;
         inner.spawn(intent.poll(stop.clone()));
+        inner.spawn(leases.clone().run(stop.clone()));
         if let Some(tls) = &tls {
             inner.spawn(tls.clone().watch(stop.clone()));
         }
@@ -186,6 +194,7 @@ impl Node {
                 writer,
                 membership,
                 snapshots_dir: inner.data_dir.path.join("snapshots"),
+                leases,
             };
             inner.spawn(crate::peer::server::serve(service, addr, tls, stop.clone()).await?);
         }

@@ -38,7 +38,7 @@ fn adds_data(cmd: &pb::Command) -> bool {
             .any(|o| matches!(o.request, Some(Request::Put(_))))
     };
     match &cmd.op {
-        Some(Op::Put(_)) => true,
+        Some(Op::Put(_) | Op::LeaseGrant(_)) => true,
         Some(Op::Txn(t)) => has_put(&t.success) || has_put(&t.failure),
         _ => false,
     }

@@ -156,6 +156,7 @@ mod tests {
             key: Bytes::from_static(b"k"),
             value: Bytes::from(vec![0u8; n]),
             prev_kv: false,
+            lease: 0,
         };
         assert!(put(&l(), &p(1 << 20)).is_ok());
         assert!(put(&l(), &p((1 << 20) + 1)).is_err());

@@ -129,7 +129,11 @@ impl Writer {
                 other => other?,
             };
             if !resp.error.is_empty() {
-                return Err(Error::InvalidArgument(resp.error));
+                return Err(match pb::CommandError::try_from(resp.error_kind) {
+                    Ok(pb::CommandError::LeaseNotFound) => Error::NotFound(resp.error),
+                    Ok(pb::CommandError::LeaseExists) => Error::AlreadyExists(resp.error),
+                    _ => Error::InvalidArgument(resp.error),
+                });
             }
             return Ok(resp);
         }

@@ -202,6 +202,8 @@ pub(crate) fn to_status(e: crate::Error) -> tonic::Status {
             )))
         }
         E::InvalidArgument(m) => tonic::Status::invalid_argument(m),
+        E::NotFound(m) => tonic::Status::not_found(m),
+        E::AlreadyExists(m) => tonic::Status::already_exists(m),
         E::Unavailable(m) => PeerError::NotApplied.tag(tonic::Status::unavailable(m)),
         E::OutcomeUnknown(m) => PeerError::OutcomeUnknown.tag(tonic::Status::unavailable(m)),
         E::DeadlineExceeded(m) => tonic::Status::deadline_exceeded(m),
@@ -227,6 +229,8 @@ pub(crate) fn from_status(s: tonic::Status) -> crate::Error {
     }
     match s.code() {
         tonic::Code::InvalidArgument => E::InvalidArgument(s.message().to_string()),
+        tonic::Code::NotFound => E::NotFound(s.message().to_string()),
+        tonic::Code::AlreadyExists => E::AlreadyExists(s.message().to_string()),
         tonic::Code::DeadlineExceeded => E::DeadlineExceeded(s.message().to_string()),
         tonic::Code::ResourceExhausted => E::NoSpace(s.message().to_string()),
         _ if never_sent(&s) => E::Unavailable(format!("peer unreachable: {}", s.message())),

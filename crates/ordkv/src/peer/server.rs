@@ -32,6 +32,8 @@ pub(crate) struct PeerService {
     pub(crate) membership: Membership,
     /// Where snapshots sent by the leader are received.
     pub(crate) snapshots_dir: PathBuf,
+    /// Answers followers' lease keepalives (on the leader).
+    pub(crate) leases: Arc<crate::lease::LeaseClock>,
 }
 
 /// Listens for peers on `addr`; the returned task serves them until `stop`.
@@ -319,6 +321,22 @@ impl pb::peer_server::Peer for PeerService {
             .await
             .map_err(crate::peer::to_status)?;
         Ok(Response::new(resp))
+    }
+
+    async fn lease_forward(
+        &self,
+        req: Request<pb::LeaseForwardRequest>,
+    ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        let req = req.into_inner();
+        if req.cluster_id != self.replica.peer.cluster_id() {
+            return Err(Status::failed_precondition("cluster id mismatch"));
+        }
+        let answer = self
+            .leases
+            .answer(&req)
+            .await
+            .map_err(crate::peer::to_status)?;
+        Ok(Response::new(answer))
     }
 
     async fn read_index(

@@ -43,6 +43,21 @@ impl PeerShared {
         Ok(resp.into_inner())
     }
 
+    /// Asks the leader for a lease keepalive or time to live (safe to ask again).
+    pub(crate) async fn lease_forward(
+        &self,
+        leader: &MemberNode,
+        req: pb::LeaseForwardRequest,
+        wait: Duration,
+    ) -> Result<pb::LeaseTimeToLiveResponse> {
+        let mut client = self.client(&leader.peer_addr).map_err(Error::Unavailable)?;
+        let resp = tokio::time::timeout(wait.min(PEER_CALL_TIMEOUT), client.lease_forward(req))
+            .await
+            .map_err(|_| Error::Unavailable(format!("the leader {} did not answer", leader.name)))?
+            .map_err(from_status)?;
+        Ok(resp.into_inner())
+    }
+
     /// Asks the leader (`leader_id`) for a read index.
     pub(crate) async fn read_index(&self, leader_id: u64, leader: &MemberNode) -> Result<u64> {
         let mut client = self.client(&leader.peer_addr).map_err(Error::Unavailable)?;
