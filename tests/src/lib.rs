@@ -423,6 +423,23 @@ impl NodeProcess {
         assert!(!status.success(), "a SIGKILLed node exited 0");
     }
 
+    /// Stops the process with SIGSTOP: it keeps its sockets but runs nothing (a long GC
+    /// pause, a starved VM) until [`NodeProcess::resume`].
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let child = self.child.as_ref().expect("the node is not running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, signal).unwrap_or_else(|e| panic!("{signal}: {e}"));
+    }
+
     /// Sets environment variables for every later start.
     pub fn set_env(&mut self, env: &[(String, String)]) {
         self.env = env.to_vec();

@@ -246,7 +246,7 @@ pub async fn elect(client: &Client, fmt: Format, a: ElectArgs) -> anyhow::Result
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
                 change = changes.next() => match change {
-                    Some(leader) => print(leader?.as_ref())?,
+                    Some(leader) => print(leader.as_ref())?,
                     None => bail!("the observation ended"),
                 },
             }

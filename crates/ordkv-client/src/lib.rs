@@ -53,8 +53,14 @@ impl ordkv_recipes::Backend for Client {
         Ok((granted.id, granted.ttl))
     }
 
+    /// A keepalive that failed moves the next one to another endpoint: a member that
+    /// answers nothing (paused, cut off) must not hold the session until its lease is gone.
     async fn lease_keep_alive(&self, id: u64) -> Result<i64> {
-        Ok(Client::lease_keep_alive(self, id).await?.ttl)
+        let answer = Client::lease_keep_alive(self, id).await;
+        if answer.is_err() {
+            self.prefer_next_endpoint();
+        }
+        Ok(answer?.ttl)
     }
 
     async fn lease_revoke(&self, id: u64) -> Result<()> {

@@ -9,6 +9,9 @@ use crate::{
 };
 use ordkv_proto::v1 as pb;
 
+/// Pause before observing again after a store error.
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// An election named by a key prefix. The leader is the campaigner whose key is oldest; its
 /// key carries the leader's value and lives on its session's lease.
 pub struct Election<B: Backend> {
@@ -64,14 +67,16 @@ impl<B: Backend> Election<B> {
         let lease = session.lease();
         let key = contender_key(&self.prefix, lease);
         let value = value.into();
-        let revision = create_or_get(&self.backend, &key, value.clone(), lease).await?;
+        let (revision, created) = create_or_get(&self.backend, &key, value.clone(), lease).await?;
         let leadership = Leadership {
             key: key.clone(),
             revision,
             lease,
         };
-        // Campaigning again with a key that exists: take the new value.
-        self.proclaim(&leadership, value).await?;
+        if !created {
+            // Campaigning again with a key that exists: take the new value.
+            self.proclaim(&leadership, value).await?;
+        }
         tokio::select! {
             waited = wait_for_turn(&self.backend, &self.prefix, &key, revision, lease) => waited?,
             () = session.lost() => return Err(Error::SessionLost { lease }),
@@ -135,19 +140,24 @@ impl<B: Backend> Election<B> {
     }
 
     /// Every change of leader or of its value, starting with the current one (`None`: no
-    /// leader). The stream ends with an error if the store fails.
-    pub fn observe(&self) -> BoxStream<'static, Result<Option<pb::KeyValue>, B::Error>> {
-        let state = Some((
+    /// leader). Store errors (a member going away) are retried: the stream ends only when
+    /// dropped.
+    pub fn observe(&self) -> BoxStream<'static, Option<pb::KeyValue>> {
+        let state = (
             self.backend.clone(),
             self.prefix.clone(),
             None::<pb::KeyValue>,
             true,
-        ));
-        futures::stream::unfold(state, |state| async move {
-            let (backend, prefix, last, first) = state?;
-            match next_leader(&backend, &prefix, &last, first).await {
-                Ok(leader) => Some((Ok(leader.clone()), Some((backend, prefix, leader, false)))),
-                Err(e) => Some((Err(e), None)),
+        );
+        futures::stream::unfold(state, |(backend, prefix, last, first)| async move {
+            loop {
+                match next_leader(&backend, &prefix, &last, first).await {
+                    Ok(leader) => return Some((leader.clone(), (backend, prefix, leader, false))),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "observing an election: trying again");
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                }
             }
         })
         .boxed()

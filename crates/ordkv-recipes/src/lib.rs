@@ -135,13 +135,14 @@ async fn contenders<B: Backend>(
     Ok((kvs, revision))
 }
 
-/// Creates `key` with `value` on `lease` unless it exists; returns its create revision.
+/// Creates `key` with `value` on `lease` unless it exists; returns its create revision and
+/// whether this call created it.
 async fn create_or_get<B: Backend>(
     backend: &B,
     key: &Bytes,
     value: Bytes,
     lease: u64,
-) -> Result<u64, B::Error> {
+) -> Result<(u64, bool), B::Error> {
     let resp = backend
         .txn(pb::TxnRequest {
             compare: vec![pb::Compare {
@@ -167,14 +168,14 @@ async fn create_or_get<B: Backend>(
         .await
         .map_err(store)?;
     if resp.succeeded {
-        return Ok(resp.header.map_or(0, |h| h.revision));
+        return Ok((resp.header.map_or(0, |h| h.revision), true));
     }
     let existing = resp.responses.into_iter().find_map(|r| match r.response {
         Some(pb::response_op::Response::Range(r)) => r.kvs.into_iter().next(),
         _ => None,
     });
     existing
-        .map(|kv| kv.create_revision)
+        .map(|kv| (kv.create_revision, false))
         .ok_or(Error::SessionLost { lease })
 }
 

@@ -67,7 +67,7 @@ impl<B: Backend> Lock<B> {
         let lease = self.session.lease();
         let key = contender_key(&self.prefix, lease);
         let backend = self.session.backend();
-        let revision = create_or_get(backend, &key, Bytes::new(), lease).await?;
+        let (revision, _) = create_or_get(backend, &key, Bytes::new(), lease).await?;
         tokio::select! {
             waited = wait_for_turn(backend, &self.prefix, &key, revision, lease) => waited?,
             () = self.session.lost() => return Err(Error::SessionLost { lease }),

@@ -300,13 +300,13 @@ mod tests {
         let (node, _dir) = node().await;
         let election = Election::new(node.kv(), "elect/x");
         let mut observed = election.observe();
-        assert_eq!(observed.next().await.unwrap().unwrap(), None);
+        assert_eq!(observed.next().await.unwrap(), None);
         let a = Session::new(node.kv(), 10).await.unwrap();
         let b = Session::new(node.kv(), 10).await.unwrap();
         let lead_a = election.campaign(&a, "a").await.unwrap();
         let value = |kv: Option<pb::KeyValue>| kv.map(|kv| kv.value);
         assert_eq!(
-            value(observed.next().await.unwrap().unwrap()),
+            value(observed.next().await.unwrap()),
             Some(Bytes::from("a"))
         );
         let other = Election::new(node.kv(), "elect/x");
@@ -315,14 +315,14 @@ mod tests {
         assert!(!campaign_b.is_finished(), "two leaders at once");
         election.proclaim(&lead_a, "a2").await.unwrap();
         assert_eq!(
-            value(observed.next().await.unwrap().unwrap()),
+            value(observed.next().await.unwrap()),
             Some(Bytes::from("a2"))
         );
         election.resign(lead_a.clone()).await.unwrap();
         let lead_b = campaign_b.await.unwrap().unwrap();
         assert!(lead_b.revision() > lead_a.revision());
         assert_eq!(
-            value(observed.next().await.unwrap().unwrap()),
+            value(observed.next().await.unwrap()),
             Some(Bytes::from("b"))
         );
         let e = election.proclaim(&lead_a, "stale").await.unwrap_err();
