@@ -667,3 +667,267 @@ async fn an_election_has_one_leader_at_a_time_and_observers_see_every_change() {
     }
     println!("{} terms, {} observed values", terms.len(), observed.len());
 }
+
+/// Bad lease requests get a clear error and change nothing; the node goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_lease_requests_are_refused_clearly() {
+    use ordkv_proto::v1::lease_client::LeaseClient;
+    use ordkv_proto::v1::{
+        LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest,
+    };
+    use tonic::Code;
+    let node = ordkv_tests::NodeProcess::start("kv-0").await;
+    let mut leases = LeaseClient::new(node.channel().await);
+    let mut kv = node.kv().await;
+    let before = node.status().await.revision;
+    for (ttl, fragment) in [
+        (0, "is not positive"),
+        (-7, "is not positive"),
+        (i64::MAX, "over the maximum"),
+    ] {
+        let e = leases
+            .lease_grant(LeaseGrantRequest { ttl, id: 0 })
+            .await
+            .expect_err("a bad TTL was granted");
+        assert_eq!(e.code(), Code::InvalidArgument, "TTL {ttl}: {e:?}");
+        assert!(e.message().contains(fragment), "TTL {ttl}: {}", e.message());
+    }
+    let raised = leases
+        .lease_grant(LeaseGrantRequest { ttl: 1, id: 42 })
+        .await
+        .expect("grant")
+        .into_inner();
+    assert_eq!((raised.id, raised.ttl, raised.ttl_raised), (42, 2, true));
+    let e = leases
+        .lease_grant(LeaseGrantRequest { ttl: 5, id: 42 })
+        .await
+        .expect_err("granted an id twice");
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+    // A keepalive of an unknown lease: answered with TTL 0, and the stream goes on.
+    let answers = leases
+        .lease_keep_alive(tonic::codegen::tokio_stream::iter([
+            LeaseKeepAliveRequest { id: 999 },
+            LeaseKeepAliveRequest { id: 42 },
+        ]))
+        .await
+        .expect("keepalive stream")
+        .into_inner();
+    let answers: Vec<_> = answers
+        .map(|a| a.expect("keepalive answer"))
+        .collect()
+        .await;
+    assert_eq!(
+        answers.iter().map(|a| (a.id, a.ttl)).collect::<Vec<_>>(),
+        [(999, 0), (42, 2)]
+    );
+    let e = leases
+        .lease_time_to_live(LeaseTimeToLiveRequest {
+            id: 999,
+            keys: true,
+        })
+        .await
+        .expect_err("the TTL of nothing");
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    // A put on a revoked lease: NOT_FOUND, and nothing written.
+    leases
+        .lease_revoke(LeaseRevokeRequest { id: 42 })
+        .await
+        .expect("revoke");
+    let e = kv
+        .put(PutRequest {
+            key: b("on-revoked"),
+            value: b("v"),
+            prev_kv: false,
+            lease: 42,
+        })
+        .await
+        .expect_err("a put on a revoked lease");
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(
+        e.message().contains("lease 42 not found"),
+        "{}",
+        e.message()
+    );
+    let e = leases
+        .lease_revoke(LeaseRevokeRequest { id: 42 })
+        .await
+        .expect_err("revoked twice");
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert_eq!(
+        node.status().await.revision,
+        before,
+        "a refused request changed the store"
+    );
+    kv.put(PutRequest {
+        key: b("still-serving"),
+        value: b("v"),
+        prev_kv: false,
+        lease: 0,
+    })
+    .await
+    .expect("the node still serves");
+}
+
+/// The CLI: `lease grant -o json`, `put --lease`, `lease ttl|list|revoke`, `lock NAME --
+/// command` (exits with the command's status, holding the lock meanwhile) and `elect`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_grants_leases_runs_commands_under_a_lock_and_elects() {
+    let node = ordkv_tests::NodeProcess::start("kv-0").await;
+    let at = node.client_addr();
+    let cli = |args: &[&str]| {
+        let mut cmd = ordkv_command();
+        // Before the command: whatever follows `--` is the locked command's.
+        cmd.args(["--endpoints", &at]).args(args);
+        cmd
+    };
+    let json = |out: &ordkv_tests::Output| -> serde_json::Value {
+        serde_json::from_str(&out.stdout_str()).expect("json output")
+    };
+    let out = run_async(
+        cli(&["lease", "grant", "30", "-o", "json"]),
+        None,
+        COMMAND_DEADLINE,
+    )
+    .await;
+    let granted = json(out.assert_success("lease grant"));
+    let id = granted["id"].as_u64().expect("an id");
+    assert_eq!(granted["ttl"], 30);
+    let id_text = id.to_string();
+    run_async(
+        cli(&["put", "svc/a", "1", "--lease", &id_text]),
+        None,
+        COMMAND_DEADLINE,
+    )
+    .await
+    .assert_success("put --lease");
+    let out = run_async(
+        cli(&["lease", "ttl", &id_text, "--keys", "-o", "json"]),
+        None,
+        COMMAND_DEADLINE,
+    )
+    .await;
+    let ttl = json(out.assert_success("lease ttl"));
+    assert_eq!(ttl["granted_ttl"], 30);
+    assert_eq!(ttl["keys"], serde_json::json!([{"key": "svc/a"}]));
+    let out = run_async(cli(&["lease", "list"]), None, COMMAND_DEADLINE).await;
+    assert_eq!(
+        out.assert_success("lease list").stdout_str(),
+        format!("{id}\t30s\n")
+    );
+    let out = run_async(
+        cli(&["lease", "keep-alive", &id_text, "--once"]),
+        None,
+        COMMAND_DEADLINE,
+    )
+    .await;
+    assert!(
+        out.assert_success("keep-alive")
+            .stdout_str()
+            .contains("TTL 30s")
+    );
+    let out = run_async(cli(&["lease", "revoke", &id_text]), None, COMMAND_DEADLINE).await;
+    assert_eq!(
+        out.assert_success("revoke").stdout_str(),
+        format!("lease {id} revoked (1 keys deleted)\n")
+    );
+    let out = run_async(cli(&["get", "svc/a"]), None, COMMAND_DEADLINE).await;
+    assert!(!out.status.success(), "the key outlived its lease");
+    let out = run_async(
+        cli(&["put", "svc/b", "1", "--lease", &id_text]),
+        None,
+        COMMAND_DEADLINE,
+    )
+    .await;
+    assert!(
+        !out.status.success() && out.stderr.contains("not found"),
+        "{}",
+        out.stderr
+    );
+
+    // The command runs under the lock and its exit status comes back; a second `lock` waits
+    // until the first is done.
+    let script = "echo \"$ORDKV_LOCK_KEY $ORDKV_LOCK_FENCING_TOKEN\"; sleep 1; exit 7";
+    let first = tokio::spawn(run_async(
+        cli(&["lock", "jobs", "--", "sh", "-c", script]),
+        None,
+        COMMAND_DEADLINE,
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = run_async(
+        cli(&[
+            "lock",
+            "jobs",
+            "--",
+            "sh",
+            "-c",
+            "echo $ORDKV_LOCK_FENCING_TOKEN",
+        ]),
+        None,
+        COMMAND_DEADLINE,
+    )
+    .await;
+    let first = first.await.expect("first lock");
+    assert_eq!(first.status.code(), Some(7), "{}", first.stderr);
+    let first_line = first.stdout_str();
+    let (key, token) = first_line.trim().split_once(' ').expect("key and token");
+    assert!(key.starts_with("jobs/"), "{first_line}");
+    let second_token: u64 = second
+        .assert_success("second lock")
+        .stdout_str()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        second_token > token.parse::<u64>().unwrap(),
+        "tokens do not grow"
+    );
+    let out = run_async(
+        cli(&["lock", "jobs", "--wait", "1s", "--", "true"]),
+        None,
+        COMMAND_DEADLINE,
+    )
+    .await;
+    out.assert_success("a free lock");
+
+    // A campaigner leads until stopped; an observer prints the leader's value.
+    let mut leader = std::process::Command::from(cli(&["elect", "primary", "pod-a"]));
+    let mut leader = leader
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("campaign");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let out = run_async(
+        cli(&["scan", "--prefix", "primary/"]),
+        None,
+        COMMAND_DEADLINE,
+    )
+    .await;
+    assert!(
+        out.assert_success("scan")
+            .stdout_str()
+            .ends_with("\tpod-a\n"),
+        "{}",
+        out.stdout_str()
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(leader.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT");
+    let status = leader.wait().expect("the campaigner exits");
+    assert!(status.success(), "{status:?}");
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(leader.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    assert_eq!(stdout, "pod-a\n");
+    let out = run_async(
+        cli(&["scan", "--prefix", "primary/"]),
+        None,
+        COMMAND_DEADLINE,
+    )
+    .await;
+    assert_eq!(
+        out.assert_success("scan").stdout_str(),
+        "",
+        "the leader key outlived the resign"
+    );
+}

@@ -107,7 +107,11 @@ impl Backend {
             }
             Kind::Etcd => {
                 etcd::kv_client::KvClient::new(ch)
-                    .put(etcd::PutRequest { key, value })
+                    .put(etcd::PutRequest {
+                        key,
+                        value,
+                        lease: 0,
+                    })
                     .await?;
             }
         }
@@ -246,6 +250,100 @@ impl Backend {
                         .collect())
                 })))
             }
+        }
+    }
+}
+
+/// One client's lease traffic: a lease granted, a key put with it, and a keepalive on the
+/// client's own long-lived keepalive stream (as etcd's and ordkv's clients keep one).
+pub struct LeaseClient {
+    kind: Kind,
+    leader: Channel,
+    keepalives: mpsc::Sender<i64>,
+    answers: std::pin::Pin<Box<dyn Stream<Item = anyhow::Result<i64>> + Send>>,
+}
+
+impl Backend {
+    /// Opens client `client`'s keepalive stream to the leader.
+    pub async fn lease_client(&self, client: usize) -> anyhow::Result<LeaseClient> {
+        let ch = self.leader[client % self.leader.len()].clone();
+        let (tx, rx) = mpsc::channel::<i64>(1);
+        let answers: std::pin::Pin<Box<dyn Stream<Item = anyhow::Result<i64>> + Send>> =
+            match self.kind {
+                Kind::Ordkv => {
+                    let requests = ReceiverStream::new(rx)
+                        .map(|id| ordkv_proto::LeaseKeepAliveRequest { id: id as u64 });
+                    let stream = ordkv_proto::lease_client::LeaseClient::new(ch.clone())
+                        .lease_keep_alive(requests)
+                        .await?
+                        .into_inner();
+                    Box::pin(stream.map(|r| Ok(r?.ttl)))
+                }
+                Kind::Etcd => {
+                    let requests =
+                        ReceiverStream::new(rx).map(|id| etcd::LeaseKeepAliveRequest { id });
+                    let stream = etcd::lease_client::LeaseClient::new(ch.clone())
+                        .lease_keep_alive(requests)
+                        .await?
+                        .into_inner();
+                    Box::pin(stream.map(|r| Ok(r?.ttl)))
+                }
+            };
+        Ok(LeaseClient {
+            kind: self.kind,
+            leader: ch,
+            keepalives: tx,
+            answers,
+        })
+    }
+}
+
+impl LeaseClient {
+    /// Grants a lease of `ttl` seconds, puts `key` with it and keeps it alive once.
+    pub async fn cycle(&mut self, ttl: i64, key: Bytes, value: Bytes) -> anyhow::Result<()> {
+        let id = match self.kind {
+            Kind::Ordkv => {
+                let ch = self.leader.clone();
+                let id = ordkv_proto::lease_client::LeaseClient::new(ch.clone())
+                    .lease_grant(ordkv_proto::LeaseGrantRequest { ttl, id: 0 })
+                    .await?
+                    .into_inner()
+                    .id;
+                ordkv_proto::kv_client::KvClient::new(ch)
+                    .put(ordkv_proto::PutRequest {
+                        key,
+                        value,
+                        prev_kv: false,
+                        lease: id,
+                    })
+                    .await?;
+                id as i64
+            }
+            Kind::Etcd => {
+                let ch = self.leader.clone();
+                let granted = etcd::lease_client::LeaseClient::new(ch.clone())
+                    .lease_grant(etcd::LeaseGrantRequest { ttl, id: 0 })
+                    .await?
+                    .into_inner();
+                if !granted.error.is_empty() {
+                    bail!("etcd lease grant: {}", granted.error);
+                }
+                etcd::kv_client::KvClient::new(ch)
+                    .put(etcd::PutRequest {
+                        key,
+                        value,
+                        lease: granted.id,
+                    })
+                    .await?;
+                granted.id
+            }
+        };
+        self.keepalives.send(id).await?;
+        match self.answers.next().await {
+            Some(Ok(ttl)) if ttl > 0 => Ok(()),
+            Some(Ok(_)) => bail!("lease {id} was gone at its first keepalive"),
+            Some(Err(e)) => Err(e),
+            None => bail!("the keepalive stream ended"),
         }
     }
 }

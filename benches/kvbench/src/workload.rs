@@ -46,6 +46,9 @@ pub enum Workload {
     Watch,
     /// Load `--keys` keys, then read the servers' resident memory.
     Memory,
+    /// Grant a lease (TTL `--lease-ttl`), put a key with it, keep it alive once on the
+    /// client's keepalive stream; latency is of the three together.
+    Lease,
 }
 
 impl Workload {
@@ -58,6 +61,7 @@ impl Workload {
             Workload::Mixed => "mixed",
             Workload::Watch => "watch",
             Workload::Memory => "memory",
+            Workload::Lease => "lease",
         }
     }
 }
@@ -85,6 +89,9 @@ pub struct Spec {
     /// Total puts per second feeding the watchers.
     #[arg(long, default_value_t = 500)]
     pub watch_rate: u32,
+    /// TTL of the leases the `lease` workload grants, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub lease_ttl: i64,
     /// Server processes whose CPU time and resident memory are recorded.
     #[arg(long, value_delimiter = ',')]
     pub server_pids: Vec<u32>,
@@ -218,7 +225,7 @@ pub async fn run(backend: Backend, spec: Spec) -> anyhow::Result<Record> {
     match spec.workload {
         Workload::Watch => return run_watch(backend, spec).await,
         Workload::Memory => return run_memory(backend, spec).await,
-        Workload::Put => {}
+        Workload::Put | Workload::Lease => {}
         _ => preload(&backend, spec.keys, spec.value_size).await?,
     }
     let bar = progress(&spec, format!("{} x{}", spec.workload.name(), spec.clients));
@@ -236,6 +243,10 @@ pub async fn run(backend: Backend, spec: Spec) -> anyhow::Result<Record> {
                 let mut hist = histogram();
                 let (mut errors, mut first_error) = (0, None);
                 let mut seq = 0u64;
+                let mut leases = match spec.workload {
+                    Workload::Lease => Some(backend.lease_client(client).await?),
+                    _ => None,
+                };
                 loop {
                     let began = Instant::now();
                     if began >= end {
@@ -248,7 +259,10 @@ pub async fn run(backend: Backend, spec: Spec) -> anyhow::Result<Record> {
                         Workload::Mixed => fastrand::bool(),
                         _ => false,
                     };
-                    let result = if write {
+                    let result = if let Some(leases) = &mut leases {
+                        let value = value(spec.value_size, client, seq);
+                        leases.cycle(spec.lease_ttl, key(i), value).await
+                    } else if write {
                         backend
                             .put(client, key(i), value(spec.value_size, client, seq))
                             .await
@@ -279,12 +293,13 @@ pub async fn run(backend: Backend, spec: Spec) -> anyhow::Result<Record> {
                     }
                 }
                 tally.lock().await.merge(&hist, errors, first_error);
+                anyhow::Ok(())
             })
         })
         .collect();
     let ticker = tick(bar.clone(), start, done.clone());
     for c in clients {
-        c.await?;
+        c.await??;
     }
     ticker.abort();
     bar.finish_and_clear();
