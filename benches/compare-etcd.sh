@@ -8,6 +8,8 @@
 #
 # Options: --only WORKLOAD (repeatable: run just these workloads, e.g. get-linearizable),
 # --repeats N, --duration S, --memory-keys N (0 skips the memory comparison),
+# --lease-keys N (leases granted, each with a key, then left to expire together: memory and
+# how late the last one ends; 0 skips it),
 # --threads-per-member N (default: the machine's cores / 3, at least 1; 0 leaves both runtimes
 # at their defaults). The 3 members of each system share this machine's cores, so each is
 # given its share, as a CPU limit would in a pod: `ORDKV_WORKER_THREADS` for ordkv,
@@ -21,16 +23,17 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$ROOT/target/bench
-QUICK=0 REPEATS=3 DURATION=10 WARMUP=2 KEYS=10000 MEMORY_KEYS=1000000
+QUICK=0 REPEATS=3 DURATION=10 WARMUP=2 KEYS=10000 MEMORY_KEYS=1000000 LEASE_KEYS=100000
 THREADS=$(( $(nproc) / 3 )); [ "$THREADS" -ge 1 ] || THREADS=1
 ONLY=() TLS=0
 while [ $# -gt 0 ]; do
     case $1 in
-        --quick) QUICK=1; REPEATS=1 DURATION=2 WARMUP=1 KEYS=2000 MEMORY_KEYS=0 ;;
+        --quick) QUICK=1; REPEATS=1 DURATION=2 WARMUP=1 KEYS=2000 MEMORY_KEYS=0 LEASE_KEYS=0 ;;
         --only) ONLY+=("$2"); shift ;;
         --repeats) REPEATS=$2; shift ;;
         --duration) DURATION=$2; shift ;;
         --memory-keys) MEMORY_KEYS=$2; shift ;;
+        --lease-keys) LEASE_KEYS=$2; shift ;;
         --threads-per-member) THREADS=$2; shift ;;
         --tls) TLS=1 ;;
         *) echo "unknown option $1 (see the comment at the top of $0)" >&2; exit 2 ;;
@@ -45,12 +48,21 @@ else
                "range 64" "mixed 64" "watch 100" "lease 64")
 fi
 if [ ${#ONLY[@]} -gt 0 ]; then
-    chosen=()
+    # `--only memory` and `--only lease-expiry` keep those one-off runs; any other name picks
+    # workloads from the list.
+    chosen=() keep_memory=0 keep_leases=0
+    for o in "${ONLY[@]}"; do
+        [ "$o" = memory ] && keep_memory=1
+        [ "$o" = lease-expiry ] && keep_leases=1
+    done
     for w in "${WORKLOADS[@]}"; do
         for o in "${ONLY[@]}"; do [ "${w%% *}" = "$o" ] && chosen+=("$w"); done
     done
-    [ ${#chosen[@]} -gt 0 ] || { echo "--only ${ONLY[*]}: no such workload in: ${WORKLOADS[*]}" >&2; exit 2; }
-    WORKLOADS=("${chosen[@]}") MEMORY_KEYS=0
+    [ $(( ${#chosen[@]} + keep_memory + keep_leases )) -gt 0 ] ||
+        { echo "--only ${ONLY[*]}: no such workload in: ${WORKLOADS[*]} memory lease-expiry" >&2; exit 2; }
+    WORKLOADS=(${chosen[@]+"${chosen[@]}"})
+    [ $keep_memory = 1 ] || MEMORY_KEYS=0
+    [ $keep_leases = 1 ] || LEASE_KEYS=0
 fi
 
 log() { printf '%s  %s\n' "$(date +%T)" "$*" >&2; }
@@ -171,9 +183,9 @@ log "measuring fdatasync in $DATA and the loopback round trip"
 
 # --- the workloads, alternating which system goes first ---------------------------------------
 for rep in $(seq "$REPEATS"); do
-    for w in "${WORKLOADS[@]}"; do
+    order=(ordkv etcd); [ $((rep % 2)) = 0 ] && order=(etcd ordkv)
+    for w in ${WORKLOADS[@]+"${WORKLOADS[@]}"}; do
         read -r workload clients <<<"$w"
-        order=(ordkv etcd); [ $((rep % 2)) = 0 ] && order=(etcd ordkv)
         for backend in "${order[@]}"; do
             log "repeat $rep/$REPEATS: $backend $workload x$clients"
             bench "$backend" "$rep-$workload-$clients" --workload "$workload" --clients "$clients" \
@@ -184,6 +196,13 @@ for rep in $(seq "$REPEATS"); do
         for backend in "${order[@]}"; do
             log "$backend: resident memory after loading $MEMORY_KEYS keys"
             bench "$backend" memory --workload memory --keys "$MEMORY_KEYS" --clients 64 --quiet
+        done
+    fi
+    if [ "$LEASE_KEYS" -gt 0 ] && [ "$rep" = 1 ]; then
+        for backend in "${order[@]}"; do
+            log "$backend: $LEASE_KEYS leases with a key each, then their expiry"
+            bench "$backend" lease-expiry --workload lease-expiry --keys "$LEASE_KEYS" \
+                --lease-ttl 10 --clients 64 --quiet
         done
     fi
 done

@@ -287,6 +287,45 @@ async fn grants_decide_who_reads_writes_and_administers() {
     }
     assert!(wrong.is_empty(), "{}\n{}", wrong.join("\n"), c.logs());
 
+    // Leases: any known identity grants one; revoking deletes its keys, so it needs write
+    // access to each of them.
+    use ordkv_proto::v1::lease_client::LeaseClient;
+    use ordkv_proto::v1::{LeaseGrantRequest, LeaseRevokeRequest};
+    let app_channel = channel(&addr, &ca_pem, Caller::Cert(&app));
+    let viewer = Caller::Token("viewer-token");
+    let lease = LeaseClient::new(channel(&addr, &ca_pem, viewer))
+        .lease_grant(request(LeaseGrantRequest { ttl: 30, id: 0 }, viewer))
+        .await
+        .expect("a viewer may grant a lease")
+        .into_inner()
+        .id;
+    KvClient::new(app_channel.clone())
+        .put(PutRequest {
+            lease,
+            ..put("app/leased")
+        })
+        .await
+        .expect("app puts a key on the lease");
+    let refused = LeaseClient::new(channel(&addr, &ca_pem, viewer))
+        .lease_revoke(request(LeaseRevokeRequest { id: lease }, viewer))
+        .await
+        .expect_err("a viewer revoked a lease holding app's key");
+    assert_eq!(refused.code(), denied, "{refused:?}");
+    assert!(
+        refused.message().contains("app/leased"),
+        "{}",
+        refused.message()
+    );
+    let anonymous = LeaseClient::new(channel(&addr, &ca_pem, Caller::Anonymous))
+        .lease_grant(LeaseGrantRequest { ttl: 30, id: 0 })
+        .await
+        .expect_err("an anonymous grant");
+    assert_eq!(anonymous.code(), unauth, "{anonymous:?}");
+    LeaseClient::new(app_channel)
+        .lease_revoke(LeaseRevokeRequest { id: lease })
+        .await
+        .expect("app revokes the lease of its own key");
+
     // A denial names the identity and the keys.
     let err = KvClient::new(channel(&addr, &ca_pem, Caller::Cert(&app)))
         .put(put("other/x"))

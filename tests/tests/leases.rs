@@ -412,7 +412,7 @@ async fn locks_stay_exclusive_and_fenced_while_members_and_holders_fail() {
                     .client
                     .txn(TxnRequest {
                         compare: vec![
-                            guard.is_held_txn(),
+                            guard.still_held(),
                             Compare {
                                 result: compare::Result::Less as i32,
                                 key: b(REGISTER),
@@ -930,4 +930,95 @@ async fn the_cli_grants_leases_runs_commands_under_a_lock_and_elects() {
         "",
         "the leader key outlived the resign"
     );
+}
+
+/// Leases travel in snapshots: a member wiped and re-seeded by a snapshot install knows every
+/// lease and its keys (the index rebuilt from the keys' records); made leader, it answers
+/// time-to-live questions, revokes with the keys, and keeps a live session's lease alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_survive_a_snapshot_install_and_its_member_leading() {
+    use ordkv_proto::v1::{LeaseGrantRequest, LeaseTimeToLiveRequest};
+    let mut c = Cluster::start(3, &["--snapshot-every", "50"]).await;
+    let client = client(&c, &[0, 1, 2]).await;
+    let session = Session::new(client.clone(), 3).await.expect("session");
+    put_leased(&client, "snap/kept", session.lease()).await;
+    let doomed = client
+        .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
+        .await
+        .expect("grant")
+        .id;
+    put_leased(&client, "snap/doomed-1", doomed).await;
+    put_leased(&client, "snap/doomed-2", doomed).await;
+    for i in 0..200 {
+        client
+            .put_value(format!("filler/{i}"), "x")
+            .await
+            .expect("filler");
+    }
+    let leader = c.leader().await;
+    let f = (leader + 1) % 3;
+    c.wipe(f).await;
+    assert!(
+        c.node(f).current_log().contains("installed snapshot"),
+        "kv-{f} did not install a snapshot:\n{}",
+        c.node(f).current_log()
+    );
+    c.wait_until(
+        &format!("kv-{f} has the leased keys"),
+        Duration::from_secs(20),
+        || async {
+            match value_on(&c, f, "snap/doomed-2").await {
+                Some(_) => Ok(()),
+                None => Err("missing".to_string()),
+            }
+        },
+    )
+    .await;
+    client.transfer_leader(f as u32).await.expect("transfer");
+    c.wait_until(
+        &format!("kv-{f} leads"),
+        Duration::from_secs(20),
+        || async {
+            let now = c.leader().await;
+            if now == f {
+                Ok(())
+            } else {
+                Err(format!("kv-{now} leads"))
+            }
+        },
+    )
+    .await;
+    let ttl = client
+        .lease_time_to_live(LeaseTimeToLiveRequest {
+            id: doomed,
+            keys: true,
+        })
+        .await
+        .expect("time to live");
+    assert_eq!(ttl.granted_ttl, 60);
+    assert_eq!(ttl.keys, vec![b("snap/doomed-1"), b("snap/doomed-2")]);
+    assert_eq!(
+        client.lease_revoke(doomed).await.expect("revoke").deleted,
+        2
+    );
+    for i in 0..3 {
+        c.wait_until(
+            &format!("kv-{i} lost the revoked keys"),
+            Duration::from_secs(10),
+            || async {
+                match value_on(&c, i, "snap/doomed-1").await {
+                    None => Ok(()),
+                    Some(_) => Err("still there".to_string()),
+                }
+            },
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!session.is_lost(), "the session was lost");
+    assert!(
+        value_on(&c, f, "snap/kept").await.is_some(),
+        "a kept-alive key ended"
+    );
+    session.close().await.expect("close");
 }

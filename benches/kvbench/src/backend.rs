@@ -260,20 +260,28 @@ pub struct LeaseClient {
     kind: Kind,
     leader: Channel,
     keepalives: mpsc::Sender<i64>,
-    answers: std::pin::Pin<Box<dyn Stream<Item = anyhow::Result<i64>> + Send>>,
+    /// The keepalive call, opened at the first keepalive: a server may send its response
+    /// headers only once the first message arrived (etcd does), so the call cannot be
+    /// awaited before something is sent.
+    opening: Option<futures::future::BoxFuture<'static, anyhow::Result<Answers>>>,
+    answers: Option<Answers>,
 }
 
+type Answers = std::pin::Pin<Box<dyn Stream<Item = anyhow::Result<i64>> + Send>>;
+
 impl Backend {
-    /// Opens client `client`'s keepalive stream to the leader.
-    pub async fn lease_client(&self, client: usize) -> anyhow::Result<LeaseClient> {
+    /// Client `client`'s keepalive stream to the leader (opened at its first keepalive).
+    pub fn lease_client(&self, client: usize) -> LeaseClient {
         let ch = self.leader[client % self.leader.len()].clone();
         let (tx, rx) = mpsc::channel::<i64>(1);
-        let answers: std::pin::Pin<Box<dyn Stream<Item = anyhow::Result<i64>> + Send>> =
-            match self.kind {
+        let kind = self.kind;
+        let call = ch.clone();
+        let opening = async move {
+            let answers: Answers = match kind {
                 Kind::Ordkv => {
                     let requests = ReceiverStream::new(rx)
                         .map(|id| ordkv_proto::LeaseKeepAliveRequest { id: id as u64 });
-                    let stream = ordkv_proto::lease_client::LeaseClient::new(ch.clone())
+                    let stream = ordkv_proto::lease_client::LeaseClient::new(call)
                         .lease_keep_alive(requests)
                         .await?
                         .into_inner();
@@ -282,18 +290,44 @@ impl Backend {
                 Kind::Etcd => {
                     let requests =
                         ReceiverStream::new(rx).map(|id| etcd::LeaseKeepAliveRequest { id });
-                    let stream = etcd::lease_client::LeaseClient::new(ch.clone())
+                    let stream = etcd::lease_client::LeaseClient::new(call)
                         .lease_keep_alive(requests)
                         .await?
                         .into_inner();
                     Box::pin(stream.map(|r| Ok(r?.ttl)))
                 }
             };
-        Ok(LeaseClient {
-            kind: self.kind,
+            Ok(answers)
+        };
+        LeaseClient {
+            kind,
             leader: ch,
             keepalives: tx,
-            answers,
+            opening: Some(Box::pin(opening)),
+            answers: None,
+        }
+    }
+}
+
+impl Backend {
+    /// How many leases the cluster holds (asked of the leader).
+    pub async fn lease_count(&self) -> anyhow::Result<usize> {
+        let ch = self.leader[0].clone();
+        Ok(match self.kind {
+            Kind::Ordkv => ordkv_proto::lease_client::LeaseClient::new(ch)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .lease_leases(ordkv_proto::LeaseLeasesRequest {})
+                .await?
+                .into_inner()
+                .leases
+                .len(),
+            Kind::Etcd => etcd::lease_client::LeaseClient::new(ch)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .lease_leases(etcd::LeaseLeasesRequest {})
+                .await?
+                .into_inner()
+                .leases
+                .len(),
         })
     }
 }
@@ -339,7 +373,11 @@ impl LeaseClient {
             }
         };
         self.keepalives.send(id).await?;
-        match self.answers.next().await {
+        if let Some(opening) = self.opening.take() {
+            self.answers = Some(opening.await?);
+        }
+        let answers = self.answers.as_mut().expect("opened above");
+        match answers.next().await {
             Some(Ok(ttl)) if ttl > 0 => Ok(()),
             Some(Ok(_)) => bail!("lease {id} was gone at its first keepalive"),
             Some(Err(e)) => Err(e),

@@ -31,6 +31,8 @@ pub struct Row {
     pub etcd_cpu_us_per_op: Option<f64>,
     pub ordkv_rss_mb: Option<f64>,
     pub etcd_rss_mb: Option<f64>,
+    pub ordkv_expiry_delay_ms: Option<f64>,
+    pub etcd_expiry_delay_ms: Option<f64>,
     pub ordkv_errors: u64,
     pub etcd_errors: u64,
     pub repeats: usize,
@@ -89,6 +91,8 @@ pub fn rows(lines: &[Line]) -> Vec<Row> {
                 etcd_cpu_us_per_op: median_of(&e, |r| r.cpu_us_per_op),
                 ordkv_rss_mb: median_of(&o, |r| r.rss_mb),
                 etcd_rss_mb: median_of(&e, |r| r.rss_mb),
+                ordkv_expiry_delay_ms: median_of(&o, |r| r.expiry_delay_ms),
+                etcd_expiry_delay_ms: median_of(&e, |r| r.expiry_delay_ms),
                 ordkv_errors: o.iter().map(|r| r.errors).sum(),
                 etcd_errors: e.iter().map(|r| r.errors).sum(),
                 repeats: o.len().min(e.len()),
@@ -133,6 +137,16 @@ pub fn table(rows: &[Row], lines: &[Line]) -> String {
             opt(oc, 0),
             opt(ec, 0),
             ratio(oc.unwrap_or(f64::NAN), ec.unwrap_or(f64::NAN)),
+        );
+    }
+    for r in rows.iter().filter(|r| r.workload == "lease-expiry") {
+        let _ = writeln!(
+            out,
+            "\nLeases expiring together: the last was gone {} ms (ordkv) and {} ms (etcd) after its deadline; resident memory per node with them live: ordkv {} MiB, etcd {} MiB.",
+            opt(r.ordkv_expiry_delay_ms, 0),
+            opt(r.etcd_expiry_delay_ms, 0),
+            opt(r.ordkv_rss_mb, 0),
+            opt(r.etcd_rss_mb, 0),
         );
     }
     for r in rows.iter().filter(|r| r.workload == "memory") {

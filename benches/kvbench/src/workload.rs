@@ -49,6 +49,10 @@ pub enum Workload {
     /// Grant a lease (TTL `--lease-ttl`), put a key with it, keep it alive once on the
     /// client's keepalive stream; latency is of the three together.
     Lease,
+    /// Grant `--keys` leases of `--lease-ttl` with a key each (as `lease`), read the servers'
+    /// memory, then let them all expire: `expiry_delay_ms` is how long after the last
+    /// lease's deadline the last one was gone.
+    LeaseExpiry,
 }
 
 impl Workload {
@@ -62,6 +66,7 @@ impl Workload {
             Workload::Watch => "watch",
             Workload::Memory => "memory",
             Workload::Lease => "lease",
+            Workload::LeaseExpiry => "lease-expiry",
         }
     }
 }
@@ -130,6 +135,9 @@ pub struct Record {
     /// Mean resident memory per server process at the end, in MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rss_mb: Option<f64>,
+    /// `lease-expiry`: from the last lease's deadline until no lease was left, in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiry_delay_ms: Option<f64>,
 }
 
 pub fn key(i: u64) -> Bytes {
@@ -225,6 +233,7 @@ pub async fn run(backend: Backend, spec: Spec) -> anyhow::Result<Record> {
     match spec.workload {
         Workload::Watch => return run_watch(backend, spec).await,
         Workload::Memory => return run_memory(backend, spec).await,
+        Workload::LeaseExpiry => return run_lease_expiry(backend, spec).await,
         Workload::Put | Workload::Lease => {}
         _ => preload(&backend, spec.keys, spec.value_size).await?,
     }
@@ -244,7 +253,7 @@ pub async fn run(backend: Backend, spec: Spec) -> anyhow::Result<Record> {
                 let (mut errors, mut first_error) = (0, None);
                 let mut seq = 0u64;
                 let mut leases = match spec.workload {
-                    Workload::Lease => Some(backend.lease_client(client).await?),
+                    Workload::Lease => Some(backend.lease_client(client)),
                     _ => None,
                 };
                 loop {
@@ -407,6 +416,82 @@ async fn run_memory(backend: Backend, spec: Spec) -> anyhow::Result<Record> {
         first_error: None,
         cpu_us_per_op: None,
         rss_mb: procstat::mean_rss_mb(&spec.server_pids),
+        expiry_delay_ms: None,
+    })
+}
+
+async fn run_lease_expiry(backend: Backend, spec: Spec) -> anyhow::Result<Record> {
+    if !spec.quiet {
+        eprintln!(
+            "granting {} leases of {} s, a key each...",
+            spec.keys, spec.lease_ttl
+        );
+    }
+    let next = Arc::new(AtomicU64::new(0));
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let started = Instant::now();
+    let clients: Vec<_> = (0..spec.clients.max(1))
+        .map(|client| {
+            let (backend, spec, next, tally) =
+                (backend.clone(), spec.clone(), next.clone(), tally.clone());
+            tokio::spawn(async move {
+                let mut leases = backend.lease_client(client);
+                let mut hist = histogram();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= spec.keys {
+                        break;
+                    }
+                    let began = Instant::now();
+                    leases
+                        .cycle(spec.lease_ttl, key(i), value(spec.value_size, client, i))
+                        .await
+                        .with_context(|| format!("lease {i}"))?;
+                    hist.saturating_record(began.elapsed().as_micros() as u64);
+                }
+                tally.lock().await.merge(&hist, 0, None);
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await??;
+    }
+    let granted = Instant::now();
+    let rate = spec.keys as f64 / started.elapsed().as_secs_f64();
+    let rss_mb = procstat::mean_rss_mb(&spec.server_pids);
+    if !spec.quiet {
+        eprintln!("granted at {rate:.0}/s; waiting for them to expire...");
+    }
+    let last_deadline = granted + Duration::from_secs(spec.lease_ttl.max(0) as u64);
+    let give_up = last_deadline + Duration::from_secs(300);
+    let expiry_delay_ms = loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if backend.lease_count().await? == 0 {
+            let now = Instant::now();
+            break now.saturating_duration_since(last_deadline).as_secs_f64() * 1000.0;
+        }
+        anyhow::ensure!(
+            Instant::now() < give_up,
+            "leases still live 300 s after their TTL"
+        );
+    };
+    let tally = std::mem::take(&mut *tally.lock().await);
+    let hist = tally.hist.unwrap_or_else(histogram);
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    Ok(Record {
+        backend: backend.kind(),
+        workload: Workload::LeaseExpiry,
+        clients: spec.clients,
+        ops: rate,
+        p50_ms: ms(0.5),
+        p99_ms: ms(0.99),
+        p999_ms: ms(0.999),
+        errors: 0,
+        first_error: None,
+        cpu_us_per_op: None,
+        rss_mb,
+        expiry_delay_ms: Some(expiry_delay_ms),
     })
 }
 
@@ -453,5 +538,6 @@ async fn record(
         first_error: tally.first_error,
         cpu_us_per_op,
         rss_mb: procstat::mean_rss_mb(&spec.server_pids),
+        expiry_delay_ms: None,
     }
 }

@@ -126,6 +126,12 @@ impl Txn {
         self.compare(key.into(), compare::Target::Version(0))
     }
 
+    /// Holds if `compare` holds (e.g. a lock guard's `still_held()`).
+    pub fn if_compare(mut self, compare: Compare) -> Txn {
+        self.0.compare.push(compare);
+        self
+    }
+
     /// Holds if `key` was last modified at `revision` (0: it does not exist).
     pub fn if_mod_revision(self, key: impl Into<Bytes>, revision: u64) -> Txn {
         self.compare(key.into(), compare::Target::ModRevision(revision))

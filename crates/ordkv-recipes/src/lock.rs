@@ -12,7 +12,7 @@ use crate::{Backend, Error, Result, Session, contender_key, create_or_get, store
 /// The lock alone cannot stop a holder that was paused past its lease from acting on what
 /// the lock protects: pass [`LockGuard::fencing_token`] along with every write, and have the
 /// protected resource refuse tokens older than the newest it saw (with ordkv itself: a Txn
-/// comparing the token, see [`LockGuard::is_held_txn`]).
+/// comparing the token, see [`LockGuard::still_held`]).
 pub struct Lock<B: Backend> {
     session: Session<B>,
     prefix: Bytes,
@@ -39,7 +39,7 @@ impl LockGuard {
     }
 
     /// A compare that holds only while this guard still holds the lock, to put in a Txn.
-    pub fn is_held_txn(&self) -> ordkv_proto::v1::Compare {
+    pub fn still_held(&self) -> ordkv_proto::v1::Compare {
         ordkv_proto::v1::Compare {
             result: ordkv_proto::v1::compare::Result::Equal as i32,
             key: self.key.clone(),

@@ -357,26 +357,26 @@ pub(crate) fn execute(
             resp.result = Some(R::Compact(pb::CompactResponse::default()));
         }
         Some(Op::LeaseGrant(g)) => resp = grant(ov, fx, &g)?,
+        Some(Op::LeaseRevoke(r)) if !r.expired_ids.is_empty() => {
+            let mut deleted = 0;
+            for id in r.expired_ids {
+                if ov.lease(id)?.is_some() {
+                    deleted += end_lease(ov, fx, id, next)?;
+                }
+            }
+            if deleted > 0 {
+                fx.revision = next;
+            }
+            resp.result = Some(R::LeaseRevoke(pb::LeaseRevokeResponse {
+                header: None,
+                deleted,
+            }));
+        }
         Some(Op::LeaseRevoke(r)) => {
             if ov.lease(r.id)?.is_none() {
                 resp = lease_not_found(r.id);
             } else {
-                let keys = ov.lease_keys(r.id)?;
-                let mut deleted = 0;
-                for key in keys {
-                    let d = delete(
-                        ov,
-                        fx,
-                        &crate::pb::DeleteRequest {
-                            key,
-                            ..Default::default()
-                        },
-                        next,
-                    )?;
-                    deleted += d.deleted;
-                }
-                ov.lease_changes.insert(r.id, None);
-                fx.lease_changes.push(LeaseChange::Ended { id: r.id });
+                let deleted = end_lease(ov, fx, r.id, next)?;
                 if deleted > 0 {
                     fx.revision = next;
                 }
@@ -390,6 +390,21 @@ pub(crate) fn execute(
     }
     resp.revision = fx.revision;
     Ok(resp)
+}
+
+/// Deletes lease `id`'s keys at revision `rev` and the lease; returns how many keys.
+fn end_lease(ov: &mut Overlay<'_>, fx: &mut Effects<'_>, id: u64, rev: u64) -> io::Result<u64> {
+    let mut deleted = 0;
+    for key in ov.lease_keys(id)? {
+        let one = pb::DeleteRequest {
+            key,
+            ..Default::default()
+        };
+        deleted += delete(ov, fx, &one, rev)?.deleted;
+    }
+    ov.lease_changes.insert(id, None);
+    fx.lease_changes.push(LeaseChange::Ended { id });
+    Ok(deleted)
 }
 
 fn grant(

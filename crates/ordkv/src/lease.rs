@@ -52,8 +52,12 @@ pub const LEASE_REVOKE_DELAY: &str = "ordkv_lease_expiry_delay_seconds";
 
 /// How often the leader looks for leases past their deadline.
 const TICK: Duration = Duration::from_millis(100);
-/// Expiry revokes proposed at once.
-const MAX_REVOKES_IN_FLIGHT: usize = 64;
+/// Leases one expiry entry revokes at most.
+const REVOKE_BATCH: usize = 1000;
+/// Expiry entries proposed at once.
+const REVOKES_IN_FLIGHT: usize = 4;
+/// A gap between ticks longer than this means the task did not run (a paused process).
+const STALL: Duration = Duration::from_secs(1);
 
 /// The leader's countdowns, and the task that ends expired leases.
 pub(crate) struct LeaseClock {
@@ -218,6 +222,12 @@ impl LeaseClock {
                 }
                 *self.countdowns() = Countdowns::default();
                 self.loaded.send_replace(0);
+                // Still leading in this term means the leases could not be read: not in a
+                // tight loop.
+                let m = self.replica.metrics();
+                if m.state == openraft::ServerState::Leader && m.current_term == term {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
                 continue;
             }
             tokio::select! {
@@ -273,8 +283,10 @@ impl LeaseClock {
         }
         self.loaded.send_replace(term);
         let mut metrics = self.replica.raft.metrics();
-        let mut revokes: JoinSet<(u64, Instant, Result<()>)> = JoinSet::new();
+        let mut revokes: JoinSet<(Vec<(u64, Instant)>, Result<pb::CommandResponse>)> =
+            JoinSet::new();
         let mut tick = tokio::time::interval(TICK);
+        let mut last_tick = Instant::now();
         loop {
             tokio::select! {
                 changed = metrics.changed() => {
@@ -299,25 +311,36 @@ impl LeaseClock {
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 Some(done) = revokes.join_next() => {
-                    if let Ok((id, deadline, result)) = done {
-                        self.revoked(id, deadline, result);
+                    if let Ok((batch, result)) = done {
+                        self.revoked(batch, result);
                     }
                 }
                 _ = tick.tick() => {
+                    let now = Instant::now();
+                    if now - last_tick > STALL {
+                        // If another member was elected meanwhile, the expiries proposed now
+                        // are in a stale term and never commit.
+                        tracing::warn!(stalled = ?(now - last_tick), "the lease clock did not run for a while (a paused or starved process)");
+                    }
+                    last_tick = now;
                     metrics::gauge!(LEASES_LIVE).set(self.replica.sm.lease_count() as f64);
-                    let room = MAX_REVOKES_IN_FLIGHT.saturating_sub(revokes.len());
-                    for (id, deadline) in self.due(room) {
+                    while revokes.len() < REVOKES_IN_FLIGHT {
+                        let batch = self.due(REVOKE_BATCH);
+                        if batch.is_empty() {
+                            break;
+                        }
                         let writer = self.writer.clone();
                         revokes.spawn(async move {
                             let cmd = pb::Command {
                                 op: Some(pb::command::Op::LeaseRevoke(pb::LeaseRevokeCommand {
-                                    id,
+                                    id: 0,
                                     expired: true,
+                                    expired_ids: batch.iter().map(|(id, _)| *id).collect(),
                                 })),
                             };
                             // Here only: an expiry is this leader's decision, never forwarded.
-                            let result = writer.write_here(cmd).await.map(|_| ());
-                            (id, deadline, result)
+                            let result = writer.write_here(cmd).await;
+                            (batch, result)
                         });
                     }
                 }
@@ -325,45 +348,43 @@ impl LeaseClock {
         }
     }
 
-    /// Up to `room` leases past their deadline, now marked as expiring.
+    /// Up to `room` leases past their deadline, now marked as expiring, with their deadlines.
     fn due(&self, room: usize) -> Vec<(u64, Instant)> {
         let now = Instant::now();
         let mut c = self.countdowns();
-        let mut due = Vec::new();
-        let mut late = Duration::ZERO;
-        for (id, countdown) in c.leases.iter_mut() {
-            if due.len() == room {
-                break;
-            }
-            if !countdown.expiring && countdown.deadline <= now {
-                late = late.max(now - countdown.deadline);
+        c.leases
+            .iter_mut()
+            .filter(|(_, countdown)| !countdown.expiring && countdown.deadline <= now)
+            .take(room)
+            .map(|(id, countdown)| {
                 countdown.expiring = true;
-                due.push((*id, countdown.deadline));
-            }
-        }
-        if late > Duration::from_secs(1) {
-            // This task did not run for a while: a paused or starved process. If another
-            // member was elected meanwhile, these proposals are in a stale term and fail.
-            tracing::warn!(leases = due.len(), late = ?late, "expiring leases well after their deadline");
-        }
-        due
+                (*id, countdown.deadline)
+            })
+            .collect()
     }
 
-    fn revoked(&self, id: u64, deadline: Instant, result: Result<()>) {
+    fn revoked(&self, batch: Vec<(u64, Instant)>, result: Result<pb::CommandResponse>) {
+        let mut c = self.countdowns();
         match result {
-            Ok(()) => {
-                metrics::counter!(LEASE_EXPIRIES).increment(1);
-                metrics::histogram!(LEASE_REVOKE_DELAY).record(deadline.elapsed().as_secs_f64());
-                tracing::debug!(lease = id, "lease expired");
+            Ok(_) => {
+                metrics::counter!(LEASE_EXPIRIES).increment(batch.len() as u64);
+                let delay = metrics::histogram!(LEASE_REVOKE_DELAY);
+                for (id, deadline) in &batch {
+                    delay.record(deadline.elapsed().as_secs_f64());
+                    // Ended now, or before (revoked meanwhile: the entry skipped it).
+                    c.leases.remove(id);
+                }
+                tracing::debug!(leases = batch.len(), "leases expired");
             }
             Err(e) => {
-                // Not found: revoked meanwhile. Otherwise try again at the next tick (if
-                // this member still leads then).
-                if let Some(c) = self.countdowns().leases.get_mut(&id) {
-                    c.expiring = false;
+                // Try again at the next tick, if this member still leads then.
+                for (id, _) in &batch {
+                    if let Some(countdown) = c.leases.get_mut(id) {
+                        countdown.expiring = false;
+                    }
                 }
-                if !matches!(e, Error::NotFound(_) | Error::NotLeader { .. }) {
-                    tracing::warn!(lease = id, error = %e, "proposing a lease's expiry failed; trying again");
+                if !matches!(e, Error::NotLeader { .. }) {
+                    tracing::warn!(leases = batch.len(), error = %e, "proposing leases' expiry failed; trying again");
                 }
             }
         }

@@ -16,7 +16,7 @@ fn revoke(id: u64) -> pb::Command {
     pb::Command {
         op: Some(Op::LeaseRevoke(pb::LeaseRevokeCommand {
             id,
-            expired: true,
+            ..Default::default()
         })),
     }
 }
@@ -194,6 +194,37 @@ fn a_revoke_deletes_the_lease_keys_in_one_revision_that_watchers_see() {
     let r = s.apply(revoke(other));
     assert_eq!((revoked(&r), r.revision), (0, 6));
     assert!(s.sm.leases().unwrap().0.is_empty());
+}
+
+/// The leader's expiry revokes many leases in one entry: their keys all go at one revision,
+/// and leases revoked meanwhile are skipped.
+#[test]
+fn an_expiry_entry_ends_many_leases_at_one_revision() {
+    let mut s = Store::new();
+    let a = granted(&s.apply(grant(10, 0)));
+    let b = granted(&s.apply(grant(10, 0)));
+    let kept = granted(&s.apply(grant(10, 0)));
+    s.apply(put_leased("a/1", "1", a));
+    s.apply(put_leased("a/2", "1", a));
+    s.apply(put_leased("b/1", "1", b));
+    s.apply(put_leased("kept", "1", kept));
+    let mut rx = s.sm.subscribe_leases().unwrap().changes;
+    let r = s.apply(pb::Command {
+        op: Some(Op::LeaseRevoke(pb::LeaseRevokeCommand {
+            id: 0,
+            expired: true,
+            expired_ids: vec![a, 999, b],
+        })),
+    });
+    assert_eq!((revoked(&r), r.revision), (3, 5));
+    assert!(r.error.is_empty(), "{}", r.error);
+    assert_eq!(keys(&s.all()), ["kept"]);
+    assert_eq!(
+        *rx.try_recv().unwrap().unwrap(),
+        [LeaseChange::Ended { id: a }, LeaseChange::Ended { id: b }]
+    );
+    assert_eq!(s.sm.leases().unwrap().0, [(kept, 10)]);
+    assert_eq!(s.sm.lease_count(), 1);
 }
 
 #[test]

@@ -30,7 +30,10 @@ impl Kv {
     /// Revokes lease `id` and deletes its keys in one revision ([`Error::NotFound`] when
     /// there is no such lease).
     pub async fn lease_revoke(&self, id: u64) -> Result<pb::LeaseRevokeResponse> {
-        let op = pb::command::Op::LeaseRevoke(pb::LeaseRevokeCommand { id, expired: false });
+        let op = pb::command::Op::LeaseRevoke(pb::LeaseRevokeCommand {
+            id,
+            ..Default::default()
+        });
         let (resp, header) = self.command(op).await?;
         match resp.result {
             Some(pb::command_response::Result::LeaseRevoke(mut r)) => {
