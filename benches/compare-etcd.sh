@@ -42,10 +42,10 @@ while [ $# -gt 0 ]; do
 done
 if [ $QUICK = 1 ]; then
     WORKLOADS=("put 1" "put 64" "get-linearizable 64" "get-serializable 64" "range 16" "mixed 64" "watch 100"
-               "lease 64")
+               "lease 64" "keepalive 64")
 else
     WORKLOADS=("put 1" "put 16" "put 64" "put 256" "get-linearizable 256" "get-serializable 256"
-               "range 64" "mixed 64" "watch 100" "lease 64")
+               "range 64" "mixed 64" "watch 100" "lease 64" "keepalive 64")
 fi
 if [ ${#ONLY[@]} -gt 0 ]; then
     # `--only memory` and `--only lease-expiry` keep those one-off runs; any other name picks

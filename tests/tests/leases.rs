@@ -127,7 +127,7 @@ async fn a_killed_clients_keys_end_on_every_member_at_one_revision() {
     for i in 0..3 {
         watches.push(watch_events(&c, i, "dead/", put_revision + 1).await);
     }
-    let mut keeper = std::process::Command::from(cli(&["lease", "keep-alive", &id.to_string()]));
+    let mut keeper = cli(&["lease", "keep-alive", &id.to_string()]);
     let mut keeper = keeper
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -581,6 +581,10 @@ async fn key_lives(c: &Cluster, prefix: &str) -> BTreeMap<String, (u64, u64)> {
     lives
 }
 
+/// One win of the election: (revision, value proclaimed, from, to, session lost or
+/// proclaim refused).
+type Term = (u64, String, Instant, Instant, bool);
+
 /// Three campaigners win in turn while a member is SIGKILLed and restarted; each winner
 /// proclaims a value of its own. Terms never overlap, and an observer sees every winner's
 /// value in the order they won.
@@ -598,7 +602,7 @@ async fn an_election_has_one_leader_at_a_time_and_observers_see_every_change() {
             }
         }
     });
-    let terms: Arc<Mutex<Vec<(u64, String, Instant, Instant, bool)>>> = Default::default();
+    let terms: Arc<Mutex<Vec<Term>>> = Default::default();
     let mut campaigners = Vec::new();
     for who in 0..3usize {
         let client = client(&c, &[who, (who + 1) % 3, (who + 2) % 3]).await;
@@ -890,7 +894,7 @@ async fn the_cli_grants_leases_runs_commands_under_a_lock_and_elects() {
     out.assert_success("a free lock");
 
     // A campaigner leads until stopped; an observer prints the leader's value.
-    let mut leader = std::process::Command::from(cli(&["elect", "primary", "pod-a"]));
+    let mut leader = cli(&["elect", "primary", "pod-a"]);
     let mut leader = leader
         .stdout(std::process::Stdio::piped())
         .spawn()

@@ -333,8 +333,9 @@ impl Backend {
 }
 
 impl LeaseClient {
-    /// Grants a lease of `ttl` seconds, puts `key` with it and keeps it alive once.
-    pub async fn cycle(&mut self, ttl: i64, key: Bytes, value: Bytes) -> anyhow::Result<()> {
+    /// Grants a lease of `ttl` seconds, puts `key` with it and keeps it alive once; returns
+    /// the lease.
+    pub async fn cycle(&mut self, ttl: i64, key: Bytes, value: Bytes) -> anyhow::Result<i64> {
         let id = match self.kind {
             Kind::Ordkv => {
                 let ch = self.leader.clone();
@@ -372,6 +373,12 @@ impl LeaseClient {
                 granted.id
             }
         };
+        self.keep_alive(id).await?;
+        Ok(id)
+    }
+
+    /// One keepalive of lease `id` on this client's stream.
+    pub async fn keep_alive(&mut self, id: i64) -> anyhow::Result<()> {
         self.keepalives.send(id).await?;
         if let Some(opening) = self.opening.take() {
             self.answers = Some(opening.await?);
@@ -379,7 +386,7 @@ impl LeaseClient {
         let answers = self.answers.as_mut().expect("opened above");
         match answers.next().await {
             Some(Ok(ttl)) if ttl > 0 => Ok(()),
-            Some(Ok(_)) => bail!("lease {id} was gone at its first keepalive"),
+            Some(Ok(_)) => bail!("lease {id} was gone at a keepalive"),
             Some(Err(e)) => Err(e),
             None => bail!("the keepalive stream ended"),
         }

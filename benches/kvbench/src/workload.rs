@@ -49,6 +49,8 @@ pub enum Workload {
     /// Grant a lease (TTL `--lease-ttl`), put a key with it, keep it alive once on the
     /// client's keepalive stream; latency is of the three together.
     Lease,
+    /// Each client keeps one lease alive, one keepalive after the other on its stream.
+    Keepalive,
     /// Grant `--keys` leases of `--lease-ttl` with a key each (as `lease`), read the servers'
     /// memory, then let them all expire: `expiry_delay_ms` is how long after the last
     /// lease's deadline the last one was gone.
@@ -66,6 +68,7 @@ impl Workload {
             Workload::Watch => "watch",
             Workload::Memory => "memory",
             Workload::Lease => "lease",
+            Workload::Keepalive => "keepalive",
             Workload::LeaseExpiry => "lease-expiry",
         }
     }
@@ -234,7 +237,7 @@ pub async fn run(backend: Backend, spec: Spec) -> anyhow::Result<Record> {
         Workload::Watch => return run_watch(backend, spec).await,
         Workload::Memory => return run_memory(backend, spec).await,
         Workload::LeaseExpiry => return run_lease_expiry(backend, spec).await,
-        Workload::Put | Workload::Lease => {}
+        Workload::Put | Workload::Lease | Workload::Keepalive => {}
         _ => preload(&backend, spec.keys, spec.value_size).await?,
     }
     let bar = progress(&spec, format!("{} x{}", spec.workload.name(), spec.clients));
@@ -253,7 +256,18 @@ pub async fn run(backend: Backend, spec: Spec) -> anyhow::Result<Record> {
                 let (mut errors, mut first_error) = (0, None);
                 let mut seq = 0u64;
                 let mut leases = match spec.workload {
-                    Workload::Lease => Some(backend.lease_client(client)),
+                    Workload::Lease | Workload::Keepalive => Some(backend.lease_client(client)),
+                    _ => None,
+                };
+                let kept = match (&mut leases, spec.workload) {
+                    (Some(leases), Workload::Keepalive) => {
+                        let value = value(spec.value_size, client, 0);
+                        Some(
+                            leases
+                                .cycle(spec.lease_ttl, key(client as u64), value)
+                                .await?,
+                        )
+                    }
                     _ => None,
                 };
                 loop {
@@ -268,9 +282,11 @@ pub async fn run(backend: Backend, spec: Spec) -> anyhow::Result<Record> {
                         Workload::Mixed => fastrand::bool(),
                         _ => false,
                     };
-                    let result = if let Some(leases) = &mut leases {
+                    let result = if let (Some(leases), Some(id)) = (&mut leases, kept) {
+                        leases.keep_alive(id).await
+                    } else if let Some(leases) = &mut leases {
                         let value = value(spec.value_size, client, seq);
-                        leases.cycle(spec.lease_ttl, key(i), value).await
+                        leases.cycle(spec.lease_ttl, key(i), value).await.map(drop)
                     } else if write {
                         backend
                             .put(client, key(i), value(spec.value_size, client, seq))

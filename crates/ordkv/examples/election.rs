@@ -59,8 +59,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
     }
 
-    // An observer prints every change of leader (on kv-0: stopping it ends the observation).
-    let observer = Election::new(members[0].kv(), "elections/app");
+    let first = won_rx.recv().await.expect("someone wins");
+    println!("kv-{first}'s app was elected; stopping kv-{first} without resigning");
+    // An observer, on a member that stays, prints every change of leader.
+    let observer = Election::new(members[(first + 1) % 3].kv(), "elections/app");
     let mut changes = observer.observe();
     tokio::spawn(async move {
         while let Some(leader) = changes.next().await {
@@ -68,9 +70,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("observed leader: {}", value.as_deref().unwrap_or("(none)"));
         }
     });
-
-    let first = won_rx.recv().await.expect("someone wins");
-    println!("kv-{first}'s app was elected; stopping kv-{first} without resigning");
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let stopped_at = Instant::now();
     members[first].shutdown().await?;
     let next = won_rx.recv().await.expect("another app takes over");

@@ -70,6 +70,9 @@ pub(crate) struct LeaseClock {
     request_wait: Duration,
 }
 
+/// Leases past their deadline, with their deadlines.
+type Due = Vec<(u64, Instant)>;
+
 #[derive(Default)]
 struct Countdowns {
     term: u64,
@@ -283,8 +286,7 @@ impl LeaseClock {
         }
         self.loaded.send_replace(term);
         let mut metrics = self.replica.raft.metrics();
-        let mut revokes: JoinSet<(Vec<(u64, Instant)>, Result<pb::CommandResponse>)> =
-            JoinSet::new();
+        let mut revokes: JoinSet<(Due, Result<pb::CommandResponse>)> = JoinSet::new();
         let mut tick = tokio::time::interval(TICK);
         let mut last_tick = Instant::now();
         loop {
@@ -348,8 +350,8 @@ impl LeaseClock {
         }
     }
 
-    /// Up to `room` leases past their deadline, now marked as expiring, with their deadlines.
-    fn due(&self, room: usize) -> Vec<(u64, Instant)> {
+    /// Up to `room` leases past their deadline, now marked as expiring.
+    fn due(&self, room: usize) -> Due {
         let now = Instant::now();
         let mut c = self.countdowns();
         c.leases
@@ -363,7 +365,7 @@ impl LeaseClock {
             .collect()
     }
 
-    fn revoked(&self, batch: Vec<(u64, Instant)>, result: Result<pb::CommandResponse>) {
+    fn revoked(&self, batch: Due, result: Result<pb::CommandResponse>) {
         let mut c = self.countdowns();
         match result {
             Ok(_) => {
