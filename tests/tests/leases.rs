@@ -177,9 +177,10 @@ async fn a_killed_clients_keys_end_on_every_member_at_one_revision() {
         "the deletes are not at one revision: {revisions:?}"
     );
     let ttl = Duration::from_secs(ttl);
-    // The last keepalive went out at most a third of the TTL before the kill.
+    // The last keepalive went out at most a third of the TTL (plus its round trip) before
+    // the kill.
     assert!(
-        earliest >= ttl - ttl / 3,
+        earliest >= ttl - ttl / 3 - Duration::from_millis(100),
         "deleted {earliest:?} after the kill: early"
     );
     assert!(
@@ -291,11 +292,11 @@ async fn a_paused_leader_does_not_end_leases_the_new_leader_keeps_alive() {
         },
     )
     .await;
-    let proposed = c
+    let stalled = c
         .node(leader)
         .logs()
-        .contains("expiring leases well after their deadline");
-    println!("the paused leader proposed a stale expiry on waking: {proposed}");
+        .contains("the lease clock did not run for a while");
+    println!("the paused leader noticed its stall on waking: {stalled}");
     session.close().await.expect("close");
 }
 
@@ -364,7 +365,7 @@ struct Hold {
 
 /// Three workers take a lock in turn; each holder writes its fencing token to a register
 /// with a Txn that holds only while its lock key is the one it created and the register is
-/// older than its token. Members are SIGKILLed and restarted meanwhile, and one worker now and
+/// older than its token. Members are SIGKILLed or paused meanwhile, and one worker now and
 /// then stops keeping its lease alive while it holds the lock (a paused process), then tries
 /// its write. The history must show holders one at a time (among those whose sessions lived)
 /// and accepted tokens only ever growing, none from a paused holder.
@@ -453,14 +454,23 @@ async fn locks_stay_exclusive_and_fenced_while_members_and_holders_fail() {
             }
         }));
     }
-    // Faults: a member SIGKILLed and restarted every few seconds, leader or not.
+    // Faults every few seconds, on each member in turn, leader or not: SIGKILL and restart,
+    // or SIGSTOP for longer than an election timeout and SIGCONT.
     let mut victim = 0;
+    let mut kill = true;
     while started.elapsed() < run_for - Duration::from_secs(5) {
         tokio::time::sleep(Duration::from_secs(3)).await;
-        c.kill_9(victim);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        c.restart(victim).await;
+        if kill {
+            c.kill_9(victim);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            c.restart(victim).await;
+        } else {
+            c.node(victim).pause();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            c.node(victim).resume();
+        }
         victim = (victim + 1) % 3;
+        kill = !kill;
     }
     for w in workers {
         w.await.expect("worker");
@@ -942,7 +952,7 @@ async fn the_cli_grants_leases_runs_commands_under_a_lock_and_elects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_survive_a_snapshot_install_and_its_member_leading() {
     use ordkv_proto::v1::{LeaseGrantRequest, LeaseTimeToLiveRequest};
-    let mut c = Cluster::start(3, &["--snapshot-every", "50"]).await;
+    let mut c = Cluster::start(3, &["--snapshot-every", "100"]).await;
     let client = client(&c, &[0, 1, 2]).await;
     let session = Session::new(client.clone(), 3).await.expect("session");
     put_leased(&client, "snap/kept", session.lease()).await;
@@ -953,7 +963,7 @@ async fn leases_survive_a_snapshot_install_and_its_member_leading() {
         .id;
     put_leased(&client, "snap/doomed-1", doomed).await;
     put_leased(&client, "snap/doomed-2", doomed).await;
-    for i in 0..200 {
+    for i in 0..400 {
         client
             .put_value(format!("filler/{i}"), "x")
             .await
