@@ -17,9 +17,9 @@ use ordkv_proto::v1::{
     RangeRequest, RequestOp, StatusResponse, TxnRequest, WatchRequest, WatchResponse, compare,
     event::EventType, request_op,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::output::{self, Format};
+use crate::output::{self, Format, print_json};
 
 /// Flags of every client command, accepted before the command (`ordkv --endpoints E get K`)
 /// or after it (`ordkv get K --endpoints E`); see [`with_client_args`].
@@ -539,10 +539,6 @@ fn print_change(fmt: Format, resp: ordkv_proto::v1::MemberChangeResponse) -> any
         }))?,
     }
     Ok(())
-}
-
-fn print_json(v: &Value) -> anyhow::Result<()> {
-    output::print_json(v)
 }
 
 /// Writes `parts` joined by `sep`, then a newline.

@@ -5,7 +5,8 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use crate::{
-    Backend, Error, Result, Session, contender_key, contenders, create_or_get, store, wait_for_turn,
+    Backend, Error, Result, Session, contender_key, contenders, create_or_get, store,
+    wait_for_turn, watch_until,
 };
 use ordkv_proto::v1 as pb;
 
@@ -184,21 +185,11 @@ async fn next_leader<B: Backend>(
         // Wait for any change under the prefix, then look again.
         let mut dir = prefix.to_vec();
         dir.push(b'/');
-        let mut events = backend
-            .watch(pb::WatchRequest {
-                prefix: dir.into(),
-                start_revision: revision + 1,
-                ..Default::default()
-            })
-            .await
-            .map_err(store)?;
-        loop {
-            match events.next().await {
-                Some(Ok(resp)) if !resp.events.is_empty() => break,
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(store(e)),
-                None => break,
-            }
-        }
+        let req = pb::WatchRequest {
+            prefix: dir.into(),
+            start_revision: revision + 1,
+            ..Default::default()
+        };
+        watch_until(backend, req, |resp| !resp.events.is_empty()).await?;
     }
 }

@@ -189,7 +189,6 @@ async fn wait_for_turn<B: Backend>(
     my_revision: u64,
     lease: u64,
 ) -> Result<(), B::Error> {
-    use futures::StreamExt;
     loop {
         let (all, revision) = contenders(backend, prefix).await?;
         if !all
@@ -201,29 +200,30 @@ async fn wait_for_turn<B: Backend>(
         let Some(before) = all.iter().rfind(|kv| kv.create_revision < my_revision) else {
             return Ok(());
         };
-        let mut events = backend
-            .watch(pb::WatchRequest {
-                key: before.key.clone(),
-                start_revision: revision + 1,
-                ..Default::default()
-            })
-            .await
-            .map_err(store)?;
-        loop {
-            match events.next().await {
-                Some(Ok(resp)) => {
-                    let deleted = resp
-                        .events
-                        .iter()
-                        .any(|e| e.r#type == pb::event::EventType::Delete as i32);
-                    if deleted {
-                        break;
-                    }
-                }
-                Some(Err(e)) => return Err(store(e)),
-                // The member went away: look again.
-                None => break,
-            }
+        let req = pb::WatchRequest {
+            key: before.key.clone(),
+            start_revision: revision + 1,
+            ..Default::default()
+        };
+        let deleted = |e: &pb::Event| e.r#type == pb::event::EventType::Delete as i32;
+        // Deleted, or the member went away: look again either way.
+        watch_until(backend, req, |resp| resp.events.iter().any(deleted)).await?;
+    }
+}
+
+/// Watches with `req` until a response satisfies `done`, or the stream ends (the member went
+/// away: the caller looks again).
+async fn watch_until<B: Backend>(
+    backend: &B,
+    req: pb::WatchRequest,
+    done: impl Fn(&pb::WatchResponse) -> bool,
+) -> Result<(), B::Error> {
+    use futures::StreamExt;
+    let mut events = backend.watch(req).await.map_err(store)?;
+    while let Some(resp) = events.next().await {
+        if done(&resp.map_err(store)?) {
+            break;
         }
     }
+    Ok(())
 }
