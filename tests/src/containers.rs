@@ -1241,6 +1241,56 @@ impl StatefulSet {
         docker(&argv)
     }
 
+    /// A one-off pod on ordinal `i`'s volume, with its pod's identity and `/data`, running
+    /// `ordkv <args>` to completion (`kubectl run` with the PVC mounted, as the quorum-loss
+    /// runbook does while the StatefulSet is scaled to 0). It has no DNS alias of its own.
+    pub fn run_on_volume(&self, i: usize, args: &[&str]) -> Output {
+        assert!(
+            !self.pods.contains(&i),
+            "{} still runs on its volume",
+            pod_name(i)
+        );
+        let n = self.clients.fetch_add(1, Ordering::Relaxed);
+        let mut argv: Vec<String> = vec![
+            "run".into(),
+            "--rm".into(),
+            "--name".into(),
+            format!("{}-oneoff-{n}", self.prefix),
+            "--network".into(),
+            self.network.clone(),
+            "-v".into(),
+            format!("{}:/data", self.volume(i)),
+        ];
+        for domain in DNS_SEARCH {
+            argv.extend(["--dns-search".into(), domain.to_string()]);
+        }
+        argv.extend(self.labels());
+        argv.extend(self.tls_args());
+        for (k, v) in [
+            ("POD_NAME", pod_name(i)),
+            ("POD_NAMESPACE", NAMESPACE.to_string()),
+            ("ORDKV_SERVICE", SERVICE.to_string()),
+            ("ORDKV_DATA_DIR", "/data".to_string()),
+        ] {
+            argv.extend(["-e".into(), format!("{k}={v}")]);
+        }
+        argv.push(image());
+        argv.extend(args.iter().map(|a| a.to_string()));
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        docker(&argv)
+    }
+
+    /// A node lost with its PVC: the pod is deleted at once and its volume too; nothing is
+    /// recreated until the next [`StatefulSet::scale_to`].
+    pub fn lose_pod_and_volume(&mut self, i: usize) {
+        if self.pods.contains(&i) {
+            self.remove_container(i, "lose_pod_and_volume");
+        }
+        docker_ok(&["volume", "rm", &self.volume(i)]);
+        self.volumes.remove(&i);
+        self.say(&format!("lost {} and its volume", pod_name(i)));
+    }
+
     /// Runs the CLI inside ordinal `i`'s container against its own client port
     /// (`docker exec ... /ordkv --endpoints 127.0.0.1:7379 <args>`).
     pub fn exec(&self, i: usize, args: &[&str]) -> Output {

@@ -792,6 +792,82 @@ fn wiped_ordinal_zero_joins_the_existing_cluster() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Quorum loss: two of three volumes gone for good
+// ---------------------------------------------------------------------------------------
+
+/// Two nodes are lost with their volumes; `ordkv-1` alone has no quorum. The runbook of
+/// deploy/README.md ("Quorum loss"): scale to 0, `ordkv recover` in a one-off pod on the
+/// survivor's volume, scale back to 3. The survivor leads the same cluster, the lost
+/// ordinals come back empty and join it under new node ids, and every key is served.
+#[test]
+fn quorum_loss_is_recovered_from_the_surviving_volume() {
+    let mut sts = StatefulSet::new("recover");
+    let before = start(&mut sts, 3);
+    let written = sts.put_many(0, "r", 100);
+    wait_serves(&sts, 1, "r/", &written);
+    let survivor_id = before.get(1).expect("ordkv-1").node_id;
+
+    sts.lose_pod_and_volume(0);
+    sts.lose_pod_and_volume(2);
+    let t = Instant::now();
+    sts.scale_to(0);
+    let out = sts.run_on_volume(1, &["recover", "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "recover failed\n{out}\n{}",
+        sts.logs_all()
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("recover -o json: {e}\n{out}"));
+    assert_eq!(report["member"], "ordkv-1", "{report}");
+    assert_eq!(report["cluster_id"], before.cluster_id.as_str(), "{report}");
+    let removed: Vec<(&str, bool)> = report["removed"]
+        .as_array()
+        .expect("removed")
+        .iter()
+        .map(|o| {
+            (
+                o["name"].as_str().unwrap(),
+                o["answered"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        removed,
+        [("ordkv-0", false), ("ordkv-2", false)],
+        "{report}"
+    );
+
+    sts.scale_to(3);
+    sts.wait_all_ready();
+    let (leader, s) = sts.wait_membership(&[0, 1, 2], &voters(0..3));
+    sts.say(&format!(
+        "recovered: three voters again {} after the scale to 0 (leader ordkv-{leader}, term {})",
+        secs(t.elapsed()),
+        s.term
+    ));
+    assert_eq!(s.cluster_id, before.cluster_id);
+    for (ordinal, id) in s.node_ids() {
+        let old = before.get(ordinal as usize).expect("member").node_id;
+        if ordinal == 1 {
+            assert_eq!(id, survivor_id, "the survivor kept its node id");
+        } else {
+            assert_ne!(
+                id, old,
+                "ordkv-{ordinal}'s new volume reused the old node id"
+            );
+        }
+    }
+    for i in 0..3 {
+        wait_serves(&sts, i, "r/", &written);
+        let lin = sts.scan(i, "r/", Consistency::Linearizable);
+        assert!(lin == written, "{}", describe_diff(&written, &lin));
+    }
+    sts.try_put(0, "after-recovery", "yes")
+        .unwrap_or_else(|e| panic!("{e}\n{}", sts.logs_all()));
+}
+
+// ---------------------------------------------------------------------------------------
 // 8: every pod stopped and started at once
 // ---------------------------------------------------------------------------------------
 

@@ -105,6 +105,12 @@ pub fn with_client_args(cmd: clap::Command) -> clap::Command {
     for name in names {
         cmd = match name.as_str() {
             "serve" | "dev-cluster" | "help" => cmd,
+            // Works on a stopped member's data dir: no endpoints, but -o.
+            "recover" => cmd.mut_subcommand(name, |s| {
+                let client = GlobalArgs::augment_args(clap::Command::new("client"));
+                let output = client.get_arguments().find(|a| a.get_id() == "output");
+                s.arg(output.expect("the output flag").clone())
+            }),
             "snapshot" => {
                 cmd.mut_subcommand(name, |s| s.mut_subcommand("save", GlobalArgs::augment_args))
             }
@@ -254,7 +260,13 @@ pub enum ClientCommand {
 pub enum ClusterCommand {
     /// Members, roles, leader, term, commit/applied index and lag, as the leader sees them
     /// (`-` or `null`: not known to the answering member).
-    Status,
+    Status {
+        /// Ask every endpoint for its own state instead (revision, applied index, term, the
+        /// leader it knows), even without a leader: after a quorum loss, the member with the
+        /// highest revision is the one to `ordkv recover`.
+        #[arg(long)]
+        each: bool,
+    },
     /// Removes the member with this ordinal now (scale-down without waiting for the
     /// dead-member timeout). Refused when the remaining voters would lose their quorum.
     Remove {
@@ -483,7 +495,21 @@ pub async fn run(
         ClientCommand::Lease(c) => return crate::coord_cmds::lease(&client, fmt, c).await,
         ClientCommand::Lock(a) => return crate::coord_cmds::lock(&client, fmt, a).await,
         ClientCommand::Elect(a) => return crate::coord_cmds::elect(&client, fmt, a).await,
-        ClientCommand::Cluster(ClusterCommand::Status) => {
+        ClientCommand::Cluster(ClusterCommand::Status { each: true }) => {
+            let mut answers = Vec::new();
+            for endpoint in client.endpoints().map(str::to_string).collect::<Vec<_>>() {
+                let answer = match client.connect_to(&endpoint).await {
+                    Ok(at) => at.status().await.map_err(anyhow::Error::from),
+                    Err(e) => Err(e.into()),
+                };
+                answers.push((endpoint, answer));
+            }
+            match fmt {
+                Format::Human => print!("{}", output::each_status_table(&answers)),
+                Format::Json => print_json(&output::each_status_json(&answers))?,
+            }
+        }
+        ClientCommand::Cluster(ClusterCommand::Status { each: false }) => {
             let status = leader_view(&client, client.status().await?).await;
             match fmt {
                 Format::Human => print!("{}", output::status_table(&status)),

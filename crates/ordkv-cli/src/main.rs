@@ -7,6 +7,7 @@ mod client_cmds;
 mod coord_cmds;
 mod dev_cluster;
 mod output;
+mod recover_cmd;
 mod serve;
 mod snapshot_cmds;
 
@@ -35,6 +36,9 @@ enum Command {
     /// Back up a member, or restore a backup into a new data dir.
     #[command(subcommand)]
     Snapshot(snapshot_cmds::SnapshotCommand),
+    /// After a quorum is lost for good: make this stopped member the only voter of its
+    /// cluster, so it starts and the others rejoin it (deploy/README.md, "Quorum loss").
+    Recover(recover_cmd::RecoverArgs),
     #[command(flatten)]
     Client(client_cmds::ClientCommand),
 }
@@ -113,6 +117,9 @@ async fn run(cli: Cli, matches: clap::ArgMatches) -> ExitCode {
                 .await
                 .map(|()| ExitCode::SUCCESS)
         }
+        Command::Recover(args) => recover_cmd::run(args, global.output)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Client(cmd) => client_cmds::run(global.clone(), cmd, &matches).await,
     };
     match result {

@@ -177,6 +177,53 @@ pub fn status_table(s: &StatusResponse) -> String {
     out
 }
 
+/// `ordkv cluster status --each`: one row per endpoint, each member's own state; the
+/// highest revision is marked `*` (the member to recover from after a quorum loss).
+pub fn each_status_table(answers: &[(String, anyhow::Result<StatusResponse>)]) -> String {
+    let highest = answers
+        .iter()
+        .filter_map(|(_, a)| a.as_ref().ok().map(|s| s.revision))
+        .max();
+    let mut rows = vec![
+        [
+            "", "ENDPOINT", "MEMBER", "REVISION", "APPLIED", "TERM", "LEADER",
+        ]
+        .map(String::from),
+    ];
+    let mut failures = String::new();
+    for (endpoint, answer) in answers {
+        match answer {
+            Ok(s) => rows.push([
+                if Some(s.revision) == highest { "*" } else { "" }.to_string(),
+                endpoint.clone(),
+                s.member.clone(),
+                s.revision.to_string(),
+                s.applied_index.to_string(),
+                s.term.to_string(),
+                s.leader
+                    .map_or_else(|| "none".to_string(), |o| format!("ordinal {o}")),
+            ]),
+            Err(e) => failures.push_str(&format!("{endpoint}: no answer: {e:#}\n")),
+        }
+    }
+    let mut out = table(&rows);
+    out.push_str(&failures);
+    out
+}
+
+/// `ordkv cluster status --each -o json`: each endpoint's own answer, or its error.
+pub fn each_status_json(answers: &[(String, anyhow::Result<StatusResponse>)]) -> Value {
+    Value::Array(
+        answers
+            .iter()
+            .map(|(endpoint, a)| match a {
+                Ok(s) => json!({"endpoint": endpoint, "status": status_json(s)}),
+                Err(e) => json!({"endpoint": endpoint, "error": format!("{e:#}")}),
+            })
+            .collect(),
+    )
+}
+
 /// A value the answering member may not know: `-` when it does not.
 fn or_dash(v: Option<u64>) -> String {
     v.map_or_else(|| "-".to_string(), |v| v.to_string())

@@ -103,6 +103,11 @@ pub struct ServeArgs {
     /// at 64 clients, with 28% less CPU per put).
     #[arg(long, env = "ORDKV_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: Option<u16>,
+    /// Before starting, make this member the only voter of its cluster (`ordkv recover`: for a
+    /// quorum lost for good; refused while other members answer). Run it once, then remove
+    /// the flag: every start with it would drop the members that rejoined since.
+    #[arg(long)]
+    pub recover: bool,
     /// TLS on every port: a directory with `tls.crt`, `tls.key` and `ca.crt` (a mounted
     /// `kubernetes.io/tls` Secret, as cert-manager writes it), re-read when it changes. Peers
     /// must then present a certificate from that CA that names a member.
@@ -348,6 +353,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let resolved = resolve(&args)?;
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     tracing::info!(config = ?resolved.node, client = %resolved.server.client_addr, http = %resolved.server.http_addr, workers, "starting ordkv");
+    if args.recover {
+        let report = ordkv::recover(&resolved.node, false).await?;
+        crate::recover_cmd::print_report(crate::output::Format::Human, &report)?;
+    }
     let node = ordkv::Node::open(resolved.node).await?;
 
     let stop = tokio_util::sync::CancellationToken::new();

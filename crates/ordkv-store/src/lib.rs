@@ -10,6 +10,7 @@ mod codec;
 pub mod crash;
 mod durability;
 mod log_store;
+mod recover;
 mod snapshot;
 mod state_machine;
 mod types;
@@ -28,6 +29,7 @@ pub use durability::{SYNC_DURATION, SYNC_WAITERS};
 pub use apply::LeaseChange;
 pub use log_store::LogStore;
 pub use ordkv_proto::v1 as pb;
+pub use recover::{Recovered, latest_membership, make_sole_voter};
 pub use snapshot::SnapshotData;
 pub use state_machine::{EventBatch, LeaseChanges, LeaseSubscription, ReadError, StateMachine};
 pub use types::{
@@ -91,7 +93,7 @@ pub fn open(dir: &Path, opts: &StoreOptions) -> io::Result<(LogStore, StateMachi
         crash::point("wal.after_sync");
         Ok(())
     })?;
-    let log = LogStore::new(&db, wal, wal_sync, db_sync.clone())?;
+    let mut log = LogStore::new(&db, wal, wal_sync, db_sync.clone())?;
     let sm = StateMachine::open(
         &db,
         dir.join("snapshots"),
@@ -99,6 +101,7 @@ pub fn open(dir: &Path, opts: &StoreOptions) -> io::Result<(LogStore, StateMachi
         opts.history_revisions,
         opts.max_range_limit,
     )?;
+    log.guard_applied(sm.clone());
     Ok((log, sm))
 }
 

@@ -457,7 +457,7 @@ pub async fn restore_snapshot(
         .map_err(|e| dir_err(format!("restoring {}: {e}", file.display())))
 }
 
-fn store_options(config: &NodeConfig) -> StoreOptions {
+pub(crate) fn store_options(config: &NodeConfig) -> StoreOptions {
     StoreOptions {
         cache_capacity_bytes: config.cache_capacity_bytes,
         history_revisions: config.watch_history_revisions,

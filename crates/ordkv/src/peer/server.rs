@@ -425,5 +425,9 @@ fn cluster_info(replica: &Replica) -> pb::ClusterInfoReply {
             .nodes()
             .map(|(id, n)| super::peer_member(*id, n, voters.contains(id)))
             .collect(),
+        revision: replica.sm.revision(),
+        applied_index: m.last_applied.as_ref().map_or(0, |l| l.index),
+        last_log_index: m.last_log_index.unwrap_or(0),
+        term: m.current_term,
     }
 }
