@@ -90,6 +90,13 @@ const CLIENT_ARG_IDS: [&str; 7] = [
 
 /// Adds the client flags to the client commands of `ordkv` (not to `serve`, `dev-cluster`,
 /// `snapshot restore`), and hides the top-level copies (still accepted there).
+/// Adds the client flags' `-o/--output` alone (commands that work on local files).
+fn with_output_arg(cmd: clap::Command) -> clap::Command {
+    let client = GlobalArgs::augment_args(clap::Command::new("client"));
+    let output = client.get_arguments().find(|a| a.get_id() == "output");
+    cmd.arg(output.expect("the output flag").clone())
+}
+
 pub fn with_client_args(cmd: clap::Command) -> clap::Command {
     let mut cmd = cmd.after_help(
         "Client commands take --endpoints (or ORDKV_ENDPOINTS), -o/--output, --timeout and \
@@ -105,15 +112,13 @@ pub fn with_client_args(cmd: clap::Command) -> clap::Command {
     for name in names {
         cmd = match name.as_str() {
             "serve" | "dev-cluster" | "help" => cmd,
-            // Works on a stopped member's data dir: no endpoints, but -o.
-            "recover" => cmd.mut_subcommand(name, |s| {
-                let client = GlobalArgs::augment_args(clap::Command::new("client"));
-                let output = client.get_arguments().find(|a| a.get_id() == "output");
-                s.arg(output.expect("the output flag").clone())
+            "snapshot" => cmd.mut_subcommand(name, |s| {
+                s.mut_subcommand("save", GlobalArgs::augment_args)
+                    .mut_subcommand("verify", with_output_arg)
+                    .mut_subcommand("restore", with_output_arg)
             }),
-            "snapshot" => {
-                cmd.mut_subcommand(name, |s| s.mut_subcommand("save", GlobalArgs::augment_args))
-            }
+            // Works on a stopped member's data dir: no endpoints, but -o.
+            "recover" => cmd.mut_subcommand(name, with_output_arg),
             _ => cmd.mut_subcommand(name, |s| {
                 if s.has_subcommands() {
                     let inner: Vec<String> = s

@@ -109,11 +109,19 @@ async fn run(cli: Cli, matches: clap::ArgMatches) -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::DevCluster(args) => dev_cluster::run(args).await.map(|()| ExitCode::SUCCESS),
-        Command::Snapshot(snapshot_cmds::SnapshotCommand::Save { file }) => {
-            snapshot_save(global.clone(), file).await
+        Command::Snapshot(snapshot_cmds::SnapshotCommand::Save { file, dir, keep }) => {
+            let to = match (file, dir) {
+                (Some(file), _) => snapshot_cmds::SaveTo::File(file),
+                (None, Some(dir)) => snapshot_cmds::SaveTo::Dir { dir, keep },
+                (None, None) => unreachable!("clap requires FILE or --dir"),
+            };
+            snapshot_save(global.clone(), to).await
+        }
+        Command::Snapshot(snapshot_cmds::SnapshotCommand::Verify { file }) => {
+            snapshot_cmds::verify(&file, global.output).map(|()| ExitCode::SUCCESS)
         }
         Command::Snapshot(snapshot_cmds::SnapshotCommand::Restore { file, serve }) => {
-            snapshot_cmds::restore(file, &serve)
+            snapshot_cmds::restore(file, &serve, global.output)
                 .await
                 .map(|()| ExitCode::SUCCESS)
         }
@@ -158,11 +166,11 @@ async fn run(cli: Cli, matches: clap::ArgMatches) -> ExitCode {
 
 async fn snapshot_save(
     global: client_cmds::GlobalArgs,
-    file: std::path::PathBuf,
+    to: snapshot_cmds::SaveTo,
 ) -> anyhow::Result<ExitCode> {
     // A backup of a large store takes longer than a request deadline.
     let client = global.connect().await?;
-    snapshot_cmds::save(&client, file).await?;
+    snapshot_cmds::save(&client, to, global.output).await?;
     Ok(ExitCode::SUCCESS)
 }
 

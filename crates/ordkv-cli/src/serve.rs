@@ -103,6 +103,25 @@ pub struct ServeArgs {
     /// at 64 clients, with 28% less CPU per put).
     #[arg(long, env = "ORDKV_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: Option<u16>,
+    /// Write scheduled backups (snapshot files, as `ordkv snapshot save` writes them) to this
+    /// directory, e.g. a second volume. Only the leader writes them unless
+    /// --backup-on-followers.
+    #[arg(long, env = "ORDKV_BACKUP_DIR", value_name = "DIR")]
+    pub backup_dir: Option<PathBuf>,
+    /// Time between scheduled backups.
+    #[arg(long, env = "ORDKV_BACKUP_EVERY", default_value = "1h", value_parser = parse_duration, requires = "backup_dir")]
+    pub backup_every: Duration,
+    /// How many scheduled backups to keep (the newest; older ones are deleted).
+    #[arg(
+        long,
+        env = "ORDKV_BACKUP_KEEP",
+        default_value_t = 24,
+        requires = "backup_dir"
+    )]
+    pub backup_keep: usize,
+    /// Write scheduled backups while this member follows too (its own applied state).
+    #[arg(long, env = "ORDKV_BACKUP_ON_FOLLOWERS", requires = "backup_dir")]
+    pub backup_on_followers: bool,
     /// Before starting, make this member the only voter of its cluster (`ordkv recover`: for a
     /// quorum lost for good; refused while other members answer). Run it once, then remove
     /// the flag: every start with it would drop the members that rejoined since.
@@ -267,6 +286,12 @@ pub(crate) fn resolve(args: &ServeArgs) -> anyhow::Result<Resolved> {
     node.quota_bytes = args.quota_bytes;
     node.min_free_bytes = args.min_free_bytes;
     node.tls_dir = args.tls_dir.clone();
+    node.backup = args.backup_dir.clone().map(|dir| ordkv::BackupSchedule {
+        dir,
+        every: args.backup_every,
+        keep: args.backup_keep,
+        on_followers: args.backup_on_followers,
+    });
     let statefulset = args.statefulset.as_deref().unwrap_or(&identity.set);
     ordkv::Identity::parse(statefulset).context("--statefulset must be a DNS label")?;
     node.kubernetes = ordkv::KubernetesApi::in_cluster(

@@ -119,15 +119,29 @@ pub struct SnapshotSummary {
     pub revision: u64,
     /// How many leases it holds.
     pub leases: usize,
+    /// How many keys it holds.
+    pub keys: u64,
+    /// Its size.
+    pub bytes: u64,
 }
 
-/// Checks a snapshot file (format and checksum) and describes it.
+/// Checks a snapshot file end to end (format, framing and checksum) and describes it.
 pub fn verify_snapshot(path: &Path) -> io::Result<SnapshotSummary> {
-    let header = snapshot::verify(path)?;
+    verify_snapshot_with(path, &mut |_, _| {})
+}
+
+/// [`verify_snapshot`], calling `progress(bytes read, keys read)` as it goes.
+pub fn verify_snapshot_with(
+    path: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> io::Result<SnapshotSummary> {
+    let checked = snapshot::verify_with(path, progress)?;
     Ok(SnapshotSummary {
-        last_log_id: header.meta.last_log_id,
-        revision: header.revision,
-        leases: header.leases.len(),
+        last_log_id: checked.header.meta.last_log_id,
+        revision: checked.header.revision,
+        leases: checked.header.leases.len(),
+        keys: checked.keys,
+        bytes: checked.bytes,
     })
 }
 
@@ -141,12 +155,12 @@ pub async fn restore(
     node_id: NodeId,
     member: MemberNode,
 ) -> io::Result<SnapshotSummary> {
-    use openraft::storage::RaftStateMachine;
+    use openraft::storage::{RaftLogStorage, RaftStateMachine};
     let summary = verify_snapshot(snapshot_file)?;
     let last = summary
         .last_log_id
         .ok_or_else(|| io::Error::other("the snapshot covers no log entry"))?;
-    let (log, mut sm) = open(dir, opts)?;
+    let (mut log, mut sm) = open(dir, opts)?;
     let incoming = dir.join("snapshots").join("restore.incoming");
     std::fs::copy(snapshot_file, &incoming)?;
     let header = snapshot::verify(&incoming)?;
@@ -171,6 +185,11 @@ pub async fn restore(
         .await
         .map_err(io::Error::other)??;
     log.set_purged(last).await?;
+    // The snapshot's entries were led by a member of another cluster; a leader's vote must
+    // be above their leader id, which a term of this member's own cannot be while it is
+    // equal: start from the snapshot's term, so the first election goes past it.
+    log.save_vote(&Vote::new(last.leader_id.term, node_id))
+        .await?;
     sm.flush().await?;
     Ok(summary)
 }

@@ -248,51 +248,93 @@ fn remove_others(dir: &Path, keep: &Path) -> io::Result<()> {
 
 /// Reads and checks a snapshot's header, and verifies the whole file's checksum.
 pub(crate) fn verify(path: &Path) -> io::Result<Header> {
-    let mut r = BufReader::new(File::open(path)?);
-    let mut crc = crc32fast::Hasher::new();
-    let mut magic = [0u8; 8];
-    r.read_exact(&mut magic)?;
-    if &magic != MAGIC {
-        return Err(corrupt(format!(
-            "{} is not an ordkv snapshot",
-            path.display()
-        )));
+    verify_with(path, &mut |_, _| {}).map(|c| c.header)
+}
+
+/// What [`verify_with`] read.
+pub(crate) struct Checked {
+    pub(crate) header: Header,
+    pub(crate) keys: u64,
+    pub(crate) bytes: u64,
+}
+
+/// A reader that checksums and counts what passes through it.
+struct CrcReader<R> {
+    inner: R,
+    crc: crc32fast::Hasher,
+    read: u64,
+}
+
+impl<R: Read> Read for CrcReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.crc.update(&buf[..n]);
+        self.read += n as u64;
+        Ok(n)
     }
-    crc.update(&magic);
-    let mut len = [0u8; 4];
-    r.read_exact(&mut len)?;
-    crc.update(&len);
-    let hlen = u32::from_le_bytes(len) as usize;
+}
+
+/// Checks a snapshot file end to end: the magic, the header, every record's framing up to
+/// the end marker, the checksum, and that nothing follows it. Calls `progress(bytes, keys)`
+/// every few thousand records.
+pub(crate) fn verify_with(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> io::Result<Checked> {
+    let name = path.display();
+    let truncated = |e: io::Error| match e.kind() {
+        io::ErrorKind::UnexpectedEof => corrupt(format!("snapshot {name} is truncated")),
+        _ => e,
+    };
+    let mut r = CrcReader {
+        inner: BufReader::with_capacity(256 * 1024, File::open(path)?),
+        crc: crc32fast::Hasher::new(),
+        read: 0,
+    };
+    let mut magic = [0u8; 8];
+    r.read_exact(&mut magic).map_err(truncated)?;
+    if &magic != MAGIC {
+        return Err(corrupt(format!("{name} is not an ordkv snapshot")));
+    }
+    let hlen = read_u32(&mut r).map_err(truncated)? as usize;
     if hlen > 64 * 1024 * 1024 {
         return Err(corrupt("snapshot header is too large"));
     }
     let mut header = vec![0u8; hlen];
-    r.read_exact(&mut header)?;
-    crc.update(&header);
+    r.read_exact(&mut header).map_err(truncated)?;
     let parsed: Header =
         serde_json::from_slice(&header).map_err(|e| corrupt(format!("snapshot header: {e}")))?;
-    // Stream the rest through the checksum; the last 4 bytes are the checksum itself.
-    let mut rest_tail: Vec<u8> = Vec::new();
-    let mut buf = vec![0u8; 256 * 1024];
+    let mut keys = 0u64;
     loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
+        let klen = read_u32(&mut r).map_err(truncated)?;
+        if klen == END {
             break;
         }
-        rest_tail.extend_from_slice(&buf[..n]);
-        if rest_tail.len() > 4 {
-            let keep = rest_tail.split_off(rest_tail.len() - 4);
-            crc.update(&rest_tail);
-            rest_tail = keep;
+        let vlen = read_u32(&mut r).map_err(truncated)?;
+        let len = u64::from(klen) + u64::from(vlen);
+        if io::copy(&mut (&mut r).take(len), &mut io::sink())? != len {
+            return Err(corrupt(format!("snapshot {name} is truncated")));
+        }
+        keys += 1;
+        if keys % 4096 == 0 {
+            progress(r.read, keys);
         }
     }
-    if rest_tail.len() != 4 || crc.finalize().to_le_bytes() != rest_tail[..] {
+    let expected = r.crc.clone().finalize();
+    let mut tail = [0u8; 4];
+    r.inner.read_exact(&mut tail).map_err(truncated)?;
+    if u32::from_le_bytes(tail) != expected {
+        return Err(corrupt(format!("snapshot {name} fails its checksum")));
+    }
+    if r.inner.read(&mut [0u8; 1])? != 0 {
         return Err(corrupt(format!(
-            "snapshot {} fails its checksum",
-            path.display()
+            "snapshot {name} has bytes after its checksum"
         )));
     }
-    Ok(parsed)
+    let bytes = r.read + 4;
+    progress(bytes, keys);
+    Ok(Checked {
+        header: parsed,
+        keys,
+        bytes,
+    })
 }
 
 /// The newest snapshot in `dir`, if any.

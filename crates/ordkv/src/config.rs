@@ -169,6 +169,8 @@ pub struct NodeConfig {
     /// runs): a directory with `tls.crt`, `tls.key` and `ca.crt`, re-read when they change.
     /// Peers must then present certificates from that CA naming a member.
     pub tls_dir: Option<PathBuf>,
+    /// Scheduled backups written by this member (`None`: none).
+    pub backup: Option<crate::backup::BackupSchedule>,
 }
 
 /// `advertise_peer_addr` of [`NodeConfig::new`]: left so, it is derived (see
@@ -217,6 +219,7 @@ impl NodeConfig {
             min_free_bytes: 128 << 20,
             wal_segment_bytes: ordkv_store::DEFAULT_WAL_SEGMENT_BYTES,
             tls_dir: None,
+            backup: None,
         }
     }
 
@@ -280,6 +283,9 @@ impl NodeConfig {
         }
         if self.watch_history_revisions == 0 {
             return bad("watch history revisions must be positive".into());
+        }
+        if let Some(backup) = &self.backup {
+            backup.validate()?;
         }
         if !(1..=9).contains(&self.max_voters) {
             return bad(format!("max voters {} must be in 1..=9", self.max_voters));

@@ -14,6 +14,7 @@
 //! ```
 
 mod autopilot;
+mod backup;
 mod catch_up;
 mod cluster;
 mod config;
@@ -46,6 +47,9 @@ mod writes;
 pub struct ReadmeDoctests;
 
 pub use autopilot::REMOVED_BY_INTENT;
+pub use backup::{
+    BACKUP_LAST_SUCCESS, BACKUPS, BackupSchedule, backup_file_name, backup_part_name, prune_backups,
+};
 pub use config::{Identity, Limits, NodeConfig, Peers, pod_namespace};
 pub use error::{Error, Result};
 /// `next()` on a [`WatchStream`], and the rest of the stream combinators.
@@ -69,7 +73,9 @@ pub use ordkv_proto::ops::{EventKind, Txn};
 pub use ordkv_recipes::{Leadership, LockGuard};
 /// The request and response types shared with the gRPC API.
 pub use ordkv_store::pb;
-pub use ordkv_store::{SYNC_DURATION, SYNC_WAITERS, SnapshotSummary, verify_snapshot};
+pub use ordkv_store::{
+    SYNC_DURATION, SYNC_WAITERS, SnapshotSummary, verify_snapshot, verify_snapshot_with,
+};
 pub use peer::{PEER_APPEND_DURATION, PEER_ERRORS};
 pub use recover::{MemberProgress, OtherMember, RecoverReport, recover};
 pub use replica::NodeStatus;

@@ -181,6 +181,15 @@ impl Node {
         let inner = &node.inner;
         inner.spawn(intent.poll(stop.clone()));
         inner.spawn(leases.clone().run(stop.clone()));
+        if let Some(schedule) = inner.config.backup.clone() {
+            std::fs::create_dir_all(&schedule.dir).map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "backup dir {} (--backup-dir): {e}",
+                    schedule.dir.display()
+                ))
+            })?;
+            inner.spawn(crate::backup::run(replica.clone(), schedule, stop.clone()));
+        }
         if let Some(tls) = &tls {
             inner.spawn(tls.clone().watch(stop.clone()));
         }
@@ -296,37 +305,7 @@ impl Node {
     /// A consistent backup: builds a fresh snapshot of everything applied here and opens it.
     /// The file is ordkv's checksummed snapshot format (`ordkv snapshot restore` reads it).
     pub async fn backup(&self) -> Result<(SnapshotSummary, std::fs::File)> {
-        let replica = &self.inner.replica;
-        let applied = replica.status().applied_index;
-        replica
-            .raft
-            .trigger()
-            .snapshot()
-            .await
-            .map_err(|e| Error::Unavailable(e.to_string()))?;
-        replica
-            .raft
-            .wait(Some(Duration::from_secs(120)))
-            .metrics(
-                |m| m.snapshot.is_some_and(|s| s.index >= applied),
-                "a snapshot covering the applied state",
-            )
-            .await
-            .map_err(|e| Error::Unavailable(format!("building the snapshot: {e}")))?;
-        // A newer snapshot may replace the file between finding and opening it: retry.
-        for _ in 0..3 {
-            let storage = |e: std::io::Error| Error::Storage(e.to_string());
-            let Some(path) = replica.sm.current_snapshot_file().map_err(storage)? else {
-                continue;
-            };
-            if let Ok(file) = std::fs::File::open(&path) {
-                let summary = ordkv_store::verify_snapshot(&path).map_err(storage)?;
-                return Ok((summary, file));
-            }
-        }
-        Err(Error::Unavailable(
-            "the snapshot file kept changing; retry".into(),
-        ))
+        crate::backup::fresh_snapshot(&self.inner.replica).await
     }
 
     #[cfg(test)]
