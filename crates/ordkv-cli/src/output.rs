@@ -62,51 +62,8 @@ fn role_name(role: Role) -> &'static str {
     }
 }
 
-/// `ordkv cluster status -o json`. A member's `applied_index` and `lag` are `null` when the
-/// answering member does not know them.
-pub fn status_json(s: &StatusResponse) -> Value {
-    let members: Vec<Value> = s
-        .members
-        .iter()
-        .map(|m| {
-            json!({
-                "ordinal": m.ordinal,
-                "name": m.name,
-                "role": role_name(m.role()),
-                "peer_addr": m.peer_addr,
-                "client_addr": m.client_addr,
-                "applied_index": m.applied_index,
-                "reachable": m.reachable,
-                "node_id": m.node_id,
-                "lag": m.lag,
-                "leader": s.leader == Some(m.ordinal),
-            })
-        })
-        .collect();
-    json!({
-        "cluster_id": s.cluster_id,
-        "leader": s.leader,
-        "term": s.term,
-        "commit_index": s.commit_index,
-        "applied_index": s.applied_index,
-        "revision": s.revision,
-        "compact_revision": s.compact_revision,
-        "member": s.member,
-        "version": s.version,
-        "db_size_bytes": s.db_size_bytes,
-        "limits": s.limits.as_ref().map(|l| json!({
-            "max_key_bytes": l.max_key_bytes,
-            "max_value_bytes": l.max_value_bytes,
-            "max_txn_ops": l.max_txn_ops,
-            "max_range_limit": l.max_range_limit,
-            "watch_history_revisions": l.watch_history_revisions,
-        })),
-        "members": members,
-        "statefulset_replicas": s.statefulset_replicas,
-        "scale_intent": s.scale_intent,
-        "access_control": s.access_control,
-    })
-}
+/// `ordkv cluster status -o json` (the status page's `/api/status` is the same document).
+pub use ordkv_server::status_json;
 
 /// `ordkv cluster status`: a summary followed by one table row per member (`*` marks the
 /// leader).

@@ -26,6 +26,14 @@ pub type BackupStream =
 pub(crate) const ACCESS_CONTROL_OFF: &str =
     "off: any client the port admits may read, write and administer (--auth-policy)";
 
+/// How `cluster status` describes the access control.
+pub(crate) fn access_description(access: &Option<std::sync::Arc<crate::AccessControl>>) -> String {
+    match access {
+        Some(access) => access.describe(),
+        None => ACCESS_CONTROL_OFF.to_string(),
+    }
+}
+
 /// Bytes per backup chunk.
 const BACKUP_CHUNK_BYTES: usize = 1024 * 1024;
 
@@ -57,10 +65,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        let access_control = match &self.ctx.access {
-            Some(access) => access.describe(),
-            None => ACCESS_CONTROL_OFF.to_string(),
-        };
+        let access_control = access_description(&self.ctx.access);
         self.ctx
             .unary("Status", request, |node, _req| async move {
                 let mut status = node.cluster_status().await?;

@@ -1,5 +1,6 @@
-//! The HTTP server for probes and scraping: `/livez`, `/readyz`, `/metrics`, and, only
-//! when fault injection is enabled (tests), `POST /debug/partition?peers=kv-1,kv-2`.
+//! The HTTP server for people, probes and scraping: the status page (`/`, `/api/status`,
+//! `/api/page`), `/livez`, `/readyz`, `/metrics`, and, only when fault injection is enabled
+//! (tests), `POST /debug/partition?peers=kv-1,kv-2`.
 
 use axum::Router;
 use axum::extract::{Query, State};
@@ -38,8 +39,25 @@ impl axum::serve::Listener for Incoming {
     }
 }
 
-pub(crate) fn router(node: ordkv::Node, fault_injection: bool) -> Router {
+/// What the HTTP handlers serve from.
+#[derive(Clone)]
+pub(crate) struct HttpState {
+    pub(crate) node: ordkv::Node,
+    /// The client port's access control, which the status page describes.
+    pub(crate) access: Option<std::sync::Arc<crate::AccessControl>>,
+}
+
+impl axum::extract::FromRef<HttpState> for ordkv::Node {
+    fn from_ref(state: &HttpState) -> ordkv::Node {
+        state.node.clone()
+    }
+}
+
+pub(crate) fn router(state: HttpState, fault_injection: bool) -> Router {
     let router = Router::new()
+        .route("/", get(crate::status_page::page))
+        .route("/api/status", get(crate::status_page::api_status))
+        .route("/api/page", get(crate::status_page::api_page))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
@@ -48,7 +66,7 @@ pub(crate) fn router(node: ordkv::Node, fault_injection: bool) -> Router {
     } else {
         router
     };
-    router.with_state(node)
+    router.with_state(state)
 }
 
 #[derive(serde::Deserialize)]

@@ -26,6 +26,7 @@ mod lease_service;
 mod metrics;
 mod rpc;
 mod status;
+mod status_page;
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -45,6 +46,7 @@ pub use kv_service::{KvService, WatchStream};
 pub use lease_service::{KeepAliveStream, LeaseService};
 pub use metrics::{REQUEST_DURATION, REQUESTS_TOTAL};
 pub use status::{LEADER_METADATA_KEY, code_name, status_from_error};
+pub use status_page::status_json;
 
 /// Why the servers could not start or stopped on their own.
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +159,10 @@ pub async fn serve_with_listeners(
             None
         }
     };
+    let http_state = http::HttpState {
+        node: node.clone(),
+        access: access.clone(),
+    };
     let ctx = rpc::RpcContext {
         node: node.clone(),
         request_timeout: config.request_timeout,
@@ -221,9 +227,12 @@ pub async fn serve_with_listeners(
         conns: listen::incoming(http, http_listen),
         local: http_addr,
     };
-    let http_server = axum::serve(http_incoming, http::router(node, config.fault_injection))
-        .with_graceful_shutdown(stopping.clone().cancelled_owned())
-        .into_future();
+    let http_server = axum::serve(
+        http_incoming,
+        http::router(http_state, config.fault_injection),
+    )
+    .with_graceful_shutdown(stopping.clone().cancelled_owned())
+    .into_future();
     let mut http = tokio::spawn(http_server);
     tracing::info!(
         node = %member,

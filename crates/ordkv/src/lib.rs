@@ -22,6 +22,7 @@ mod datadir;
 mod error;
 mod intent;
 mod kv;
+mod leader_log;
 mod lease;
 pub mod listen;
 mod membership;
@@ -64,6 +65,7 @@ pub type Lock = ordkv_recipes::Lock<Kv>;
 pub type Election = ordkv_recipes::Election<Kv>;
 /// Why a lock, an election or a session failed.
 pub type RecipeError = ordkv_recipes::Error<Error>;
+pub use leader_log::LeaderChange;
 pub use lease::{
     LEASE_EXPIRIES, LEASE_KEEPALIVES, LEASE_REVOKE_DELAY, LEASES_LIVE,
     MAX_TTL_SECS as MAX_LEASE_TTL_SECS, MIN_TTL_SECS as MIN_LEASE_TTL_SECS,

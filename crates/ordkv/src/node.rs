@@ -17,6 +17,7 @@ use crate::datadir::DataDir;
 use crate::error::{Error, Result};
 use crate::intent::IntentWatch;
 use crate::kv::Kv;
+use crate::leader_log::{LeaderChange, LeaderLog};
 use crate::lease::LeaseClock;
 use crate::membership::Membership;
 use crate::pb;
@@ -41,6 +42,8 @@ struct Inner {
     data_dir: Arc<DataDir>,
     /// The TLS material of `tls_dir`, re-read on change.
     tls: Option<TlsMaterial>,
+    /// The leader changes this member saw lately.
+    leader_log: LeaderLog,
     /// Cancelled on shutdown: stops the peer server and the lifecycle task.
     stop: CancellationToken,
     /// The tasks the node runs (peer server, cluster lifecycle, intent poller), joined on
@@ -173,6 +176,7 @@ impl Node {
                 membership: membership.clone(),
                 data_dir,
                 tls: tls.clone(),
+                leader_log: LeaderLog::default(),
                 stop: stop.clone(),
                 tasks: Default::default(),
                 config,
@@ -180,6 +184,12 @@ impl Node {
         };
         let inner = &node.inner;
         inner.spawn(intent.poll(stop.clone()));
+        inner.spawn(
+            inner
+                .leader_log
+                .clone()
+                .follow(replica.clone(), stop.clone()),
+        );
         inner.spawn(leases.clone().run(stop.clone()));
         if let Some(schedule) = inner.config.backup.clone() {
             std::fs::create_dir_all(&schedule.dir).map_err(|e| {
@@ -225,6 +235,11 @@ impl Node {
     /// ports with it.
     pub fn tls(&self) -> Option<&TlsMaterial> {
         self.inner.tls.as_ref()
+    }
+
+    /// The leader changes this member saw lately (up to 20), oldest first.
+    pub fn leader_changes(&self) -> Vec<LeaderChange> {
+        self.inner.leader_log.recent()
     }
 
     /// The KV handle.
