@@ -652,6 +652,7 @@ def main() -> int:
 
     tls_problems, tls_summary = check_tls_component(directory, versions, args.verbose)
     problems += tls_problems
+    problems += check_backup_example(directory, versions)
 
     schema_versions = ", ".join(kv.major_minor(v) for v in versions)
     if problems:
@@ -666,6 +667,33 @@ def main() -> int:
         f"and {raw_check.passed + rendered_check.passed} invariant checks; {tls_summary}"
     )
     return 0
+
+
+def check_backup_example(directory: str, versions: list) -> list:
+    """backup/: strict schemas, and the CronJob saves into the PVC it mounts."""
+    path = os.path.join(directory, "backup", "cronjob.yaml")
+    if not os.path.exists(path):
+        return ["backup/cronjob.yaml is missing"]
+    docs = load_docs(path)
+    problems = []
+    for d in docs:
+        problems += schema_validate("backup/cronjob.yaml", d, versions)
+    pvcs = {d["metadata"]["name"] for d in docs if d.get("kind") == "PersistentVolumeClaim"}
+    jobs = [d for d in docs if d.get("kind") == "CronJob"]
+    if len(jobs) != 1:
+        return problems + ["backup/cronjob.yaml: expected one CronJob"]
+    pod = jobs[0]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in pod.get("volumes", [])}
+    for c in pod["containers"]:
+        args = c.get("args") or []
+        if not ("snapshot" in args and "save" in args and "--dir" in args):
+            problems.append(f"backup/cronjob.yaml: {c['name']} does not run `snapshot save --dir`: {args}")
+            continue
+        target = args[args.index("--dir") + 1]
+        mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+        if claims.get(mounts.get(target)) not in pvcs:
+            problems.append(f"backup/cronjob.yaml: --dir {target} is not the mounted backup PVC")
+    return problems
 
 
 def _containers(doc):

@@ -172,14 +172,14 @@ async fn a_survivor_of_quorum_loss_is_recovered_and_the_others_rejoin_it() {
         c.wait_ready(i).await;
     }
     c.wait_voters(3).await;
-    for i in 0..3 {
+    for (i, old_id) in old_ids.iter().enumerate() {
         let record = c.member_record(i);
         assert_eq!(
             record.cluster_id, cluster_id,
             "kv-{i} is in another cluster"
         );
         if i != survivor {
-            assert_ne!(record.node_id, old_ids[i], "kv-{i} reused its node id");
+            assert_ne!(record.node_id, *old_id, "kv-{i} reused its node id");
         }
         assert_eq!(c.status(i).await.cluster_id, cluster_id);
     }

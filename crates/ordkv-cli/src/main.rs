@@ -253,10 +253,14 @@ mod tests {
         for id in ["endpoints", "output", "timeout"] {
             assert!(!has(&["serve"], id), "serve lists --{id}");
             assert!(!has(&["dev-cluster"], id), "dev-cluster lists --{id}");
-            assert!(
-                !has(&["snapshot", "restore"], id),
-                "snapshot restore lists --{id}"
-            );
+            // Commands on local files take -o only.
+            for local in [
+                &["snapshot", "restore"][..],
+                &["snapshot", "verify"],
+                &["recover"],
+            ] {
+                assert_eq!(has(local, id), id == "output", "{local:?} and --{id}");
+            }
             assert!(has(&["get"], id), "get lacks --{id}");
             assert!(has(&["watch"], id), "watch lacks --{id}");
             assert!(

@@ -124,7 +124,8 @@ pub struct ServeArgs {
     pub backup_on_followers: bool,
     /// Before starting, make this member the only voter of its cluster (`ordkv recover`: for a
     /// quorum lost for good; refused while other members answer). Run it once, then remove
-    /// the flag: every start with it would drop the members that rejoined since.
+    /// the flag: every start with it would drop the members that rejoined since. No
+    /// `ORDKV_*` twin on purpose: set on a StatefulSet it would reach every pod.
     #[arg(long)]
     pub recover: bool,
     /// TLS on every port: a directory with `tls.crt`, `tls.key` and `ca.crt` (a mounted

@@ -313,7 +313,7 @@ pub(crate) fn verify_with(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> io
             return Err(corrupt(format!("snapshot {name} is truncated")));
         }
         keys += 1;
-        if keys % 4096 == 0 {
+        if keys.is_multiple_of(4096) {
             progress(r.read, keys);
         }
     }
