@@ -336,6 +336,11 @@ impl NodeProcess {
         }
     }
 
+    /// Adds `serve` flags for this and every later start.
+    pub fn add_args(&mut self, args: &[&str]) {
+        self.extra_args.extend(args.iter().map(|a| a.to_string()));
+    }
+
     /// The `serve` arguments of this node.
     pub fn serve_args(&self) -> Vec<String> {
         let mut args = vec![

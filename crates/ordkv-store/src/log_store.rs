@@ -106,6 +106,19 @@ impl LogStore {
         Ok(())
     }
 
+    /// The id of the entry at `index`, if the log holds it (not purged, not past the end).
+    pub fn log_id_at(&self, index: u64) -> io::Result<Option<LogId>> {
+        let purged = self.purge.lock().expect("purge points").logical;
+        if purged.is_some_and(|p| index <= p) {
+            return Ok(None);
+        }
+        Ok(self
+            .wal
+            .read(index, index.saturating_add(1))?
+            .first()
+            .map(|e| e.log_id))
+    }
+
     /// Appends `entries` and waits until they are on disk (recovery, offline).
     pub(crate) async fn append_durably(&self, entries: Vec<Entry>) -> io::Result<()> {
         self.wal.append(entries)?;

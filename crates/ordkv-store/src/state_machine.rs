@@ -220,6 +220,11 @@ impl StateMachine {
         self.read_state().compact_revision
     }
 
+    /// The last applied log entry.
+    pub fn applied_log_id(&self) -> Option<LogId> {
+        self.read_state().applied
+    }
+
     /// The index of the last applied log entry.
     pub fn applied_index(&self) -> u64 {
         self.read_state().applied.as_ref().map_or(0, |l| l.index)

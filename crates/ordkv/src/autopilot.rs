@@ -47,6 +47,9 @@ pub(crate) struct View {
     pub me: u64,
     pub members: BTreeMap<u64, MemberView>,
     pub last_index: u64,
+    /// The index of the latest membership entry: a learner is promoted only once it holds
+    /// it (one that stopped taking the log short of it, e.g. on conflicting data, never is).
+    pub membership_index: u64,
     pub max_voters: usize,
     pub intent: ScaleIntent,
 }
@@ -119,8 +122,9 @@ pub(crate) fn plan(v: &View) -> Option<Action> {
         && let Some((id, _)) = v.members.iter().find(|(_, m)| {
             !m.voter
                 && !going(m)
-                && m.matched
-                    .is_some_and(|l| l + CAUGHT_UP_ENTRIES >= v.last_index)
+                && m.matched.is_some_and(|l| {
+                    l >= v.membership_index && l + CAUGHT_UP_ENTRIES >= v.last_index
+                })
         })
     {
         return Some(Action::Promote(*id));
@@ -202,6 +206,7 @@ impl Autopilot {
             me,
             members,
             last_index: m.last_log_index.unwrap_or(0),
+            membership_index: m.membership_config.log_id().as_ref().map_or(0, |l| l.index),
             max_voters: self.membership.max_voters(),
             intent: self.membership.intent(),
         }
@@ -284,6 +289,7 @@ mod tests {
             me: LEADER,
             members,
             last_index: 50,
+            membership_index: 10,
             max_voters: 5,
             intent: replicas.map_or(ScaleIntent::Unavailable("no API".into()), |n| {
                 ScaleIntent::Replicas(n)
@@ -373,6 +379,13 @@ mod tests {
         v.last_index = 500;
         member(&mut v, 3).matched = Some(10);
         assert_eq!(plan(&v), None, "not caught up");
+        // Within reach of the end, but short of the entry that added it.
+        v.last_index = 50;
+        member(&mut v, 3).matched = Some(45);
+        v.membership_index = 48;
+        assert_eq!(plan(&v), None, "without the latest membership entry");
+        member(&mut v, 3).matched = Some(48);
+        assert_eq!(plan(&v), Some(Action::Promote(LEADER + 3)));
         // Scaled to 3: the learner kv-3 is removed, not promoted.
         assert_eq!(plan(&view(3, 1, Some(3))), remove(3, Why::ScaledDown(3)));
         let mut v = view(5, 1, None);

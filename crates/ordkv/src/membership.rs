@@ -36,6 +36,9 @@ pub(crate) fn raft_write_err(
 
 /// How long the leader waits for a leaving member's removal before it answers "ask again".
 const LEAVE_WAIT: Duration = Duration::from_secs(5);
+/// How long a join waits for the new learner to catch up before it is promoted; a slower
+/// one (a large snapshot) is promoted later by the autopilot.
+const PROMOTE_WAIT: Duration = Duration::from_secs(30);
 
 /// Members that asked the leader to remove them (`Peer.Leave`): the autopilot removes them
 /// as it removes members scaled away, one change at a time.
@@ -183,12 +186,16 @@ impl Membership {
             .membership()
             .get_node(&member.node_id)
             .is_some();
+        // The entry the learner must have taken before it is promoted.
+        let mut must_have = self.metrics().last_log_index.unwrap_or(0);
         if !present {
             tracing::info!(member = %member.name, node_id = member.node_id, "adding a learner");
-            self.raft
+            let added = self
+                .raft
                 .add_learner(member.node_id, node, true)
                 .await
                 .map_err(raft_write_err)?;
+            must_have = added.log_id.index;
             outcome.push("added as a learner");
         }
         let voters = self
@@ -204,14 +211,26 @@ impl Membership {
             .voter_ids()
             .any(|id| id == member.node_id);
         if !is_voter && voters < self.max_voters {
-            self.raft
-                .change_membership(
-                    ChangeMembers::AddVoterIds(BTreeSet::from([member.node_id])),
-                    false,
-                )
+            // Only a learner that took the log counts toward a quorum: one that refuses it
+            // (its data conflicts, see `peer::server::refuse_divergence`) or died after asking
+            // would leave a small cluster without a quorum once promoted.
+            if self
+                .has_taken(member.node_id, must_have, PROMOTE_WAIT)
                 .await
-                .map_err(raft_write_err)?;
-            outcome.push("promoted to voter");
+            {
+                self.raft
+                    .change_membership(
+                        ChangeMembers::AddVoterIds(BTreeSet::from([member.node_id])),
+                        false,
+                    )
+                    .await
+                    .map_err(raft_write_err)?;
+                outcome.push("promoted to voter");
+            } else {
+                outcome.push(
+                    "not promoted yet: it has not taken the log (the autopilot promotes it once it has caught up)",
+                );
+            }
         }
         if outcome.is_empty() {
             outcome.push(if is_voter {
@@ -221,6 +240,21 @@ impl Membership {
             });
         }
         Ok(outcome.join(", "))
+    }
+
+    /// Waits up to `wait` until `id` holds the entry at `index`.
+    async fn has_taken(&self, id: u64, index: u64, wait: Duration) -> bool {
+        self.raft
+            .wait(Some(wait))
+            .metrics(
+                |m| {
+                    let matched = m.replication.as_ref().and_then(|r| r.get(&id).cloned());
+                    matched.flatten().is_some_and(|l| l.index >= index)
+                },
+                "the learner took the log",
+            )
+            .await
+            .is_ok()
     }
 
     /// Removes node ids (voters or learners) from the membership.

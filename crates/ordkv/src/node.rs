@@ -123,10 +123,11 @@ impl Node {
         let network = PeerNetwork {
             shared: peer.clone(),
         };
+        let log_reader = log.clone();
         let raft = Raft::new(node_id, raft_config(&config)?, network, log, sm.clone())
             .await
             .map_err(|e| Error::Storage(format!("starting raft: {e}")))?;
-        let replica = Replica::new(raft.clone(), sm, peer.clone());
+        let replica = Replica::new(raft.clone(), sm, log_reader, peer.clone());
         let space = crate::space::SpaceGuard::new(
             replica.sm.clone(),
             data_dir.path.clone(),

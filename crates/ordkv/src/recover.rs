@@ -120,6 +120,7 @@ pub async fn recover(config: &NodeConfig, force: bool) -> Result<RecoverReport> 
             answer,
         });
     }
+    others.sort_by(|a, b| a.name.cmp(&b.name));
     let answering: Vec<String> = others
         .iter()
         .filter_map(|o| {

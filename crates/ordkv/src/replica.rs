@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::{Raft, RaftMetrics, ServerState};
-use ordkv_store::{MemberNode, StateMachine, TypeConfig};
+use ordkv_store::{LogStore, MemberNode, StateMachine, TypeConfig};
 
 use crate::catch_up::LeaderCommits;
 use crate::error::{Error, Result};
@@ -87,6 +87,8 @@ impl NodeStatus {
 pub(crate) struct Replica {
     pub(crate) raft: OrdRaft,
     pub(crate) sm: StateMachine,
+    /// The Raft log, read to compare the leader's entries with the ones applied here.
+    pub(crate) log: LogStore,
     /// Node id, name and cluster id as peers see them, and whether this member was removed.
     pub(crate) peer: Arc<PeerShared>,
     /// Set when the node cannot go on (e.g. its data belongs to another cluster).
@@ -96,10 +98,16 @@ pub(crate) struct Replica {
 }
 
 impl Replica {
-    pub(crate) fn new(raft: OrdRaft, sm: StateMachine, peer: Arc<PeerShared>) -> Replica {
+    pub(crate) fn new(
+        raft: OrdRaft,
+        sm: StateMachine,
+        log: LogStore,
+        peer: Arc<PeerShared>,
+    ) -> Replica {
         Replica {
             raft,
             sm,
+            log,
             peer,
             fatal: Default::default(),
             leader_commits: Default::default(),

@@ -11,6 +11,7 @@ use futures::{Stream, StreamExt};
 use openraft::ReadPolicy;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{LinearizableReadError, RaftError};
+use openraft::raft::AppendEntriesRequest;
 use ordkv_store::{SnapshotData, SnapshotMeta, TypeConfig, Vote};
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -174,11 +175,13 @@ impl pb::peer_server::Peer for PeerService {
         // Appends are taken until one is refused or unreadable; the answers to those before it
         // come first, then why the stream stopped.
         let refused = Arc::new(Mutex::new(None::<Status>));
-        let (peer, why) = (self.replica.peer.clone(), refused.clone());
+        let (replica, why) = (self.replica.clone(), refused.clone());
         let appends = req.into_inner().scan((), move |_, msg| {
             let rpc = msg.and_then(|m| {
-                admit(&peer, &m)?;
-                decode(&m.payload).map_err(Status::invalid_argument)
+                admit(&replica.peer, &m)?;
+                let rpc = decode(&m.payload).map_err(Status::invalid_argument)?;
+                refuse_divergence(&replica, &rpc)?;
+                Ok(rpc)
             });
             std::future::ready(match rpc {
                 Ok(rpc) => Some(rpc),
@@ -205,8 +208,15 @@ impl pb::peer_server::Peer for PeerService {
         &self,
         req: Request<pb::PeerRequest>,
     ) -> Result<Response<pb::PeerReply>, Status> {
-        self.raft_call(req, |rpc| self.replica.raft.append_entries(rpc))
-            .await
+        self.raft_call(req, |rpc: AppendEntriesRequest<TypeConfig>| async move {
+            refuse_divergence(&self.replica, &rpc).map_err(|s| s.message().to_string())?;
+            self.replica
+                .raft
+                .append_entries(rpc)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await
     }
 
     async fn vote(&self, req: Request<pb::PeerRequest>) -> Result<Response<pb::PeerReply>, Status> {
@@ -407,6 +417,49 @@ impl pb::peer_server::Peer for PeerService {
             .map_err(crate::peer::to_status)?;
         Ok(Response::new(pb::LeaveReply { outcome }))
     }
+}
+
+/// Refuses, and stops this member, when the leader's entries differ from ones this member
+/// has applied. Raft never lets that happen; `ordkv recover` can: the recovered member's log
+/// lacks entries a member it dropped had applied. openraft takes committed entries as
+/// matching (it would skip them and keep this member's state: a fork), so they are compared
+/// here, before openraft sees them: the prev entry and any resent entry at or below the
+/// applied index, read from the log unless it is the applied entry itself.
+fn refuse_divergence(
+    replica: &Replica,
+    rpc: &AppendEntriesRequest<TypeConfig>,
+) -> Result<(), Status> {
+    let Some(applied) = replica.sm.applied_log_id() else {
+        return Ok(());
+    };
+    let theirs = rpc
+        .prev_log_id
+        .iter()
+        .chain(rpc.entries.iter().map(|e| &e.log_id))
+        .filter(|id| id.index <= applied.index);
+    for id in theirs {
+        let mine = if id.index == applied.index {
+            Some(applied)
+        } else {
+            replica.log.log_id_at(id.index).map_err(internal)?
+        };
+        if let Some(mine) = mine.filter(|mine| mine != id) {
+            let reason = format!(
+                "the leader's log conflicts with entries this member has already applied \
+                 (at index {}: the leader has {id}, this member applied {mine}, up to index {}): \
+                 the cluster was recovered from another member (`ordkv recover`) while this one \
+                 held newer data. Wipe this member's data dir so it rejoins with the cluster's \
+                 data (what it applied after index {} is lost)",
+                id.index,
+                applied.index,
+                id.index.saturating_sub(1)
+            );
+            tracing::error!(error = %reason, "stopping");
+            replica.set_fatal(reason.clone());
+            return Err(Status::failed_precondition(reason));
+        }
+    }
+    Ok(())
 }
 
 /// What this member knows of its cluster.
