@@ -801,7 +801,7 @@ fn wiped_ordinal_zero_joins_the_existing_cluster() {
 /// ordinals come back empty and join it under new node ids, and every key is served.
 #[test]
 fn quorum_loss_is_recovered_from_the_surviving_volume() {
-    let mut sts = StatefulSet::new("recover");
+    let mut sts = StatefulSet::new("recover").with_kube_api();
     let before = start(&mut sts, 3);
     let written = sts.put_many(0, "r", 100);
     wait_serves(&sts, 1, "r/", &written);

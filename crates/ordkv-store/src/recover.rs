@@ -25,9 +25,7 @@ use crate::types::{Entry, LogId, MemberNode, NodeId, TypeConfig, Vote};
 /// What a recovery found and wrote.
 #[derive(Debug, Clone)]
 pub struct Recovered {
-    /// The members of the latest membership before the recovery, by node id.
-    pub previous_members: BTreeMap<NodeId, MemberNode>,
-    /// The voters among them.
+    /// The voters of the latest membership before the recovery.
     pub previous_voters: BTreeSet<NodeId>,
     /// The last entry applied to the state machine, and its revision: what a read serves
     /// right after the start, before the entries after it are applied.
@@ -102,7 +100,6 @@ pub async fn make_sole_voter(
     log.append_durably(vec![Entry::new_membership(membership_entry, sole)])
         .await?;
     Ok(Recovered {
-        previous_members: membership.nodes().map(|(id, n)| (*id, n.clone())).collect(),
         previous_voters: membership.voter_ids().collect(),
         applied,
         revision: sm.revision(),

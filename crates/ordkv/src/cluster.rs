@@ -8,9 +8,13 @@
 //! |-----------------------------|----------------------------------------|---------------------|
 //! | Raft state present          | (not asked)                            | restart as is       |
 //! | empty                       | some member reports a cluster          | join that cluster   |
-//! | empty, ordinal 0            | every resolvable peer answered, none in a cluster | bootstrap |
+//! | empty, ordinal 0            | every peer answered, none in a cluster | bootstrap           |
 //! | empty                       | otherwise                              | wait and ask again  |
 //! | belongs to cluster A        | a member reports cluster B             | stop: wrong volume  |
+//!
+//! "Every peer" is every ordinal below the StatefulSet's `spec.replicas` when the Kubernetes
+//! API gives it (a pod that exists but has no DNS record yet is waited for: after a recovery
+//! the survivor may be the last pod to get one), else every peer whose name resolves.
 //!
 //! A joining member asks the leader to admit it: the leader removes any older incarnation
 //! of the same name (a wiped volume comes back under a new node id), adds the member as a
@@ -27,6 +31,7 @@ use crate::autopilot::Autopilot;
 use crate::config::{Identity, NodeConfig, Peers};
 use crate::datadir::DataDir;
 use crate::error::{Error, Result, node_stopped};
+use crate::intent::{NOT_READ_YET, ScaleIntent};
 use crate::membership::Membership;
 use crate::pb;
 use crate::peer::{PEER_CALL_TIMEOUT, from_status, peer_member};
@@ -170,7 +175,13 @@ impl Lifecycle {
                 .iter()
                 .map(|(n, _, a)| (n.clone(), a.clone()))
                 .collect();
-            match decide(replica.peer.cluster_id(), self.identity.ordinal, &named) {
+            let replicas = self.replicas();
+            match decide(
+                replica.peer.cluster_id(),
+                self.identity.ordinal,
+                &named,
+                replicas,
+            ) {
                 Decision::Bootstrap => self.initialize_alone().await?,
                 Decision::Join { cluster_id } => {
                     self.adopt_cluster(&cluster_id)?;
@@ -231,6 +242,15 @@ impl Lifecycle {
         Ok(())
     }
 
+    /// How many members the StatefulSet is meant to have, as far as this member knows.
+    fn replicas(&self) -> Replicas {
+        match self.membership.intent() {
+            ScaleIntent::Replicas(n) => Replicas::Known(n),
+            ScaleIntent::Unavailable(why) if why == NOT_READ_YET => Replicas::Pending,
+            ScaleIntent::Unavailable(_) => Replicas::Unknown,
+        }
+    }
+
     /// The peers to ask, by name and peer address.
     async fn candidates(&self) -> Vec<(String, String)> {
         let me = &self.identity;
@@ -242,7 +262,12 @@ impl Lifecycle {
                 .map(|(n, a)| (n.clone(), a.clone()))
                 .collect(),
             dns @ Peers::Dns { .. } => {
-                // Ordinals below ours, and above ours until two in a row do not resolve.
+                // Ordinals below ours and below the StatefulSet's count, and above those
+                // until two in a row do not resolve.
+                let expected = match self.replicas() {
+                    Replicas::Known(n) => n,
+                    _ => 0,
+                };
                 let mut out = Vec::new();
                 let mut misses = 0;
                 for i in 0..64u32 {
@@ -252,7 +277,7 @@ impl Lifecycle {
                     let Some((name, addr)) = dns.address_of(me, i) else {
                         break;
                     };
-                    if i > me.ordinal {
+                    if i > me.ordinal && i >= expected {
                         if crate::resolve::resolves(&addr).await {
                             misses = 0;
                         } else {
@@ -378,6 +403,17 @@ pub(crate) enum Answer {
     Info(pb::ClusterInfoReply),
 }
 
+/// The StatefulSet's intended size, as the start-up rule sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Replicas {
+    /// `spec.replicas`.
+    Known(u32),
+    /// The Kubernetes API is configured but not read yet.
+    Pending,
+    /// No API (a plain `--peers` map, or no access).
+    Unknown,
+}
+
 /// The start-up decision for a member without Raft state.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Decision {
@@ -388,7 +424,12 @@ pub(crate) enum Decision {
 }
 
 /// The pure start-up rule: see the module documentation.
-pub(crate) fn decide(local_cluster: &str, ordinal: u32, answers: &[(String, Answer)]) -> Decision {
+pub(crate) fn decide(
+    local_cluster: &str,
+    ordinal: u32,
+    answers: &[(String, Answer)],
+    replicas: Replicas,
+) -> Decision {
     let clusters: BTreeSet<&str> = answers
         .iter()
         .filter_map(|(_, a)| match a {
@@ -421,6 +462,30 @@ pub(crate) fn decide(local_cluster: &str, ordinal: u32, answers: &[(String, Answ
     if !silent.is_empty() {
         return Decision::Wait(format!("waiting for {} to answer", silent.join(", ")));
     }
+    match replicas {
+        Replicas::Pending => {
+            return Decision::Wait(
+                "waiting for the StatefulSet's replica count from the Kubernetes API".into(),
+            );
+        }
+        Replicas::Known(n) => {
+            let unseen: Vec<&str> = answers
+                .iter()
+                .filter(|(name, a)| {
+                    matches!(a, Answer::Unresolved)
+                        && Identity::parse(name).is_ok_and(|id| id.ordinal < n)
+                })
+                .map(|(name, _)| name.as_str())
+                .collect();
+            if !unseen.is_empty() {
+                return Decision::Wait(format!(
+                    "waiting for {} (the StatefulSet has {n} replicas) to answer",
+                    unseen.join(", ")
+                ));
+            }
+        }
+        Replicas::Unknown => {}
+    }
     Decision::Bootstrap
 }
 
@@ -444,16 +509,51 @@ mod tests {
     #[test]
     fn ordinal_zero_bootstraps_only_when_every_resolvable_peer_answered_empty() {
         let all_empty = answers(&[("kv-1", info("")), ("kv-2", Answer::Unresolved)]);
-        assert_eq!(decide("", 0, &all_empty), Decision::Bootstrap);
+        assert_eq!(
+            decide("", 0, &all_empty, Replicas::Unknown),
+            Decision::Bootstrap
+        );
         let one_silent = answers(&[("kv-1", info("")), ("kv-2", Answer::Silent)]);
-        assert!(matches!(decide("", 0, &one_silent), Decision::Wait(w) if w.contains("kv-2")));
+        assert!(
+            matches!(decide("", 0, &one_silent, Replicas::Unknown), Decision::Wait(w) if w.contains("kv-2"))
+        );
+    }
+
+    #[test]
+    fn with_a_replica_count_ordinal_zero_waits_for_every_pod_below_it() {
+        // kv-1 (the survivor of a recovery, say) has no DNS record yet; kv-2 is empty.
+        let answers = answers(&[("kv-1", Answer::Unresolved), ("kv-2", info(""))]);
+        assert!(matches!(
+            decide("", 0, &answers, Replicas::Known(3)),
+            Decision::Wait(w) if w.contains("kv-1")
+        ));
+        assert!(matches!(
+            decide("", 0, &answers, Replicas::Pending),
+            Decision::Wait(_)
+        ));
+        // Without the API the old rule holds: an unresolvable name is not a pod.
+        assert_eq!(
+            decide("", 0, &answers, Replicas::Unknown),
+            Decision::Bootstrap
+        );
+        // kv-2 above the count does not hold it up.
+        assert_eq!(
+            decide("", 0, &answers, Replicas::Known(1)),
+            Decision::Bootstrap
+        );
     }
 
     #[test]
     fn other_ordinals_never_bootstrap() {
         let all_empty = answers(&[("kv-0", info("")), ("kv-2", info(""))]);
-        assert!(matches!(decide("", 1, &all_empty), Decision::Wait(_)));
-        assert!(matches!(decide("", 1, &[]), Decision::Wait(_)));
+        assert!(matches!(
+            decide("", 1, &all_empty, Replicas::Unknown),
+            Decision::Wait(_)
+        ));
+        assert!(matches!(
+            decide("", 1, &[], Replicas::Unknown),
+            Decision::Wait(_)
+        ));
     }
 
     #[test]
@@ -462,21 +562,27 @@ mod tests {
         let join = Decision::Join {
             cluster_id: "c1".into(),
         };
-        assert_eq!(decide("", 0, &found), join);
-        assert_eq!(decide("", 3, &found), join);
+        assert_eq!(decide("", 0, &found, Replicas::Unknown), join);
+        assert_eq!(decide("", 3, &found, Replicas::Unknown), join);
         // A member that recorded the cluster before it crashed mid-join joins it again.
-        assert_eq!(decide("c1", 3, &found), join);
+        assert_eq!(decide("c1", 3, &found, Replicas::Unknown), join);
     }
 
     #[test]
     fn data_of_another_cluster_stops_the_member() {
         let found = answers(&[("kv-1", info("c2"))]);
-        assert!(matches!(decide("c1", 0, &found), Decision::WrongCluster(_)));
+        assert!(matches!(
+            decide("c1", 0, &found, Replicas::Unknown),
+            Decision::WrongCluster(_)
+        ));
     }
 
     #[test]
     fn disagreeing_peers_make_the_member_wait() {
         let split = answers(&[("kv-1", info("c1")), ("kv-2", info("c2"))]);
-        assert!(matches!(decide("", 0, &split), Decision::Wait(_)));
+        assert!(matches!(
+            decide("", 0, &split, Replicas::Unknown),
+            Decision::Wait(_)
+        ));
     }
 }

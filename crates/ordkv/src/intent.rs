@@ -30,7 +30,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// The intent before the first poll answered.
-const NOT_READ_YET: &str = "not read yet";
+pub(crate) const NOT_READ_YET: &str = "not read yet";
 
 /// Where the pod's service account is mounted.
 pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";

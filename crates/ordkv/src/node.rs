@@ -97,6 +97,14 @@ impl Node {
     /// not ready until it is a member and caught up.
     pub async fn open(config: NodeConfig) -> Result<Node> {
         let identity = config.validate()?;
+        if let Some(schedule) = &config.backup {
+            std::fs::create_dir_all(&schedule.dir).map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "backup dir {} (--backup-dir): {e}",
+                    schedule.dir.display()
+                ))
+            })?;
+        }
         let tls =
             match &config.tls_dir {
                 Some(dir) => Some(TlsMaterial::load(dir).map_err(|e| {
@@ -193,12 +201,6 @@ impl Node {
         );
         inner.spawn(leases.clone().run(stop.clone()));
         if let Some(schedule) = inner.config.backup.clone() {
-            std::fs::create_dir_all(&schedule.dir).map_err(|e| {
-                Error::InvalidArgument(format!(
-                    "backup dir {} (--backup-dir): {e}",
-                    schedule.dir.display()
-                ))
-            })?;
             inner.spawn(crate::backup::run(replica.clone(), schedule, stop.clone()));
         }
         if let Some(tls) = &tls {
