@@ -170,12 +170,12 @@ impl Lifecycle {
             .await
             .map_err(|e| Error::Storage(e.to_string()))?;
         if !initialized {
+            let replicas = self.replicas();
             let answers = self.ask_all().await;
             let named: Vec<(String, Answer)> = answers
                 .iter()
                 .map(|(n, _, a)| (n.clone(), a.clone()))
                 .collect();
-            let replicas = self.replicas();
             match decide(
                 replica.peer.cluster_id(),
                 self.identity.ordinal,
@@ -242,8 +242,12 @@ impl Lifecycle {
         Ok(())
     }
 
-    /// How many members the StatefulSet is meant to have, as far as this member knows.
+    /// How many members the StatefulSet is meant to have, as far as this member knows (a
+    /// `--peers` map names the members itself).
     fn replicas(&self) -> Replicas {
+        if !matches!(self.peers, Peers::Dns { .. }) {
+            return Replicas::Unknown;
+        }
         match self.membership.intent() {
             ScaleIntent::Replicas(n) => Replicas::Known(n),
             ScaleIntent::Unavailable(why) if why == NOT_READ_YET => Replicas::Pending,
@@ -469,13 +473,16 @@ pub(crate) fn decide(
             );
         }
         Replicas::Known(n) => {
-            let unseen: Vec<&str> = answers
+            // Every other ordinal below the count must have answered (an unresolvable name,
+            // or one not asked yet, is a pod on its way).
+            let answered: BTreeSet<u32> = answers
                 .iter()
-                .filter(|(name, a)| {
-                    matches!(a, Answer::Unresolved)
-                        && Identity::parse(name).is_ok_and(|id| id.ordinal < n)
-                })
-                .map(|(name, _)| name.as_str())
+                .filter(|(_, a)| matches!(a, Answer::Info(_)))
+                .filter_map(|(name, _)| Identity::parse(name).ok().map(|id| id.ordinal))
+                .collect();
+            let unseen: Vec<String> = (0..n)
+                .filter(|i| *i != ordinal && !answered.contains(i))
+                .map(|i| format!("ordinal {i}"))
                 .collect();
             if !unseen.is_empty() {
                 return Decision::Wait(format!(
@@ -525,7 +532,12 @@ mod tests {
         let answers = answers(&[("kv-1", Answer::Unresolved), ("kv-2", info(""))]);
         assert!(matches!(
             decide("", 0, &answers, Replicas::Known(3)),
-            Decision::Wait(w) if w.contains("kv-1")
+            Decision::Wait(w) if w.contains("ordinal 1")
+        ));
+        // Names not asked at all (the count was read after the peers were listed).
+        assert!(matches!(
+            decide("", 0, &[], Replicas::Known(3)),
+            Decision::Wait(w) if w.contains("ordinal 1, ordinal 2")
         ));
         assert!(matches!(
             decide("", 0, &answers, Replicas::Pending),
