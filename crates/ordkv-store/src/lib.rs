@@ -93,7 +93,7 @@ pub fn open(dir: &Path, opts: &StoreOptions) -> io::Result<(LogStore, StateMachi
         crash::point("wal.after_sync");
         Ok(())
     })?;
-    let mut log = LogStore::new(&db, wal, wal_sync, db_sync.clone())?;
+    let log = LogStore::new(&db, wal, wal_sync, db_sync.clone())?;
     let sm = StateMachine::open(
         &db,
         dir.join("snapshots"),
@@ -101,7 +101,6 @@ pub fn open(dir: &Path, opts: &StoreOptions) -> io::Result<(LogStore, StateMachi
         opts.history_revisions,
         opts.max_range_limit,
     )?;
-    log.guard_applied(sm.clone());
     Ok((log, sm))
 }
 

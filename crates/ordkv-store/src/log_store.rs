@@ -11,7 +11,6 @@ use openraft::{OptionalSend, RaftLogReader};
 
 use crate::codec::{decode_meta, encode_meta};
 use crate::durability::Durability;
-use crate::state_machine::StateMachine;
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 use crate::wal::Wal;
 
@@ -32,8 +31,6 @@ pub struct LogStore {
     /// Durable sled writes (vote, purge point).
     db_sync: Durability,
     purge: Arc<Mutex<PurgePoints>>,
-    /// The state machine, for its applied index (see `truncate_after`).
-    applied: Option<StateMachine>,
 }
 
 /// openraft's purge point and the one before it (the same one after a restart, a restore
@@ -67,7 +64,6 @@ impl LogStore {
             wal_sync,
             db_sync,
             purge: Arc::default(),
-            applied: None,
         };
         // Segments may still hold entries below the purge point; they are not the log.
         if let Some(purged) = store.get_meta::<LogId>(LAST_PURGED)? {
@@ -78,11 +74,6 @@ impl LogStore {
             };
         }
         Ok(store)
-    }
-
-    /// Refuses, from now on, to truncate entries `sm` has applied.
-    pub(crate) fn guard_applied(&mut self, sm: StateMachine) {
-        self.applied = Some(sm);
     }
 
     /// The durable purge point's index, read before the log is opened (see [`Wal::open`]).
@@ -221,17 +212,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
-        // Raft never truncates a committed entry, so never an applied one: asked to, this
-        // member's data diverged from the leader's. That happens only after `ordkv recover`
-        // made another member the only voter while this one held entries it lacks; applying
-        // the leader's entries over a state that has others would fork the data.
-        let keep = last_log_id.map_or(0, |l| l.index);
-        let applied = self.applied.as_ref().map_or(0, |sm| sm.applied_index());
-        if keep < applied && self.wal.last().is_some_and(|l| l.index > keep) {
-            return Err(io::Error::other(format!(
-                "the leader's log conflicts with entries this member has already applied                  (up to index {applied}; the leader's log matches only up to {keep}): the                  cluster was recovered from another member (`ordkv recover`) while this one                  held newer data. Wipe this member's data dir so it rejoins with the                  cluster's data (its entries after index {keep} are lost)"
-            )));
-        }
         self.wal.truncate_after(last_log_id.map(|l| l.index))
     }
 

@@ -116,7 +116,6 @@ mod tests {
 
     use super::*;
     use crate::conformance::test_options;
-    use crate::pb;
 
     fn member(name: &str) -> MemberNode {
         MemberNode {
@@ -158,43 +157,5 @@ mod tests {
         };
         assert_eq!(m.voter_ids().collect::<Vec<_>>(), vec![2]);
         assert_eq!(m.nodes().count(), 1);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_truncation_of_applied_entries_is_refused() {
-        let dir = TempDir::new().unwrap();
-        let (mut log, sm) = crate::open(dir.path(), &test_options()).unwrap();
-        let entries = (1..=4).map(|i| Entry::new_blank(log_id::<TypeConfig>(1, 1, i)));
-        log.append(entries, IOFlushed::noop()).await.unwrap();
-        let put = pb::Command {
-            op: Some(pb::command::Op::Put(pb::PutRequest {
-                key: b"k".to_vec().into(),
-                value: b"v".to_vec().into(),
-                ..Default::default()
-            })),
-        };
-        sm.apply_commands(1, vec![put.clone(), put]).unwrap();
-
-        let err = log
-            .truncate_after(Some(log_id::<TypeConfig>(1, 1, 1)))
-            .await
-            .unwrap_err();
-        assert!(
-            err.to_string().contains("Wipe this member's data dir"),
-            "{err}"
-        );
-        // Entries after the applied ones are the log's to replace, as Raft does.
-        log.truncate_after(Some(log_id::<TypeConfig>(1, 1, 2)))
-            .await
-            .unwrap();
-        assert_eq!(
-            log.get_log_state()
-                .await
-                .unwrap()
-                .last_log_id
-                .unwrap()
-                .index,
-            2
-        );
     }
 }
