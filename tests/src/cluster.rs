@@ -127,7 +127,37 @@ impl Cluster {
         // Ready means serving, which a learner already does; the scenarios assume the first
         // members vote (a partition right after start must leave a majority that can elect).
         self.wait_voters(members).await;
+        self.wait_settled().await;
         self
+    }
+
+    /// Waits until every running member has applied everything the leader committed, in two
+    /// polls in a row: the membership changes that formed the cluster are behind every
+    /// member (a crash point armed after start must not fire on one of them).
+    pub async fn wait_settled(&self) {
+        let leader = self.leader().await;
+        let last = std::cell::Cell::new(None);
+        let last = &last;
+        self.wait_until(
+            "every member applied the leader's log",
+            Duration::from_secs(30),
+            || async move {
+                let commit = self.try_status(leader).await?.commit_index;
+                for i in self.running() {
+                    let applied = self.try_status(i).await?.applied_index;
+                    if applied < commit {
+                        last.set(None);
+                        return Err(format!("kv-{i} applied {applied} of {commit}"));
+                    }
+                }
+                if last.replace(Some(commit)) == Some(commit) {
+                    Ok(())
+                } else {
+                    Err(format!("committed {commit}; checking once more"))
+                }
+            },
+        )
+        .await
     }
 
     /// Waits until the leader counts `n` voters.
