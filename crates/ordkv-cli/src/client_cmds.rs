@@ -39,7 +39,7 @@ pub struct GlobalArgs {
     #[arg(short = 'o', long, value_enum, default_value_t = Format::Human)]
     pub output: Format,
     /// gRPC deadline of each request, e.g. `5s`, `500ms`, `1m`; `0` means none.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = crate::duration::parse_duration)]
     pub timeout: Duration,
     /// The CA certificate (PEM) that signed the servers' certificates: turns TLS on
     /// (endpoints without a scheme become `https://`).
@@ -437,24 +437,6 @@ fn parse_kn(s: &str) -> Result<(String, u64), String> {
         .parse()
         .map_err(|_| format!("expected KEY=NUMBER, got {s:?}"))?;
     Ok((k, n))
-}
-
-/// Parses `500ms`, `5s`, `2m`, `1h` or a bare number of seconds.
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?} (e.g. 5s, 500ms)"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!(
-            "invalid duration unit in {s:?} (use ms, s, m or h)"
-        )),
-    }
 }
 
 /// Runs a client command; `matches` are the top-level matches (for `txn` op order).
@@ -1184,16 +1166,6 @@ mod tests {
         assert_eq!(waited(Duration::from_millis(960), Some(secs(1))), "1s");
         assert_eq!(waited(Duration::from_millis(5020), Some(secs(10))), "5s");
         assert_eq!(waited(Duration::from_millis(1234), None), "1.2s");
-    }
-
-    #[test]
-    fn parses_durations() {
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert!(parse_duration("5x").is_err());
-        assert!(parse_duration("s").is_err());
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub struct LockArgs {
     #[arg(long, default_value_t = 10)]
     pub ttl: i64,
     /// Give up when the lock is not held within this long (e.g. `30s`); default: wait.
-    #[arg(long, value_parser = crate::client_cmds::parse_duration)]
+    #[arg(long, value_parser = crate::duration::parse_duration)]
     pub wait: Option<Duration>,
     /// Run this command while holding the lock, then release it and exit with its status.
     /// It gets ORDKV_LOCK_KEY and ORDKV_LOCK_FENCING_TOKEN. Without it: hold until Ctrl-C.

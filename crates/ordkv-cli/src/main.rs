@@ -6,6 +6,7 @@
 mod client_cmds;
 mod coord_cmds;
 mod dev_cluster;
+mod duration;
 mod output;
 mod recover_cmd;
 mod serve;

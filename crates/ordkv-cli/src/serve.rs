@@ -55,7 +55,7 @@ pub struct ServeArgs {
     #[arg(long, env = "ORDKV_PEERS", value_parser = parse_peer, value_delimiter = ',')]
     pub peers: Vec<(String, String)>,
     /// How long a member's DNS name must stay gone before the leader removes it (scale-down).
-    #[arg(long, env = "ORDKV_DEAD_MEMBER_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, env = "ORDKV_DEAD_MEMBER_TIMEOUT", default_value = "10m", value_parser = crate::duration::parse_duration)]
     pub dead_member_timeout: Duration,
     /// The StatefulSet whose `spec.replicas` (read from the Kubernetes API with the pod's
     /// service account) says which members are scaled away. Default: the member name
@@ -67,7 +67,7 @@ pub struct ServeArgs {
     pub service_account_dir: PathBuf,
     /// How long a member scaled away waits on SIGTERM for the leader to remove it; keep it
     /// below the pod's terminationGracePeriodSeconds less 5 s of client draining.
-    #[arg(long, env = "ORDKV_LEAVE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    #[arg(long, env = "ORDKV_LEAVE_TIMEOUT", default_value = "20s", value_parser = crate::duration::parse_duration)]
     pub leave_timeout: Duration,
     /// Refuse writes that add data (RESOURCE_EXHAUSTED) once the store is this many bytes on
     /// disk (8 GiB); 0 for no quota. Deletes and compactions still pass.
@@ -109,7 +109,7 @@ pub struct ServeArgs {
     #[arg(long, env = "ORDKV_BACKUP_DIR", value_name = "DIR")]
     pub backup_dir: Option<PathBuf>,
     /// Time between scheduled backups.
-    #[arg(long, env = "ORDKV_BACKUP_EVERY", default_value = "1h", value_parser = parse_duration, requires = "backup_dir")]
+    #[arg(long, env = "ORDKV_BACKUP_EVERY", default_value = "1h", value_parser = crate::duration::parse_duration, requires = "backup_dir")]
     pub backup_every: Duration,
     /// How many scheduled backups to keep (the newest; older ones are deleted).
     #[arg(
@@ -189,22 +189,6 @@ fn parse_peer(s: &str) -> Result<(String, String), String> {
         ));
     }
     Ok((name.to_string(), addr.to_string()))
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("{s:?}: expected e.g. 30s, 10m, 1h"))?;
-    let secs = match unit {
-        "ms" => return Ok(Duration::from_millis(n)),
-        "s" | "" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
-    };
-    Ok(Duration::from_secs(secs))
 }
 
 /// `$POD_NAME`, else the hostname's first label, lowercased.
@@ -432,15 +416,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
-        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5d").is_err());
-    }
 
     #[test]
     fn peers_parse_and_reject_garbage() {
