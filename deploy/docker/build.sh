@@ -59,6 +59,15 @@ else
 fi
 say "static binary: $bin ($(du -h "$bin" | cut -f1))"
 
+# Release builds carry no fault-injection hooks (the `fault-injection` feature is the tests'):
+# none of their strings or symbols may be in the binary.
+for marker in ORDKV_CRASH_AT /debug/partition set_partitioned_from; do
+    if grep -a -F -q -- "$marker" "$bin"; then
+        die "$bin contains the fault-injection marker '$marker': was it built with --features fault-injection?"
+    fi
+done
+say "no fault-injection hooks in the binary"
+
 # --- image -----------------------------------------------------------------------------------
 ctx="$(mktemp -d "${TMPDIR:-/tmp}/ordkv-image.XXXXXX")"
 trap 'rm -rf "$ctx"' EXIT

@@ -80,8 +80,13 @@ pub fn ordkv_bin() -> &'static Path {
         {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut cmd = Command::new(cargo);
-            cmd.current_dir(workspace_root())
-                .args(["build", "-p", "ordkv-cli"]);
+            cmd.current_dir(workspace_root()).args([
+                "build",
+                "-p",
+                "ordkv-cli",
+                "--features",
+                "fault-injection",
+            ]);
             if dir.file_name().is_some_and(|n| n == "release") {
                 cmd.arg("--release");
             }

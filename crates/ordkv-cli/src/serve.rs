@@ -157,8 +157,8 @@ pub struct ServeArgs {
     /// Client connections open at once from one IP address; more are closed at once.
     #[arg(long, env = "ORDKV_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections_per_address: u32,
-    /// Tests only: serve `POST /debug/partition?peers=a,b` on the HTTP port, which cuts this
-    /// member off from the named peers.
+    /// Tests only: let the tests cut this member off from named peers over the HTTP port
+    /// (builds with the `fault-injection` feature only).
     #[arg(long, env = "ORDKV_ENABLE_FAULT_INJECTION", hide = true)]
     pub enable_fault_injection: bool,
     /// Log format.
@@ -311,7 +311,16 @@ pub(crate) fn resolve(args: &ServeArgs) -> anyhow::Result<Resolved> {
     }
     node.validate()?;
     let mut server = ordkv_server::ServerConfig::new(client_addr, http_addr, &node.limits);
-    server.fault_injection = args.enable_fault_injection;
+    #[cfg(feature = "fault-injection")]
+    {
+        server.fault_injection = args.enable_fault_injection;
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    anyhow::ensure!(
+        !args.enable_fault_injection,
+        "--enable-fault-injection: this ordkv was built without fault injection (tests only: \
+         cargo build -p ordkv-cli --features fault-injection)"
+    );
     server.client_cert_auth = args.client_cert_auth;
     server.auth_policy = args.auth_policy.clone();
     server.auth_token_file = args.auth_token_file.clone();

@@ -54,6 +54,7 @@ pub struct ServerConfig {
     /// Bearer tokens, `token,name` lines (`--auth-token-file`).
     pub auth_token_file: Option<std::path::PathBuf>,
     /// Serve `POST /debug/partition` (tests only: it cuts this member off from peers).
+    #[cfg(feature = "fault-injection")]
     pub fault_injection: bool,
 }
 
@@ -76,6 +77,7 @@ impl ServerConfig {
             health_interval: Duration::from_secs(1),
             auth_policy: None,
             auth_token_file: None,
+            #[cfg(feature = "fault-injection")]
             fault_injection: false,
         }
     }

@@ -1,12 +1,12 @@
 //! The HTTP server for people, probes and scraping: the status page (`/`, `/api/status`,
-//! `/api/page`), `/livez`, `/readyz`, `/metrics`, and, only when fault injection is enabled
-//! (tests), `POST /debug/partition?peers=kv-1,kv-2`.
+//! `/api/page`), `/livez`, `/readyz`, `/metrics`, and, only in builds with the
+//! `fault-injection` feature and when enabled (tests), `POST /debug/partition?peers=kv-1,kv-2`.
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::get;
 
 /// The routes, serving `node`.
 /// The HTTP port's connections, accepted by [`ordkv::listen`], as axum takes them.
@@ -53,7 +53,10 @@ impl axum::extract::FromRef<HttpState> for ordkv::Node {
     }
 }
 
-pub(crate) fn router(state: HttpState, fault_injection: bool) -> Router {
+pub(crate) fn router(
+    state: HttpState,
+    #[cfg(feature = "fault-injection")] fault_injection: bool,
+) -> Router {
     let router = Router::new()
         .route("/", get(crate::status_page::page))
         .route("/api/status", get(crate::status_page::api_status))
@@ -61,14 +64,16 @@ pub(crate) fn router(state: HttpState, fault_injection: bool) -> Router {
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
+    #[cfg(feature = "fault-injection")]
     let router = if fault_injection {
-        router.route("/debug/partition", post(partition))
+        router.route("/debug/partition", axum::routing::post(partition))
     } else {
         router
     };
     router.with_state(state)
 }
 
+#[cfg(feature = "fault-injection")]
 #[derive(serde::Deserialize)]
 struct PartitionQuery {
     /// Comma-separated member names to cut off; empty heals.
@@ -77,9 +82,10 @@ struct PartitionQuery {
 }
 
 /// Test fault injection: drop peer traffic to and from the named members.
+#[cfg(feature = "fault-injection")]
 async fn partition(
     State(node): State<ordkv::Node>,
-    Query(q): Query<PartitionQuery>,
+    axum::extract::Query(q): axum::extract::Query<PartitionQuery>,
 ) -> (StatusCode, String) {
     let peers: Vec<String> = q
         .peers

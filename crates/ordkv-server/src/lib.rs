@@ -229,7 +229,11 @@ pub async fn serve_with_listeners(
     };
     let http_server = axum::serve(
         http_incoming,
-        http::router(http_state, config.fault_injection),
+        http::router(
+            http_state,
+            #[cfg(feature = "fault-injection")]
+            config.fault_injection,
+        ),
     )
     .with_graceful_shutdown(stopping.clone().cancelled_owned())
     .into_future();

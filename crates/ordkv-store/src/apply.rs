@@ -1,5 +1,6 @@
 //! The KV semantics: what each command does to the keys, computed against an overlay of
-//! pending changes so that one batch of log entries commits in one sled transaction.
+//! pending changes, so that one batch of log entries is written in the crash-recoverable order
+//! `state_machine` describes.
 
 use std::collections::BTreeMap;
 use std::io;

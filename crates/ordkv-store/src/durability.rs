@@ -30,7 +30,8 @@ impl Waiter {
     }
 }
 
-/// Histogram: seconds per sync (a write plus `fdatasync`), label `file` (`wal` or `db`). The
+/// Histogram: seconds per sync, label `file`: the `fdatasync` of the log segment (`wal`), or
+/// sled's flush plus its `fdatasync` (`db`). The
 /// disk's health: etcd operators watch the same figure (`wal_fsync_duration_seconds`).
 pub const SYNC_DURATION: &str = "ordkv_storage_sync_duration_seconds";
 /// Counter: requests made durable, label `file`. Divided by the syncs (the histogram's count),

@@ -1,5 +1,6 @@
-//! ordkv storage: the Raft log and the revisioned key-value state machine, both in one sled
-//! database, behind openraft's storage traits. This is the only crate that names sled.
+//! ordkv storage: the Raft log (segment files under `wal/`, its vote and purge point in sled)
+//! and the revisioned key-value state machine (sled), behind openraft's storage traits. This
+//! is the only crate that names sled.
 //!
 //! Durability: a log append is acknowledged to openraft only after an `fdatasync` of its
 //! segment file (see `wal` for the log and `durability` for group commit). The state machine

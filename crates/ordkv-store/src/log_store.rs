@@ -191,8 +191,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
-        // Not flushed on its own: it is a hint that reaches disk with the next log flush, and
-        // an older value on disk only means re-applying a little less at start-up.
+        // Not flushed on its own: it is a hint that reaches disk with sled's next flush (its
+        // own every 500 ms, or a vote or purge point made durable), and an older value on disk
+        // only means re-applying a little less at start-up.
         self.put_meta(COMMITTED, &committed)
     }
 

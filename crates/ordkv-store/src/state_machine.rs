@@ -32,7 +32,8 @@ use crate::pb;
 use crate::snapshot::{self, SnapshotData};
 use crate::types::{Applied, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 
-/// `(applied log id, membership, revision)`, written last for each batch.
+/// `(applied log id, membership, revision)`, written after each batch's keys (only compaction
+/// follows it).
 pub(crate) const STATE: &[u8] = b"state";
 const COMPACT_REVISION: &[u8] = b"compact_revision";
 /// Present while a snapshot is being installed: the keys are then half-replaced.
@@ -349,7 +350,8 @@ impl StateMachine {
         Ok(out)
     }
 
-    /// Applies a batch of entries in one transaction; returns the responses to send.
+    /// Applies a batch of entries with plain inserts (a crash midway is undone at open);
+    /// returns the responses to send.
     fn apply_batch(
         &self,
         batch: Vec<EntryResponder<TypeConfig>>,

@@ -44,10 +44,10 @@ struct Inner {
     tls: Option<TlsMaterial>,
     /// The leader changes this member saw lately.
     leader_log: LeaderLog,
-    /// Cancelled on shutdown: stops the peer server and the lifecycle task.
+    /// Cancelled on shutdown: stops every task in `tasks`.
     stop: CancellationToken,
-    /// The tasks the node runs (peer server, cluster lifecycle, intent poller), joined on
-    /// shutdown.
+    /// The tasks the node runs (peer server, cluster lifecycle, intent poller, lease clock,
+    /// leader log, backups, TLS reloader), joined on shutdown.
     tasks: std::sync::Mutex<tokio::task::JoinSet<()>>,
 }
 
@@ -275,7 +275,8 @@ impl Node {
         self.inner.replica.status()
     }
 
-    /// Ready = no fatal error, a member, a leader is known, and everything committed applied.
+    /// Ready = no fatal error, a member, a leader is known, everything committed here applied
+    /// and, on a follower, the leader's recent commit index applied too.
     pub fn is_ready(&self) -> bool {
         self.status().not_ready_reason().is_none()
     }
@@ -332,6 +333,7 @@ impl Node {
     }
 
     /// Test fault injection: act as if the named peers were unreachable (both directions).
+    #[cfg(feature = "fault-injection")]
     pub fn set_partitioned_from(&self, peers: &[String]) {
         let mut blocked = self
             .inner

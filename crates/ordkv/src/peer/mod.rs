@@ -14,9 +14,9 @@ mod to_leader;
 pub use client::PEER_APPEND_DURATION;
 pub use health::PEER_ERRORS;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock, RwLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use ordkv_store::MemberNode;
@@ -47,7 +47,8 @@ pub(crate) struct PeerShared {
     /// Set when a peer answered that this member is not in its membership.
     pub(crate) removed: AtomicBool,
     /// Peers this member pretends it cannot reach (test fault injection).
-    pub(crate) blocked: RwLock<HashSet<String>>,
+    #[cfg(feature = "fault-injection")]
+    pub(crate) blocked: std::sync::RwLock<std::collections::HashSet<String>>,
     /// Answer `AppendStream` as a member of the previous version would: unimplemented (test
     /// fault injection for the leader's fallback during a rolling upgrade).
     #[cfg(test)]
@@ -76,7 +77,8 @@ impl PeerShared {
             name,
             cluster_id: cell,
             removed: AtomicBool::new(false),
-            blocked: RwLock::new(HashSet::new()),
+            #[cfg(feature = "fault-injection")]
+            blocked: Default::default(),
             #[cfg(test)]
             without_append_stream: AtomicBool::new(false),
             channels: Mutex::new(HashMap::new()),
@@ -105,11 +107,19 @@ impl PeerShared {
         self.cluster_id.get().map_or("", String::as_str)
     }
 
+    /// Whether fault injection cut this member off from `peer` (never, without the feature).
     pub(crate) fn is_blocked(&self, peer: &str) -> bool {
-        self.blocked
+        #[cfg(feature = "fault-injection")]
+        return self
+            .blocked
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(peer)
+            .contains(peer);
+        #[cfg(not(feature = "fault-injection"))]
+        {
+            let _ = peer;
+            false
+        }
     }
 
     pub(crate) fn mark_removed(&self) {
