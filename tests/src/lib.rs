@@ -44,7 +44,8 @@ pub const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 // The binary
 // ---------------------------------------------------------------------------------------
 
-fn workspace_root() -> PathBuf {
+/// The repository root (the workspace).
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ has a parent")

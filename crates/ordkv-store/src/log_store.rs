@@ -186,6 +186,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
+        // A vote never goes back (the safety of elections rests on it).
+        debug_assert!(
+            self.get_meta::<Vote>(VOTE)?
+                .is_none_or(|old| old.leader_id.term <= vote.leader_id.term),
+            "vote {vote} is older than the one saved"
+        );
         self.put_meta(VOTE, vote)?;
         self.db_sync.flush().await
     }
@@ -230,6 +236,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let physical = {
             let mut points = self.purge.lock().expect("purge points");
             let previous = points.logical.replace(log_id.index);
+            debug_assert!(
+                previous.is_none_or(|p| p <= log_id.index),
+                "purge to {} after a purge to {previous:?}",
+                log_id.index
+            );
             points.physical = if past_the_end {
                 Some(log_id.index)
             } else {

@@ -370,6 +370,13 @@ impl StateMachine {
         let mut compact_to = None;
         let mut responses = Vec::new();
         for (entry, responder) in batch {
+            // openraft applies the committed log in order, each entry once.
+            debug_assert!(
+                next.applied.is_none_or(|a| entry.log_id.index > a.index),
+                "apply of {} after {:?}",
+                entry.log_id,
+                next.applied
+            );
             next.applied = Some(entry.log_id);
             let resp = match entry.payload {
                 EntryPayload::Blank => pb::CommandResponse {
@@ -387,6 +394,7 @@ impl StateMachine {
                         lease_changes: &mut lease_changes,
                     };
                     let r = apply::execute(&mut ov, &mut fx, cmd.0)?;
+                    debug_assert!(fx.revision >= next.revision, "the revision went back");
                     next.revision = fx.revision;
                     compact_to = fx.compact_to;
                     r

@@ -12,7 +12,9 @@
 //! file, so their `fdatasync` has no size or extent change to journal (measured on ext4: about
 //! 110 µs instead of 170 µs). `fallocate` would not do: on ext4 it leaves unwritten extents,
 //! and the first write into each block still changes them. The spare for the next segment is
-//! filled by a background thread once the active segment is half full, with direct I/O.
+//! filled by a background thread, with direct I/O, once the active segment is half full (or
+//! at open, when there is none). A rotation never waits for it: without a ready spare the new segment starts
+//! empty and grows (slower syncs until the next rotation).
 //!
 //! Record: `u32 length, u32 crc32(payload), payload` where the payload is a postcard
 //! [`Entry`], never empty, so a length of 0 is not a record: the records of a segment end
@@ -342,6 +344,14 @@ impl Wal {
                 len: offset as u64,
             });
         }
+        // As `write` would have, had this run appended what is there.
+        if inner
+            .segments
+            .last()
+            .is_none_or(|s| s.len >= segment_bytes / 2)
+        {
+            inner.fill_spare_in_background();
+        }
         Ok(Wal {
             inner: Arc::new(Mutex::new(inner)),
         })
@@ -523,21 +533,32 @@ impl Inner {
             // Appends acknowledged later must not depend on a file we stop syncing.
             last.file.sync_data()?;
         }
-        // Zero-filled in the background (see `write`) or, if that did not happen, now.
-        let filled = match self.spare.take().map(JoinHandle::join) {
-            Some(Ok(Ok(()))) => true,
-            Some(Ok(Err(e))) => {
-                tracing::warn!(error = %e, "zero-filling the next log segment failed; retrying");
+        // The spare if its fill is done; else (still filling, failed, never started) an
+        // empty file: the appends must not wait for 64 MiB of zeros.
+        let ready = match self.spare.take() {
+            Some(fill) if fill.is_finished() => match fill.join() {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "zero-filling the next log segment failed");
+                    false
+                }
+                Err(_) => false,
+            },
+            still_filling => {
+                self.spare = still_filling;
                 false
             }
-            Some(Err(_)) | None => false,
         };
-        let spare = self.dir.join(SPARE);
-        if !filled {
-            fill_spare(&spare, self.segment_bytes)?;
-        }
         let path = self.dir.join(segment_name(first_index));
-        fs::rename(&spare, &path)?;
+        if ready {
+            fs::rename(self.dir.join(SPARE), &path)?;
+        } else {
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)?;
+        }
         sync_dir(&self.dir)?;
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
         self.segments.push(Segment {
@@ -584,15 +605,22 @@ impl Inner {
         let half_full = seg.len >= self.segment_bytes / 2;
         self.locs.extend(new);
         // Zero-filling a segment takes tens of ms (more on a busy disk): done ahead, it does
-        // not stall the appends at the rotation. If the thread cannot start, `rotate` fills.
-        if half_full && self.spare.is_none() {
+        // not stall the appends at the rotation.
+        if half_full {
+            self.fill_spare_in_background();
+        }
+        Ok(())
+    }
+
+    /// Starts zero-filling the spare unless a fill is under way or done and unused.
+    fn fill_spare_in_background(&mut self) {
+        if self.spare.is_none() {
             let (spare, size) = (self.dir.join(SPARE), self.segment_bytes);
             self.spare = std::thread::Builder::new()
                 .name("ordkv-wal-spare".into())
                 .spawn(move || fill_spare(&spare, size))
                 .ok();
         }
-        Ok(())
     }
 }
 
@@ -616,13 +644,43 @@ mod tests {
             .collect()
     }
 
+    /// The `.wal` files in `dir` (not the spare).
+    fn segments_in(dir: &Path) -> usize {
+        fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "wal")
+            })
+            .count()
+    }
+
     fn only_segment(dir: &Path) -> PathBuf {
         let mut files: Vec<_> = fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "wal"))
             .collect();
         assert_eq!(files.len(), 1);
         files.pop().unwrap()
+    }
+
+    /// Opens the log and waits until the spare its open started is filled, so that the first
+    /// rotation takes it.
+    fn open_with_spare(dir: &Path) -> Wal {
+        let wal = Wal::open(dir, None).unwrap();
+        wait_for_spare(&wal);
+        wal
+    }
+
+    /// Waits until the spare being filled (if any) is done.
+    fn wait_for_spare(wal: &Wal) {
+        while wal.lock().spare.as_ref().is_some_and(|f| !f.is_finished()) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     /// Where the records of the last segment end.
@@ -733,7 +791,7 @@ mod tests {
     #[test]
     fn a_preallocated_segment_ends_in_zeros_and_appends_do_not_grow_it() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path(), None).unwrap();
+        let wal = open_with_spare(dir.path());
         wal.append((1..=3).map(entry)).unwrap();
         wal.sync().unwrap();
         let end = records_end(&wal);
@@ -761,7 +819,7 @@ mod tests {
         // its header alone.
         for kept in [HEADER + 2, HEADER] {
             let dir = tempfile::tempdir().unwrap();
-            let wal = Wal::open(dir.path(), None).unwrap();
+            let wal = open_with_spare(dir.path());
             wal.append((1..=3).map(entry)).unwrap();
             let end = records_end(&wal);
             drop(wal);
@@ -829,16 +887,34 @@ mod tests {
 
         let wal = Wal::open(dir.path(), None).unwrap();
         assert_eq!(indexes(&wal), (1..=20).collect::<Vec<_>>());
-        assert!(!spare.exists(), "a leftover spare is not trusted");
-        // Rotating without a ready spare fills one on the spot.
+        // The segment is past its half: a fill starts afresh (the leftover is not trusted).
+        let fill = wal
+            .lock()
+            .spare
+            .take()
+            .expect("the spare is being filled again");
+        fill.join().unwrap().unwrap();
+        fs::remove_file(&spare).unwrap();
+        // Rotating without a ready spare does not wait for one: the segment starts empty.
         wal.lock().rotate(21).unwrap();
         wal.append((21..=22).map(entry)).unwrap();
         let second = dir.path().join(segment_name(21));
-        assert_eq!(fs::metadata(&second).unwrap().len(), SEGMENT_BYTES);
+        assert_eq!(
+            fs::metadata(&second).unwrap().len() as usize,
+            records_end(&wal)
+        );
+        // Past its half, the spare is filled for the next rotation, which takes it.
+        wal.append((23..=40).map(|i| big_entry(i, 2 * 1024 * 1024)))
+            .unwrap();
+        wait_for_spare(&wal);
+        wal.lock().rotate(41).unwrap();
+        wal.append((41..=42).map(entry)).unwrap();
+        let third = dir.path().join(segment_name(41));
+        assert_eq!(fs::metadata(&third).unwrap().len(), SEGMENT_BYTES);
         drop(wal);
         assert_eq!(
             indexes(&Wal::open(dir.path(), None).unwrap()),
-            (1..=22).collect::<Vec<_>>()
+            (1..=42).collect::<Vec<_>>()
         );
     }
 
@@ -874,6 +950,9 @@ mod tests {
 
         let wal = Wal::open(dir.path(), None).unwrap();
         assert_eq!(indexes(&wal), vec![1, 2, 3]);
+        assert!(!spare.exists(), "the leftover is removed at open");
+        wal.lock().fill_spare_in_background();
+        wait_for_spare(&wal);
         wal.lock().rotate(4).unwrap();
         wal.append((4..=6).map(entry)).unwrap();
         let end = records_end(&wal);
@@ -896,24 +975,16 @@ mod tests {
         wal.append((4..=6).map(entry)).unwrap();
         wal.lock().rotate(7).unwrap();
         wal.append((7..=9).map(entry)).unwrap();
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 3);
+        assert_eq!(segments_in(dir.path()), 3);
 
         wal.truncate_after(Some(5)).unwrap();
         assert_eq!(indexes(&wal), vec![1, 2, 3, 4, 5]);
-        assert_eq!(
-            fs::read_dir(dir.path()).unwrap().count(),
-            2,
-            "the third segment went"
-        );
+        assert_eq!(segments_in(dir.path()), 2, "the third segment went");
         wal.append((6..=7).map(entry)).unwrap();
 
         wal.purge(4).unwrap();
         assert_eq!(indexes(&wal), vec![5, 6, 7]);
-        assert_eq!(
-            fs::read_dir(dir.path()).unwrap().count(),
-            1,
-            "the first segment went"
-        );
+        assert_eq!(segments_in(dir.path()), 1, "the first segment went");
         drop(wal);
         // Reopened, entries purged in memory but still in a kept segment come back; the
         // store ignores them below its durable purge point.
@@ -950,7 +1021,7 @@ mod tests {
         wal.append((1..=3).map(entry)).unwrap();
         wal.purge(10).unwrap();
         assert_eq!(indexes(&wal), Vec::<u64>::new());
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert_eq!(segments_in(dir.path()), 0);
         wal.append((11..=12).map(entry)).unwrap();
         drop(wal);
         assert_eq!(indexes(&Wal::open(dir.path(), None).unwrap()), vec![11, 12]);
