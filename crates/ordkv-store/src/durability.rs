@@ -41,8 +41,25 @@ pub const SYNC_WAITERS: &str = "ordkv_storage_sync_waiters_total";
 /// Handle to the flusher thread. Cloning shares the thread.
 #[derive(Clone)]
 pub(crate) struct Durability {
+    // Declared before `_thread`: a handle's sender is gone before it may join the thread.
     tx: mpsc::Sender<Waiter>,
     failed: Arc<AtomicBool>,
+    _thread: Arc<Flusher>,
+}
+
+/// Joins the flusher thread when the last handle goes, so that what its `sync` holds (the
+/// store's files and their locks) is released by then, not some time after.
+struct Flusher(Option<std::thread::JoinHandle<()>>);
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        // Every sender is gone (see `Durability`): the thread's `recv` fails and it ends.
+        if let Some(t) = self.0.take()
+            && t.thread().id() != std::thread::current().id()
+        {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Durability {
@@ -56,7 +73,7 @@ impl Durability {
     ) -> io::Result<Durability> {
         let (tx, rx) = mpsc::channel::<Waiter>();
         let flag = failed.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
                 // Ends when every sender (every store handle) is dropped.
@@ -84,7 +101,11 @@ impl Durability {
                     }
                 }
             })?;
-        Ok(Durability { tx, failed })
+        Ok(Durability {
+            tx,
+            failed,
+            _thread: Arc::new(Flusher(Some(thread))),
+        })
     }
 
     /// Calls `cb` once everything written so far is on disk.

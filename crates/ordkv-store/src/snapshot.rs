@@ -130,6 +130,7 @@ pub(crate) fn build_with(
     sync_dir(dir)?;
     remove_others(dir, &path)?;
     let meta = header.meta;
+    remember_current(sm, &path, &meta);
     tracing::info!(path = %path.display(), last_log_id = ?meta.last_log_id, "built snapshot");
     Ok(
         openraft::type_config::alias::SnapshotOf::<TypeConfig, SnapshotData> {
@@ -337,10 +338,8 @@ pub(crate) fn verify_with(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> io
     })
 }
 
-/// The newest snapshot in `dir`, if any.
-pub(crate) fn current(
-    dir: &Path,
-) -> io::Result<Option<openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>>> {
+/// The newest snapshot file in `dir` (names sort by the log index they cover), unread.
+pub(crate) fn newest(dir: &Path) -> io::Result<Option<PathBuf>> {
     let mut newest: Option<PathBuf> = None;
     for e in fs::read_dir(dir)? {
         let p = e?.path();
@@ -348,15 +347,50 @@ pub(crate) fn current(
             newest = Some(p);
         }
     }
-    let Some(path) = newest else { return Ok(None) };
-    let header = verify(&path)?;
+    Ok(newest)
+}
+
+/// The newest snapshot, if any. A file is checked end to end once, on a blocking thread (a
+/// multi-GB state would stall the runtime), and its meta kept for later calls.
+pub(crate) async fn current(
+    sm: &StateMachine,
+) -> io::Result<Option<openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>>> {
+    let Some(path) = newest(&sm.shared.snapshot_dir)? else {
+        return Ok(None);
+    };
+    let known = sm
+        .shared
+        .current_snapshot
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let meta = match known {
+        Some((p, meta)) if p == path => meta,
+        _ => {
+            let p = path.clone();
+            let meta = tokio::task::spawn_blocking(move || verify(&p))
+                .await
+                .map_err(io::Error::other)??
+                .meta;
+            remember_current(sm, &path, &meta);
+            meta
+        }
+    };
     Ok(Some(openraft::type_config::alias::SnapshotOf::<
         TypeConfig,
         SnapshotData,
     > {
-        meta: header.meta,
+        meta,
         snapshot: SnapshotData { path },
     }))
+}
+
+/// Records that `path`, checked, holds `meta` (see [`current`]).
+fn remember_current(sm: &StateMachine, path: &Path, meta: &SnapshotMeta) {
+    *sm.shared
+        .current_snapshot
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some((path.to_path_buf(), meta.clone()));
 }
 
 fn read_u32(r: &mut impl Read) -> io::Result<u32> {
@@ -387,6 +421,7 @@ pub(crate) fn install(
         sync_dir(&dir)?;
     }
     remove_others(&dir, &path)?;
+    remember_current(sm, &path, &header.meta);
 
     sm.replace_state(|sh, _| {
         sh.meta.insert(INSTALLING, &[1u8][..]).map_err(sled_err)?;

@@ -112,6 +112,8 @@ pub(crate) struct Shared {
     history_max: u64,
     max_range_limit: usize,
     pub(crate) snapshot_dir: PathBuf,
+    /// The current snapshot file, checked, and its meta (see `snapshot::current`).
+    pub(crate) current_snapshot: std::sync::Mutex<Option<(PathBuf, SnapshotMeta)>>,
     pub(crate) durability: Durability,
 }
 
@@ -202,6 +204,7 @@ impl StateMachine {
                 history_max,
                 max_range_limit,
                 snapshot_dir,
+                current_snapshot: Default::default(),
                 durability,
             }),
         })
@@ -241,9 +244,9 @@ impl StateMachine {
         self.shared.db.size_on_disk().unwrap_or(0)
     }
 
-    /// The current snapshot file, if one was built.
+    /// The current snapshot file, if one was built (not read: see `verify_snapshot`).
     pub fn current_snapshot_file(&self) -> io::Result<Option<std::path::PathBuf>> {
-        Ok(snapshot::current(&self.shared.snapshot_dir)?.map(|s| s.snapshot.path))
+        snapshot::newest(&self.shared.snapshot_dir)
     }
 
     /// Makes everything written so far durable (used at shutdown).
@@ -762,7 +765,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         &mut self,
     ) -> io::Result<Option<openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>>>
     {
-        snapshot::current(&self.shared.snapshot_dir)
+        snapshot::current(self).await
     }
 }
 

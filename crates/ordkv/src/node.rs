@@ -464,3 +464,27 @@ pub(crate) fn store_options(config: &NodeConfig) -> StoreOptions {
         wal_segment_bytes: config.wal_segment_bytes,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Once `shutdown` returned and the handles are dropped, the data dir is free at once:
+    /// no task of the node outlives it holding the store.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_then_drop_releases_the_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = NodeConfig::new(dir.path().join("kv-0"));
+        let node = Node::open(config.clone()).await.unwrap();
+        let kv = node.kv();
+        kv.put_value("k", "v1").await.unwrap();
+        node.shutdown().await.unwrap();
+        drop((node, kv));
+
+        let again = Node::open(config).await.unwrap();
+        again.wait_ready(Duration::from_secs(10)).await.unwrap();
+        let got = again.kv().get_value("k").await.unwrap();
+        assert_eq!(got.as_deref(), Some(&b"v1"[..]));
+        again.shutdown().await.unwrap();
+    }
+}
