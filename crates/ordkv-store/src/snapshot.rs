@@ -1,7 +1,7 @@
 //! Snapshots: the whole key space streamed to one checksummed file and back, never held in
 //! memory.
 //!
-//! Layout: `ORDKVSN1`, u32 header length, JSON header (Raft snapshot meta and the store
+//! Layout (format 1, the magic's last byte): `ORDKVSN1`, u32 header length, JSON header (Raft snapshot meta and the store
 //! revision), then records `u32 key length, u32 value length, key, value` (value is the
 //! stored key record), an end marker `u32::MAX`, and a CRC32 of everything before it.
 //! Watch history is not included: after an install the history starts at the snapshot's
@@ -291,6 +291,18 @@ pub(crate) fn verify_with(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> io
     };
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic).map_err(truncated)?;
+    if magic[..7] == MAGIC[..7] && magic != *MAGIC {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "snapshot {name} is in format {}; this ordkv ({}) reads format {}: restore \
+                 it with the ordkv that wrote it, or a newer one",
+                char::from(magic[7]),
+                env!("CARGO_PKG_VERSION"),
+                char::from(MAGIC[7])
+            ),
+        ));
+    }
     if &magic != MAGIC {
         return Err(corrupt(format!("{name} is not an ordkv snapshot")));
     }

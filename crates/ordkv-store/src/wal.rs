@@ -175,7 +175,7 @@ fn fill_spare_buffered(path: &Path, size: u64) -> io::Result<()> {
     file.sync_all()
 }
 
-fn encode(entry: &Entry, out: &mut Vec<u8>) -> io::Result<u32> {
+pub(crate) fn encode(entry: &Entry, out: &mut Vec<u8>) -> io::Result<u32> {
     let payload = postcard::to_stdvec(entry).map_err(io::Error::other)?;
     let len = u32::try_from(payload.len()).map_err(|_| io::Error::other("log entry too large"))?;
     out.extend_from_slice(&len.to_le_bytes());
@@ -184,7 +184,7 @@ fn encode(entry: &Entry, out: &mut Vec<u8>) -> io::Result<u32> {
     Ok(len)
 }
 
-fn decode(what: &str, record: &[u8]) -> io::Result<Entry> {
+pub(crate) fn decode(what: &str, record: &[u8]) -> io::Result<Entry> {
     let crc = u32::from_le_bytes([record[4], record[5], record[6], record[7]]);
     let payload = &record[HEADER..];
     if crc32fast::hash(payload) != crc {

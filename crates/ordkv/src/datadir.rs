@@ -18,6 +18,8 @@ use crate::config::Identity;
 use crate::error::{Error, Result};
 
 const MEMBER_FILE: &str = "member.json";
+/// The data format: the WAL records, sled rows and snapshot files this version writes, as
+/// pinned by `ordkv_store`'s golden tests. Another value is a data dir of another ordkv.
 const FORMAT: u32 = 1;
 
 /// What a data dir records about its owner.
@@ -79,8 +81,10 @@ impl DataDir {
                 return Err(dir_err(
                     path,
                     format!(
-                        "data format {} is not supported by this version (expects {FORMAT})",
-                        record.format
+                        "it is in data format {}; this ordkv ({}) reads data format {FORMAT}: \
+                         run the ordkv that wrote it (or a newer one)",
+                        record.format,
+                        env!("CARGO_PKG_VERSION")
                     ),
                 ));
             }

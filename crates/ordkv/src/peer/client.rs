@@ -18,7 +18,7 @@ use ordkv_store::{MemberNode, NodeId, SnapshotData, TypeConfig, Vote};
 use tokio::io::AsyncReadExt;
 use tonic::transport::Channel;
 
-use super::{PeerError, PeerShared, decode, encode};
+use super::{PeerError, PeerShared, decode_reply, encode};
 use crate::pb;
 use crate::pb::peer_client::PeerClient;
 
@@ -87,6 +87,7 @@ impl RaftPeer {
             to_node: self.target,
             payload: payload.into(),
             from_name: self.shared.name.clone(),
+            format: super::PEER_FORMAT,
         }
     }
 
@@ -188,7 +189,7 @@ impl RaftPeer {
         ttl: Duration,
         payload: Vec<u8>,
         call: F,
-    ) -> Result<Vec<u8>, RpcErr>
+    ) -> Result<pb::PeerReply, RpcErr>
     where
         F: FnOnce(PeerClient<Channel>, pb::PeerRequest) -> Fut,
         Fut: Future<Output = Result<tonic::Response<pb::PeerReply>, tonic::Status>>,
@@ -201,7 +202,7 @@ impl RaftPeer {
                 self.target_name
             )))),
             Ok(Err(s)) => Err(self.status(s)),
-            Ok(Ok(r)) => Ok(r.into_inner().payload.to_vec()),
+            Ok(Ok(r)) => Ok(r.into_inner()),
         };
         self.observe(result)
     }
@@ -272,7 +273,7 @@ impl AnswerStream {
             if let Some(sent) = lock(&self.in_flight).pop_front() {
                 self.round_trip.record(sent.elapsed().as_secs_f64());
             }
-            return Some(decode(&answer.payload).map_err(net));
+            return Some(decode_reply(&self.target_name, &answer).map_err(net));
         }
     }
 }
@@ -295,7 +296,7 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
             .await?;
         metrics::histogram!(PEER_APPEND_DURATION, "peer" => self.target_name.clone())
             .record(sent.elapsed().as_secs_f64());
-        decode(&reply).map_err(net)
+        decode_reply(&self.target_name, &reply).map_err(net)
     }
 
     fn stream_append<'s, S>(
@@ -356,7 +357,7 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
                 |mut c, r| async move { c.transfer_leader(r).await },
             )
             .await?;
-        decode(&reply).map_err(net)
+        decode_reply(&self.target_name, &reply).map_err(net)
     }
 
     async fn full_snapshot(
@@ -411,7 +412,7 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
             RPCError::Unreachable(u) => StreamingError::Unreachable(u),
             other => StreamingError::Network(NetworkError::from_string(other)),
         })?;
-        decode(&reply.into_inner().payload)
+        decode_reply(&self.target_name, &reply.into_inner())
             .map_err(|e| StreamingError::Network(NetworkError::from_string(e)))
     }
 }
@@ -442,7 +443,7 @@ impl RaftPeer {
                 }
                 Err(self.status(s))
             }
-            Ok(Ok(r)) => decode(&r.into_inner().payload).map_err(net),
+            Ok(Ok(r)) => decode_reply(&self.target_name, &r.into_inner()).map_err(net),
         };
         self.observe(result)
     }

@@ -7,6 +7,8 @@
 //! not in its membership (a removed member that comes back must not disrupt elections).
 
 pub(crate) mod client;
+#[cfg(test)]
+mod golden;
 pub(crate) mod health;
 pub(crate) mod server;
 mod to_leader;
@@ -129,8 +131,36 @@ impl PeerShared {
     }
 }
 
+/// The peer format this version speaks (`PeerRequest.format`): postcard of openraft
+/// 0.10.0-alpha.37's messages, pinned by `peer::golden`. A change to those bytes is a new
+/// format, which a member may send only once every peer reads it.
+pub(crate) const PEER_FORMAT: u32 = 1;
+
+/// Refuses a message in a peer format this version cannot read (0: from a member older than
+/// the field, which speaks format 1).
+pub(crate) fn check_format(from: &str, format: u32) -> Result<(), String> {
+    if format <= PEER_FORMAT {
+        return Ok(());
+    }
+    Err(format!(
+        "{from} speaks peer format {format}; this member ({}) reads formats up to \
+         {PEER_FORMAT}: it runs a newer ordkv whose messages this one cannot read; upgrade \
+         this member (or roll {from} back)",
+        env!("CARGO_PKG_VERSION")
+    ))
+}
+
 pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
     postcard::to_stdvec(v).map_err(|e| format!("encode: {e}"))
+}
+
+/// A peer's answer, once its format is one this version reads.
+pub(crate) fn decode_reply<T: DeserializeOwned>(
+    from: &str,
+    reply: &pb::PeerReply,
+) -> Result<T, String> {
+    check_format(from, reply.format)?;
+    decode(&reply.payload)
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, String> {

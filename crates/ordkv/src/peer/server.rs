@@ -83,11 +83,13 @@ fn internal(e: impl std::fmt::Display) -> Status {
 fn reply(payload: Vec<u8>) -> Result<Response<pb::PeerReply>, Status> {
     Ok(Response::new(pb::PeerReply {
         payload: payload.into(),
+        format: super::PEER_FORMAT,
     }))
 }
 
 /// Refuses requests for another cluster or another incarnation of this member.
 fn admit(peer: &PeerShared, req: &pb::PeerRequest) -> Result<(), Status> {
+    super::check_format(&req.from_name, req.format).map_err(Status::failed_precondition)?;
     if peer.is_blocked(&req.from_name) {
         return Err(Status::unavailable(format!(
             "{} is cut off by fault injection",
@@ -194,6 +196,7 @@ impl pb::peer_server::Peer for PeerService {
         let answers = self.replica.raft.stream_append(appends).map(|r| match r {
             Ok(result) => Ok(pb::PeerReply {
                 payload: encode(&result).map_err(internal)?.into(),
+                format: super::PEER_FORMAT,
             }),
             Err(fatal) => Err(Status::unavailable(fatal.to_string())),
         });

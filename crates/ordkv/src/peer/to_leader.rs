@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ordkv_store::MemberNode;
 
-use super::{PEER_CALL_TIMEOUT, PeerShared, decode, from_status};
+use super::{PEER_CALL_TIMEOUT, PeerShared, decode_reply, from_status};
 use crate::error::{Error, Result};
 use crate::pb;
 
@@ -67,13 +67,14 @@ impl PeerShared {
             to_node: leader_id,
             payload: Default::default(),
             from_name: self.name.clone(),
+            format: super::PEER_FORMAT,
         };
         let reply = tokio::time::timeout(PEER_CALL_TIMEOUT, client.read_index(req))
             .await
             .map_err(|_| Error::Unavailable(format!("the leader {} did not answer", leader.name)))?
             .map_err(from_status)?;
         let read: openraft::raft::linearizable_read::ReadLogId<ordkv_store::TypeConfig> =
-            decode(&reply.into_inner().payload).map_err(Error::Internal)?;
+            decode_reply(&leader.name, &reply.into_inner()).map_err(Error::Internal)?;
         Ok(read.index())
     }
 
