@@ -65,6 +65,8 @@ pub struct Cluster {
     client_tls: Option<tonic::transport::ClientTlsConfig>,
     /// Environment of every member.
     env: Vec<(String, String)>,
+    /// Another `ordkv` binary the members start with (see [`Cluster::start_on`]).
+    bin: Option<PathBuf>,
 }
 
 /// `count` sets of free ports, no port used twice.
@@ -95,6 +97,16 @@ impl Cluster {
         Cluster::launch(members, planned, args)
             .formed(members)
             .await
+    }
+
+    /// [`Cluster::start`] with every member running `bin`, another build of `ordkv`.
+    pub async fn start_on(bin: &std::path::Path, members: usize, args: &[&str]) -> Cluster {
+        let mut c = Cluster::unstarted(members, members, args, &[], Some(bin.to_path_buf()));
+        for i in 0..members {
+            c.create(i);
+            c.spawn(i);
+        }
+        c.formed(members).await
     }
 
     /// [`Cluster::start`] with environment variables for every member.
@@ -196,19 +208,30 @@ impl Cluster {
         env: &[(String, String)],
     ) -> Cluster {
         assert!(members >= 1 && planned >= members);
-        let mut cluster = Cluster {
+        let mut cluster = Cluster::unstarted(members, planned, args, env, None);
+        for i in 0..members {
+            cluster.create(i);
+            cluster.spawn(i);
+        }
+        cluster
+    }
+
+    fn unstarted(
+        members: usize,
+        planned: usize,
+        args: &[&str],
+        env: &[(String, String)],
+        bin: Option<PathBuf>,
+    ) -> Cluster {
+        Cluster {
             nodes: (0..planned).map(|_| None).collect(),
             ports: distinct_ports(planned),
             initial: members,
             args: args.iter().map(|s| s.to_string()).collect(),
             client_tls: None,
             env: env.to_vec(),
-        };
-        for i in 0..members {
-            cluster.create(i);
-            cluster.spawn(i);
+            bin,
         }
-        cluster
     }
 
     /// The `--peers` value member `i` starts with.
@@ -231,6 +254,7 @@ impl Cluster {
         args.extend(self.args.iter().map(|a| a.replace("{name}", &name)));
         let mut node = NodeProcess::new(&member_name(i), self.ports[i], &args);
         node.set_env(&self.env);
+        node.set_bin(self.bin.clone());
         self.nodes[i] = Some(node);
     }
 

@@ -52,6 +52,12 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The cargo target dir the tests were built in.
+pub fn target_dir() -> PathBuf {
+    let profile = profile_dir();
+    profile.parent().map_or(profile.clone(), Path::to_path_buf)
+}
+
 /// `<target>/<profile>`: the test executable runs from `<target>/<profile>/deps/`.
 fn profile_dir() -> PathBuf {
     if let Some(dir) = std::env::current_exe()
@@ -72,44 +78,51 @@ fn profile_dir() -> PathBuf {
 /// The `ordkv` binary, brought up to date once per test process.
 pub fn ordkv_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("ORDKV_TEST_BIN") {
-            return PathBuf::from(bin);
-        }
-        let dir = profile_dir();
-        let bin = dir.join("ordkv");
-        {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut cmd = Command::new(cargo);
-            cmd.current_dir(workspace_root()).args([
-                "build",
-                "-p",
-                "ordkv-cli",
-                "--features",
-                "fault-injection",
-            ]);
-            if dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            cmd.arg("--quiet");
-            let status = cmd.status().expect("run cargo build -p ordkv-cli");
-            assert!(
-                status.success(),
-                "cargo build -p ordkv-cli failed: {status}"
-            );
-            assert!(
-                bin.exists(),
-                "{} still missing after the build",
-                bin.display()
-            );
-        }
-        bin
-    })
+    BIN.get_or_init(rebuild_ordkv)
+}
+
+/// Builds this `ordkv` (with the `fault-injection` feature the tests use) and returns its
+/// path; `ORDKV_TEST_BIN` names a binary to use instead.
+pub fn rebuild_ordkv() -> PathBuf {
+    if let Some(bin) = std::env::var_os("ORDKV_TEST_BIN") {
+        return PathBuf::from(bin);
+    }
+    let dir = profile_dir();
+    let bin = dir.join("ordkv");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root()).args([
+        "build",
+        "-p",
+        "ordkv-cli",
+        "--features",
+        "fault-injection",
+    ]);
+    if dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    cmd.arg("--quiet");
+    let status = cmd.status().expect("run cargo build -p ordkv-cli");
+    assert!(
+        status.success(),
+        "cargo build -p ordkv-cli failed: {status}"
+    );
+    assert!(
+        bin.exists(),
+        "{} still missing after the build",
+        bin.display()
+    );
+    bin
 }
 
 /// A `Command` for the binary with an environment that cannot change its behaviour.
 pub fn ordkv_command() -> Command {
-    let mut cmd = Command::new(ordkv_bin());
+    ordkv_command_of(ordkv_bin())
+}
+
+/// [`ordkv_command`] for another `ordkv` binary (an earlier build, in upgrade tests).
+pub fn ordkv_command_of(bin: &Path) -> Command {
+    let mut cmd = Command::new(bin);
     for var in [
         "POD_NAME",
         "POD_NAMESPACE",
@@ -297,6 +310,8 @@ pub struct NodeProcess {
     extra_args: Vec<String>,
     /// Environment variables set on every start (e.g. a pod's Kubernetes API variables).
     env: Vec<(String, String)>,
+    /// Another `ordkv` binary to start instead of this build's (see [`NodeProcess::set_bin`]).
+    bin: Option<PathBuf>,
     child: Option<Child>,
     /// How many times the process was started (names its log files).
     starts: u32,
@@ -336,6 +351,7 @@ impl NodeProcess {
             http_port: ports.http,
             extra_args: extra_args.to_vec(),
             env: Vec::new(),
+            bin: None,
             child: None,
             starts: 0,
             logs_shown: Default::default(),
@@ -375,7 +391,10 @@ impl NodeProcess {
         assert!(self.child.is_none(), "{} is already running", self.name);
         self.starts += 1;
         let log = std::fs::File::create(self.log_path(self.starts)).expect("create log file");
-        let mut cmd = ordkv_command();
+        let mut cmd = match &self.bin {
+            Some(bin) => ordkv_command_of(bin),
+            None => ordkv_command(),
+        };
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.args(self.serve_args())
             .stdin(Stdio::null())
@@ -454,6 +473,11 @@ impl NodeProcess {
     /// Sets environment variables for every later start.
     pub fn set_env(&mut self, env: &[(String, String)]) {
         self.env = env.to_vec();
+    }
+
+    /// Starts `bin` (another build of `ordkv`) from the next start on; `None`: this build.
+    pub fn set_bin(&mut self, bin: Option<PathBuf>) {
+        self.bin = bin;
     }
 
     /// Sends SIGTERM (as the kubelet does when a pod is deleted) without waiting.
