@@ -13,8 +13,8 @@
 //! 110 µs instead of 170 µs). `fallocate` would not do: on ext4 it leaves unwritten extents,
 //! and the first write into each block still changes them. The spare for the next segment is
 //! filled by a background thread, with direct I/O, once the active segment is half full (or
-//! at open, when there is none). A rotation never waits for it: without a ready spare the new segment starts
-//! empty and grows (slower syncs until the next rotation).
+//! at open, when there is none). A rotation never waits for it: without a ready spare the new
+//! segment starts empty and grows (slower syncs until the next rotation).
 //!
 //! Record: `u32 length, u32 crc32(payload), payload` where the payload is a postcard
 //! [`Entry`], never empty, so a length of 0 is not a record: the records of a segment end
