@@ -1,9 +1,10 @@
 //! Snapshots: the whole key space streamed to one checksummed file and back, never held in
 //! memory.
 //!
-//! Layout (format 1, the magic's last byte): `ORDKVSN1`, u32 header length, JSON header (Raft snapshot meta and the store
-//! revision), then records `u32 key length, u32 value length, key, value` (value is the
-//! stored key record), an end marker `u32::MAX`, and a CRC32 of everything before it.
+//! Layout (format 1, the magic's last byte): `ORDKVSN1`, u32 header length, JSON header (Raft
+//! snapshot meta, the store revision and the leases), then records `u32 key length, u32 value
+//! length, key, value` (value is the stored key record), an end marker `u32::MAX`, and a
+//! CRC32 of everything before it.
 //! Watch history is not included: after an install the history starts at the snapshot's
 //! revision.
 
