@@ -58,12 +58,24 @@ fn earlier_build() -> PathBuf {
          clone's history (a shallow clone lacks it: git fetch --unshallow)",
         root.display()
     );
-    // The same target dir: the dependencies are built already; only ordkv's crates compile.
+    // The same target dir, so the dependencies are built already. Cargo names a path crate's
+    // build by its name, version and place in its workspace, all equal to this build's: the
+    // two would share (and mix up) build-script outputs such as the generated protos. A
+    // version of its own keeps the earlier build's crates apart.
+    let manifest = src.join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let ours = "[workspace.package]\nversion = \"0.1.0\"";
+    assert!(text.contains(ours), "{}: no {ours:?}", manifest.display());
+    let version = format!(
+        "[workspace.package]\nversion = \"0.1.0-from.{}\"",
+        &FROM_COMMIT[..12]
+    );
+    std::fs::write(&manifest, text.replace(ours, &version)).unwrap();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let built = Command::new(&cargo)
         .current_dir(&src)
         .env("CARGO_TARGET_DIR", &target)
-        .args(["build", "--locked", "--quiet", "-p", "ordkv-cli"])
+        .args(["build", "--quiet", "-p", "ordkv-cli"])
         .status()
         .expect("run cargo build");
     assert!(built.success(), "building {FROM_COMMIT} failed: {built}");
