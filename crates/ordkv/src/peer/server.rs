@@ -12,7 +12,7 @@ use openraft::ReadPolicy;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{LinearizableReadError, RaftError};
 use openraft::raft::AppendEntriesRequest;
-use ordkv_store::{SnapshotData, SnapshotMeta, TypeConfig, Vote};
+use ordkv_store::{LogId, SnapshotData, SnapshotMeta, TypeConfig, Vote};
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -427,7 +427,8 @@ impl pb::peer_server::Peer for PeerService {
 /// lacks entries a member it dropped had applied. openraft takes committed entries as
 /// matching (it would skip them and keep this member's state: a fork), so they are compared
 /// here, before openraft sees them: the prev entry and any resent entry at or below the
-/// applied index, read from the log unless it is the applied entry itself.
+/// applied index, read from the log unless it is the applied entry itself. Appends of a
+/// deposed leader are left to openraft.
 fn refuse_divergence(
     replica: &Replica,
     rpc: &AppendEntriesRequest<TypeConfig>,
@@ -446,7 +447,12 @@ fn refuse_divergence(
         } else {
             replica.log.log_id_at(id.index).map_err(internal)?
         };
-        if let Some(mine) = mine.filter(|mine| mine != id) {
+        // A leader of an older term than the entry applied here is a deposed one that does
+        // not know it yet (a paused process thawing): its entries there were never
+        // committed, and openraft refuses it by its vote. Only a leader at least as new can
+        // conflict with an applied entry, and only after a recovery.
+        let stale_leader = |mine: &LogId| rpc.vote.leader_id.term < mine.leader_id.term;
+        if let Some(mine) = mine.filter(|mine| mine != id && !stale_leader(mine)) {
             let reason = format!(
                 "the leader's log conflicts with entries this member has already applied \
                  (at index {}: the leader has {id}, this member applied {mine}, up to index {}): \
