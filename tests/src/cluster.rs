@@ -622,7 +622,41 @@ pub struct WriterReport {
     pub acked_at: Vec<Instant>,
 }
 
+/// Keys and values as (lossy) strings, by key: what the members hold, to check writes against.
+pub fn as_strings(kvs: &[KeyValue]) -> std::collections::BTreeMap<String, String> {
+    kvs.iter()
+        .map(|kv| {
+            (
+                String::from_utf8_lossy(&kv.key).into_owned(),
+                String::from_utf8_lossy(&kv.value).into_owned(),
+            )
+        })
+        .collect()
+}
+
 impl WriterReport {
+    /// The acknowledged writes that `held` (see [`as_strings`]) does not have.
+    pub fn missing_from<'a>(
+        &'a self,
+        held: &std::collections::BTreeMap<String, String>,
+    ) -> Vec<&'a (String, String)> {
+        self.acked
+            .iter()
+            .filter(|(k, v)| held.get(k) != Some(v))
+            .collect()
+    }
+
+    /// The longest time without an acknowledgement within `[from, to]`.
+    pub fn longest_gap_within(&self, from: Instant, to: Instant) -> Duration {
+        let mut last = from;
+        let mut gap = Duration::ZERO;
+        for at in self.acked_at.iter().filter(|at| **at >= from && **at <= to) {
+            gap = gap.max(at.duration_since(last));
+            last = *at;
+        }
+        gap.max(to.saturating_duration_since(last))
+    }
+
     /// The longest time without an acknowledgement from `since` to the last one.
     pub fn longest_gap(&self, since: Instant) -> Duration {
         let mut last = since;

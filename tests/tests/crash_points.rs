@@ -5,12 +5,11 @@
 //! the leader), in the middle of an apply batch, during a snapshot build, during a snapshot
 //! install, and between the two phases of a membership change.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ordkv_proto::v1::{PutRequest, TransferLeaderRequest, kv_client::KvClient};
-use ordkv_tests::cluster::{BackgroundWriter, CONVERGE, Cluster, WriterReport};
+use ordkv_tests::cluster::{BackgroundWriter, CONVERGE, Cluster, WriterReport, as_strings};
 use ordkv_tests::history::HistoryLoad;
 use ordkv_tests::linearizability::CheckResult;
 
@@ -83,20 +82,8 @@ async fn recovers(
     let converging = Instant::now();
     let data = c.converged_at_least(&all, 0).await;
     let converged = converging.elapsed();
-    let held: BTreeMap<String, String> = data
-        .iter()
-        .map(|kv| {
-            (
-                String::from_utf8_lossy(&kv.key).into_owned(),
-                String::from_utf8_lossy(&kv.value).into_owned(),
-            )
-        })
-        .collect();
-    let lost: Vec<&(String, String)> = report
-        .acked
-        .iter()
-        .filter(|(k, v)| held.get(k) != Some(v))
-        .collect();
+    let held = as_strings(&data);
+    let lost = report.missing_from(&held);
     println!(
         "[{point}] kv-{t}: acknowledged {} writes ({} failed or unknown), lost {}; ready {:.2}s \
          after the restart; all members identical {:.2}s later ({} keys)",

@@ -197,15 +197,7 @@ async fn a_survivor_of_quorum_loss_is_recovered_and_the_others_rejoin_it() {
         kept.len()
     );
     let served = c.converged_at_least(&[0, 1, 2], applied + 1).await;
-    let served: BTreeMap<String, String> = served
-        .into_iter()
-        .map(|kv| {
-            (
-                String::from_utf8_lossy(&kv.key).into_owned(),
-                String::from_utf8_lossy(&kv.value).into_owned(),
-            )
-        })
-        .collect();
+    let served = ordkv_tests::cluster::as_strings(&served);
     for (k, v) in &kept {
         assert_eq!(served.get(k), Some(v), "acknowledged write {k} was lost");
     }
