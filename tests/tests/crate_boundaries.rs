@@ -105,3 +105,68 @@ fn storage_consensus_and_server_crates_stay_where_they_belong() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// The `.rs` files under `dir`, recursively.
+fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read_dir") {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|x| x == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// What a client sees of a failed request (its gRPC code, the `ordkv-write-outcome` and
+/// `ordkv-leader` metadata) is decided in one place, `ordkv_server::status_from_error`. No
+/// other crate that runs in a member builds a status from an error or sets status metadata
+/// in its library code. Exempt: the peer protocol's own mapping between members
+/// (`ordkv/src/peer/`), which never reaches a client, and `ordkv-client`, which marks the
+/// statuses it makes up for its caller.
+#[test]
+fn client_facing_statuses_are_mapped_only_in_ordkv_server() {
+    const SCANNED: &[&str] = &[
+        "ordkv-proto",
+        "ordkv-store",
+        "ordkv-recipes",
+        "ordkv",
+        "ordkv-cli",
+    ];
+    const EXEMPT: &str = "crates/ordkv/src/peer/";
+    const MAPPINGS: &[&str] = &[
+        "for tonic::Status",
+        "for Status ",
+        "-> tonic::Status",
+        "-> Status ",
+        // Setting `ordkv-write-outcome` or `ordkv-leader` on a status.
+        "metadata_mut()",
+    ];
+    let root = ordkv_tests::workspace_root();
+    let mut found = Vec::new();
+    for krate in SCANNED {
+        let mut files = Vec::new();
+        rust_files(&root.join("crates").join(krate).join("src"), &mut files);
+        assert!(!files.is_empty(), "no sources for {krate}");
+        for file in files {
+            let name = file.strip_prefix(&root).unwrap().display().to_string();
+            if name.starts_with(EXEMPT) || name.contains("/tests") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&file).unwrap();
+            // Library code only: unit tests make statuses to test against.
+            let library = text.split("#[cfg(test)]\nmod ").next().unwrap_or_default();
+            for (n, line) in library.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or_default();
+                if let Some(m) = MAPPINGS.iter().find(|m| format!("{code} ").contains(*m)) {
+                    found.push(format!("{name}:{}: {m:?} in {:?}", n + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "map errors to client statuses in ordkv-server's status.rs only:\n{}",
+        found.join("\n")
+    );
+}

@@ -3,8 +3,9 @@
 //! highest ordinal first, each gracefully and after the previous one is ready, as a
 //! StatefulSet's RollingUpdate does, under a write load and a checked read/write/CAS load.
 //! Every acknowledged write must be on every member and the history linearizable. Then one
-//! member goes back to the earlier build: with the same formats it must work (ARCHITECTURE.md,
-//! "Formats and upgrades").
+//! member goes back to the earlier build: its data dir is in a data format that build does
+//! not read, so it must refuse to start, naming the format, and leave the data as it was;
+//! back on this build it serves again (ARCHITECTURE.md, "Formats and upgrades").
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -17,7 +18,7 @@ use ordkv_tests::history::HistoryLoad;
 use ordkv_tests::linearizability::CheckResult;
 
 /// The build the upgrade starts from: the last one that landed before the peer format field
-/// (0.1.0, data format 1, peer format 1 without the field).
+/// (0.1.0, data format 1 (WAL segments without header), peer format 1 without the field).
 const FROM_COMMIT: &str = "53ed69dc0d64182d70bcd708e34dbbd93d2f7ee9";
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
 const CHECK_BUDGET: Duration = Duration::from_secs(60);
@@ -129,16 +130,30 @@ async fn a_rolling_upgrade_from_the_earlier_build_loses_no_acknowledged_write() 
         windows.push((i, from, Instant::now(), from.elapsed()));
     }
 
-    // And back: one member returns to the earlier build (same formats: it must work).
+    // And back: one member returns to the earlier build, which reads data format 1 only.
     let from = Instant::now();
     c.node_mut(2).sigterm();
     assert!(c.node_mut(2).wait_exit(GRACE).await.is_some());
+    let member_json = std::fs::read(c.node(2).data_dir().join("member.json")).unwrap();
     c.node_mut(2).set_bin(Some(earlier.clone()));
+    c.spawn(2);
+    let refused = c.node_mut(2).wait_exit(GRACE).await;
+    let logs = c.node(2).logs();
+    assert!(
+        refused.is_some_and(|s| !s.success()) && logs.contains("data format 2"),
+        "the earlier build must refuse kv-2's data dir naming its format: {refused:?}\n{logs}"
+    );
+    assert_eq!(
+        std::fs::read(c.node(2).data_dir().join("member.json")).unwrap(),
+        member_json,
+        "the refusal changed the data dir"
+    );
+    c.node_mut(2).set_bin(None);
     c.spawn(2);
     c.wait_ready(2).await;
     let acked = writer.acked();
     writer
-        .progresses(&c, acked, 20, "after kv-2 went back")
+        .progresses(&c, acked, 20, "after kv-2 came back on this build")
         .await;
     let downgrade = (from, Instant::now());
 
@@ -159,8 +174,8 @@ async fn a_rolling_upgrade_from_the_earlier_build_loses_no_acknowledged_write() 
     }
     println!(
         "[upgrade] FIGURES from {} | acknowledged writes {} ({} failed or unknown), lost {} | \
-         checked ops {} linearizable {} ({:.2}s) | leader changes {} | kv-2 back on the \
-         earlier build: longest write gap {:.2}s",
+         checked ops {} linearizable {} ({:.2}s) | leader changes {} | kv-2 refused by the \
+         earlier build, back on this one: longest write gap {:.2}s",
         &FROM_COMMIT[..12],
         report.acked.len() + history.writes.len(),
         report.failed,
@@ -180,7 +195,7 @@ async fn a_rolling_upgrade_from_the_earlier_build_loses_no_acknowledged_write() 
         lost.first()
     );
     assert_eq!(verdict, CheckResult::Ok, "{}", history.summary());
-    // The member back on the earlier build serves the last acknowledged write.
+    // The member the earlier build refused serves the last acknowledged write.
     let (key, value) = report.acked.last().expect("writes were acknowledged");
     let got = KvClient::new(c.channel(2, Duration::from_secs(5)))
         .get(ordkv_proto::v1::GetRequest {
@@ -188,7 +203,7 @@ async fn a_rolling_upgrade_from_the_earlier_build_loses_no_acknowledged_write() 
             ..Default::default()
         })
         .await
-        .unwrap_or_else(|e| panic!("kv-2 on the earlier build does not serve: {e}"))
+        .unwrap_or_else(|e| panic!("kv-2 does not serve after the refused downgrade: {e}"))
         .into_inner();
     assert_eq!(got.kv.map(|kv| kv.value), Some(Bytes::from(value.clone())));
 }

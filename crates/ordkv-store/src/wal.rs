@@ -16,6 +16,11 @@
 //! at open, when there is none). A rotation never waits for it: without a ready spare the new
 //! segment starts empty and grows (slower syncs until the next rotation).
 //!
+//! Segment: a 16-byte header (`ORDKVWAL`, the segment format as a `u32`, the crc32 of those 12
+//! bytes; all little-endian), then records. Segments written by data format 1 have no header:
+//! their records start at offset 0, and they are still read. A header of another segment
+//! format is refused, naming both.
+//!
 //! Record: `u32 length, u32 crc32(payload), payload` where the payload is a postcard
 //! [`Entry`], never empty, so a length of 0 is not a record: the records of a segment end
 //! where only zeros follow (or at the end of the file). At open every record is checked; a
@@ -41,7 +46,14 @@ const SEGMENT_BYTES: u64 = DEFAULT_SEGMENT_BYTES;
 /// The spare is zero-filled and synced in steps of this size: one sync of 64 MiB of zeros
 /// stalls the appends' syncs of the active segment for tens of milliseconds.
 const STEP: u64 = 4 * 1024 * 1024;
-const HEADER: usize = 8;
+const RECORD_HEADER: usize = 8;
+const SEGMENT_MAGIC: &[u8; 8] = b"ORDKVWAL";
+/// The segment format this version writes (in each segment's header) and reads, besides the
+/// headerless segments of data format 1.
+pub const SEGMENT_FORMAT: u32 = 1;
+/// Read as a record length, its first 4 bytes exceed [`MAX_RECORD`]: a build that knows no
+/// header refuses such a segment rather than misreading it.
+const SEGMENT_HEADER: usize = 16;
 /// No single record is larger (a log entry holds at most one request of bounded size).
 const MAX_RECORD: usize = 512 * 1024 * 1024;
 /// The next segment while it is being zero-filled; renamed to its segment name when used. Not
@@ -175,6 +187,45 @@ fn fill_spare_buffered(path: &Path, size: u64) -> io::Result<()> {
     file.sync_all()
 }
 
+pub(crate) fn segment_header() -> [u8; SEGMENT_HEADER] {
+    let mut h = [0u8; SEGMENT_HEADER];
+    h[..8].copy_from_slice(SEGMENT_MAGIC);
+    h[8..12].copy_from_slice(&SEGMENT_FORMAT.to_le_bytes());
+    let crc = crc32fast::hash(&h[..12]);
+    h[12..].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Where a segment's records start: after its header, or at 0 in a segment of data format 1,
+/// which has none. Refuses a damaged header or one of another segment format.
+fn records_start(path: &Path, bytes: &[u8]) -> io::Result<usize> {
+    if !bytes.starts_with(SEGMENT_MAGIC) {
+        return Ok(0);
+    }
+    let header = bytes
+        .get(..SEGMENT_HEADER)
+        .ok_or_else(|| corrupt(format!("{}: incomplete segment header", path.display())))?;
+    let word = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().expect("4 bytes"));
+    if crc32fast::hash(&header[..12]) != word(12) {
+        return Err(corrupt(format!(
+            "{}: the segment header fails its checksum",
+            path.display()
+        )));
+    }
+    match word(8) {
+        SEGMENT_FORMAT => Ok(SEGMENT_HEADER),
+        other => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} is in WAL segment format {other}; this ordkv ({}) reads segment format \
+                 {SEGMENT_FORMAT}: run the ordkv that wrote it (or a newer one)",
+                path.display(),
+                env!("CARGO_PKG_VERSION")
+            ),
+        )),
+    }
+}
+
 pub(crate) fn encode(entry: &Entry, out: &mut Vec<u8>) -> io::Result<u32> {
     let payload = postcard::to_stdvec(entry).map_err(io::Error::other)?;
     let len = u32::try_from(payload.len()).map_err(|_| io::Error::other("log entry too large"))?;
@@ -186,7 +237,7 @@ pub(crate) fn encode(entry: &Entry, out: &mut Vec<u8>) -> io::Result<u32> {
 
 pub(crate) fn decode(what: &str, record: &[u8]) -> io::Result<Entry> {
     let crc = u32::from_le_bytes([record[4], record[5], record[6], record[7]]);
-    let payload = &record[HEADER..];
+    let payload = &record[RECORD_HEADER..];
     if crc32fast::hash(payload) != crc {
         return Err(corrupt(format!("{what} fails its checksum")));
     }
@@ -213,12 +264,12 @@ fn scan(bytes: &[u8], offset: usize) -> Scan {
         Some(l) => u32::from_le_bytes(l.try_into().expect("4 bytes")) as usize,
         None => usize::MAX,
     };
-    if len > MAX_RECORD || HEADER + len > rest.len() {
+    if len > MAX_RECORD || RECORD_HEADER + len > rest.len() {
         return Scan::Bad(corrupt("log record is incomplete"), bytes.len());
     }
-    let end = offset + HEADER + len;
+    let end = offset + RECORD_HEADER + len;
     match decode("log record", &bytes[offset..end]) {
-        Ok(entry) => Scan::Record(entry, HEADER + len),
+        Ok(entry) => Scan::Record(entry, RECORD_HEADER + len),
         Err(e) => Scan::Bad(e, end),
     }
 }
@@ -273,7 +324,7 @@ impl Wal {
             let last_segment = n + 1 == count;
             let mut bytes = Vec::new();
             File::open(&path)?.read_to_end(&mut bytes)?;
-            let mut offset = 0usize;
+            let mut offset = records_start(&path, &bytes)?;
             let segment = inner.segments.len();
             while offset < bytes.len() {
                 match scan(&bytes, offset) {
@@ -309,7 +360,7 @@ impl Wal {
                             log_id: entry.log_id,
                             segment,
                             offset: offset as u64,
-                            len: (len - HEADER) as u32,
+                            len: (len - RECORD_HEADER) as u32,
                         });
                         offset += len;
                     }
@@ -332,6 +383,12 @@ impl Wal {
                 }
             }
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
+            if last_segment && offset == 0 {
+                // A headerless last segment without records (data format 1's, or one whose
+                // header a crash lost): appends go on in the current format.
+                file.write_all_at(&segment_header(), 0)?;
+                offset = SEGMENT_HEADER;
+            }
             if last_segment {
                 // Records a killed process wrote but never synced are served from now on:
                 // make them durable before anyone relies on them.
@@ -413,7 +470,7 @@ impl Wal {
         };
         let mut out = Vec::with_capacity(wanted.len());
         for (file, loc) in wanted {
-            let mut buf = vec![0u8; HEADER + loc.len as usize];
+            let mut buf = vec![0u8; RECORD_HEADER + loc.len as usize];
             file.read_exact_at(&mut buf, loc.offset)?;
             let entry = decode("log record", &buf)?;
             if entry.log_id != loc.log_id {
@@ -561,11 +618,14 @@ impl Inner {
         }
         sync_dir(&self.dir)?;
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        // Durable with the first append's sync; a crash before it leaves a segment without
+        // header or records, which the next open gives its header.
+        file.write_all_at(&segment_header(), 0)?;
         self.segments.push(Segment {
             first_index,
             path,
             file: Arc::new(file),
-            len: 0,
+            len: SEGMENT_HEADER as u64,
         });
         Ok(())
     }
@@ -692,7 +752,7 @@ mod tests {
     fn record_offsets(path: &Path) -> Vec<usize> {
         let bytes = fs::read(path).unwrap();
         let mut offsets = vec![];
-        let mut at = 0;
+        let mut at = records_start(path, &bytes).unwrap();
         while let Scan::Record(_, len) = scan(&bytes, at) {
             offsets.push(at);
             at += len;
@@ -778,7 +838,7 @@ mod tests {
         drop(wal);
         let path = only_segment(dir.path());
         let mut bytes = fs::read(&path).unwrap();
-        bytes[HEADER + 1] ^= 0xff; // inside the first record's payload
+        bytes[SEGMENT_HEADER + RECORD_HEADER + 1] ^= 0xff; // inside the first record's payload
         fs::write(&path, &bytes).unwrap();
         let err = Wal::open(dir.path(), None)
             .err()
@@ -817,7 +877,7 @@ mod tests {
     fn a_torn_record_followed_by_zeros_is_cut_off() {
         // What of the last record reached the disk: its header and part of its payload, or
         // its header alone.
-        for kept in [HEADER + 2, HEADER] {
+        for kept in [RECORD_HEADER + 2, RECORD_HEADER] {
             let dir = tempfile::tempdir().unwrap();
             let wal = open_with_spare(dir.path());
             wal.append((1..=3).map(entry)).unwrap();
@@ -858,8 +918,8 @@ mod tests {
             let path = only_segment(dir.path());
             let offsets = record_offsets(&path);
             let (from, to) = match header_lost {
-                false => (offsets[1] + HEADER + 2, offsets[2]),
-                true => (offsets[1], offsets[1] + HEADER),
+                false => (offsets[1] + RECORD_HEADER + 2, offsets[2]),
+                true => (offsets[1], offsets[1] + RECORD_HEADER),
             };
             overwrite(&path, from, &vec![0; to - from]);
             let bytes = fs::read(&path).unwrap();
@@ -1036,7 +1096,9 @@ mod tests {
         wal.append((1..=3).map(entry)).unwrap();
         let later = Wal::open(other.path(), None).unwrap();
         later.append((8..=9).map(entry)).unwrap();
-        let tail = fs::read(only_segment(other.path())).unwrap()[..records_end(&later)].to_vec();
+        let tail = fs::read(only_segment(other.path())).unwrap()
+            [SEGMENT_HEADER..records_end(&later)]
+            .to_vec();
         overwrite(&only_segment(dir.path()), records_end(&wal), &tail);
         drop(wal);
 
@@ -1057,5 +1119,84 @@ mod tests {
             indexes(&Wal::open(dir.path(), Some(7)).unwrap()),
             vec![8, 9]
         );
+    }
+
+    /// A segment of data format 1: the same records from offset 0, no header.
+    fn headerless_segment(path: &Path, entries: impl IntoIterator<Item = Entry>) {
+        let mut bytes = Vec::new();
+        for e in entries {
+            encode(&e, &mut bytes).unwrap();
+        }
+        fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn segments_of_data_format_1_are_read_and_the_log_goes_on_in_the_current_format() {
+        let dir = tempfile::tempdir().unwrap();
+        headerless_segment(&dir.path().join(segment_name(1)), (1..=3).map(entry));
+        // The empty tail a rotation of data format 1 left (a renamed spare of zeros).
+        fs::write(dir.path().join(segment_name(4)), vec![0u8; 8192]).unwrap();
+
+        let wal = Wal::open_with(dir.path(), None, 4096).unwrap();
+        assert_eq!(indexes(&wal), vec![1, 2, 3]);
+        wal.append((4..=5).map(entry)).unwrap();
+        for batch in (6..=1000).collect::<Vec<_>>().chunks(50) {
+            wal.append(batch.iter().copied().map(entry)).unwrap(); // past 4 KiB: rotations
+        }
+        wal.sync().unwrap();
+        drop(wal);
+
+        let mut names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+            .collect();
+        names.sort();
+        assert!(names.len() >= 3, "{names:?}");
+        let starts: Vec<bool> = names
+            .iter()
+            .map(|p| fs::read(p).unwrap().starts_with(&segment_header()))
+            .collect();
+        assert!(!starts[0], "the old segment is left as it was");
+        assert!(starts[1..].iter().all(|h| *h), "{starts:?}");
+        assert_eq!(
+            indexes(&Wal::open(dir.path(), None).unwrap()),
+            (1..=1000).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_segment_of_another_format_is_refused_naming_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path(), None).unwrap();
+        wal.append((1..=3).map(entry)).unwrap();
+        drop(wal);
+        let path = only_segment(dir.path());
+        let mut header = [0u8; SEGMENT_HEADER];
+        header[..8].copy_from_slice(SEGMENT_MAGIC);
+        header[8..12].copy_from_slice(&(SEGMENT_FORMAT + 1).to_le_bytes());
+        let crc = crc32fast::hash(&header[..12]);
+        header[12..].copy_from_slice(&crc.to_le_bytes());
+        overwrite(&path, 0, &header);
+        let before = fs::read(&path).unwrap();
+
+        let err = Wal::open(dir.path(), None)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            err.contains(&format!("in WAL segment format {}", SEGMENT_FORMAT + 1))
+                && err.contains(&format!("reads segment format {SEGMENT_FORMAT}")),
+            "{err}"
+        );
+        assert_eq!(fs::read(&path).unwrap(), before, "nothing was changed");
+
+        // A damaged header is corruption, not a format.
+        overwrite(&path, 9, &[0xff]);
+        let err = Wal::open(dir.path(), None)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("segment header fails its checksum"), "{err}");
     }
 }

@@ -18,9 +18,12 @@ use crate::config::Identity;
 use crate::error::{Error, Result};
 
 const MEMBER_FILE: &str = "member.json";
-/// The data format: the WAL records, sled rows and snapshot files this version writes, as
-/// pinned by `ordkv_store`'s golden tests. Another value is a data dir of another ordkv.
-const FORMAT: u32 = 1;
+/// The data format: the WAL segments, sled rows and snapshot files this version writes, as
+/// pinned by `ordkv_store`'s golden tests. 2: WAL segments start with a header naming their
+/// format. 1: the same without the header (read as well; such a dir is moved to 2 at open).
+const FORMAT: u32 = 2;
+/// The oldest data format this version reads.
+const OLDEST_FORMAT: u32 = 1;
 
 /// What a data dir records about its owner.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -77,12 +80,12 @@ impl DataDir {
                     format!("{MEMBER_FILE} is corrupt ({e}); restore the volume or wipe it so the member rejoins"),
                 )
             })?;
-            if record.format != FORMAT {
+            if !(OLDEST_FORMAT..=FORMAT).contains(&record.format) {
                 return Err(dir_err(
                     path,
                     format!(
-                        "it is in data format {}; this ordkv ({}) reads data format {FORMAT}: \
-                         run the ordkv that wrote it (or a newer one)",
+                        "it is in data format {}; this ordkv ({}) reads data formats \
+                         {OLDEST_FORMAT} to {FORMAT}: run the ordkv that wrote it (or a newer one)",
                         record.format,
                         env!("CARGO_PKG_VERSION")
                     ),
@@ -97,11 +100,15 @@ impl DataDir {
                     ),
                 ));
             }
-            return Ok(DataDir {
+            let mut dir = DataDir {
                 path: path.to_path_buf(),
                 record,
                 _lock: lock,
-            });
+            };
+            if dir.record.format < FORMAT {
+                dir.upgrade()?;
+            }
+            return Ok(dir);
         }
 
         // No member file: only an empty dir may become a member (a PVC may hold lost+found).
@@ -144,10 +151,29 @@ impl DataDir {
 impl DataDir {
     /// Records the cluster this member bootstrapped or joined (once, durably).
     pub(crate) fn set_cluster_id(&self, cluster_id: &str) -> Result<()> {
-        let record = MemberRecord {
+        self.write_record(MemberRecord {
             cluster_id: cluster_id.to_string(),
             ..self.record.clone()
-        };
+        })
+    }
+
+    /// Marks an older data dir as this format before anything of this format is written to
+    /// it, so that an older ordkv refuses it (naming the format) rather than misreading it.
+    fn upgrade(&mut self) -> Result<()> {
+        let from = self.record.format;
+        self.record.format = FORMAT;
+        self.write_record(self.record.clone())?;
+        tracing::info!(
+            path = %self.path.display(),
+            from,
+            to = FORMAT,
+            "data dir moved to this version's data format; an ordkv that reads only data \
+             format {from} can no longer open it"
+        );
+        Ok(())
+    }
+
+    fn write_record(&self, record: MemberRecord) -> Result<()> {
         write_durably(
             &self.path.join(MEMBER_FILE),
             &serde_json::to_vec_pretty(&record).expect("serializable"),
@@ -244,5 +270,37 @@ mod tests {
             .to_string();
         assert!(err.contains("not an ordkv data dir"), "{err}");
         assert!(!other.path().join("member.json").exists());
+    }
+    fn set_format(path: &Path, format: u32) {
+        let file = path.join(MEMBER_FILE);
+        let mut record: MemberRecord = serde_json::from_slice(&fs::read(&file).unwrap()).unwrap();
+        record.format = format;
+        fs::write(file, serde_json::to_vec(&record).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn an_older_format_is_moved_to_this_one_and_a_newer_one_refused_naming_both() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(DataDir::open(dir.path(), &id("kv-0")).unwrap());
+        set_format(dir.path(), 1);
+        let opened = DataDir::open(dir.path(), &id("kv-0")).unwrap();
+        assert_eq!(opened.record.format, FORMAT);
+        drop(opened);
+        let record: MemberRecord =
+            serde_json::from_slice(&fs::read(dir.path().join(MEMBER_FILE)).unwrap()).unwrap();
+        assert_eq!(record.format, FORMAT, "recorded on disk");
+
+        set_format(dir.path(), FORMAT + 1);
+        let before = fs::read(dir.path().join(MEMBER_FILE)).unwrap();
+        let err = DataDir::open(dir.path(), &id("kv-0"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains(&format!("in data format {}", FORMAT + 1))
+                && err.contains(&format!("reads data formats 1 to {FORMAT}")),
+            "{err}"
+        );
+        assert_eq!(fs::read(dir.path().join(MEMBER_FILE)).unwrap(), before);
     }
 }

@@ -82,6 +82,7 @@ impl Kv {
         &self,
         op: pb::command::Op,
     ) -> Result<(pb::CommandResponse, pb::ResponseHeader)> {
+        self.replica.serving()?;
         let resp = self.writer.write(pb::Command { op: Some(op) }).await?;
         let header = self.header(resp.revision);
         Ok((resp, header))
@@ -89,6 +90,7 @@ impl Kv {
 
     /// Waits for the read's consistency level; returns once the local state may be read.
     async fn before_read(&self, consistency: pb::Consistency, min_revision: u64) -> Result<()> {
+        self.replica.serving()?;
         if consistency != pb::Consistency::Serializable {
             self.reads.linearize().await?;
         }
@@ -183,6 +185,7 @@ impl Kv {
     /// Streams put/delete events for a key or prefix from `start_revision` (0 = from now).
     /// A start older than the compacted revision fails with [`Error::Compacted`].
     pub async fn watch(&self, req: pb::WatchRequest) -> Result<WatchStream> {
+        self.replica.serving()?;
         validate::watch(&self.limits, &req)?;
         let oldest = self.replica.sm.compact_revision();
         if req.start_revision > 0 && req.start_revision < oldest {

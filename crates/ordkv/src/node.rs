@@ -49,6 +49,9 @@ struct Inner {
     /// The tasks the node runs (peer server, cluster lifecycle, intent poller, lease clock,
     /// leader log, backups, TLS reloader), joined on shutdown.
     tasks: std::sync::Mutex<tokio::task::JoinSet<()>>,
+    /// Tasks that had not ended [`TASKS_STOP_WAIT`] after the stop (tests expect none).
+    #[cfg(test)]
+    aborted_at_stop: std::sync::atomic::AtomicUsize,
 }
 
 /// An open replica. Cloning is cheap; every clone is the same node.
@@ -188,6 +191,8 @@ impl Node {
                 leader_log: LeaderLog::default(),
                 stop: stop.clone(),
                 tasks: Default::default(),
+                #[cfg(test)]
+                aborted_at_stop: Default::default(),
                 config,
             }),
         };
@@ -217,6 +222,7 @@ impl Node {
                 membership,
                 snapshots_dir: inner.data_dir.path.join("snapshots"),
                 leases,
+                stop: stop.clone(),
             };
             inner.spawn(crate::peer::server::serve(service, addr, tls, stop.clone()).await?);
         }
@@ -376,10 +382,13 @@ impl Node {
     /// peer service, and flushes storage. Membership is unchanged (a restart, a rolling
     /// update or a drain keeps it), unless the StatefulSet was scaled below this member's
     /// ordinal: then it first asks the leader to remove it and waits for that, up to
-    /// `leave_timeout`.
+    /// `leave_timeout`. Returns once the node's tasks have ended (the streams peers hold open
+    /// included) and storage is flushed; the store and the data dir's lock are released when
+    /// the last handle (`Node`, `Kv` clones) is dropped.
     pub async fn shutdown(&self) -> Result<()> {
         self.inner.membership.leave_if_scaled_away().await;
         self.inner.membership.hand_off_leadership().await;
+        self.inner.replica.set_stopped();
         self.inner.stop.cancel();
         self.inner
             .replica
@@ -399,8 +408,7 @@ impl Node {
     }
 }
 
-/// How long shutdown waits for the node's tasks to see the stop before it aborts them (the
-/// peer server's graceful stop would wait for the leader's append stream to end).
+/// How long shutdown waits for the node's tasks to see the stop before it aborts them.
 const TASKS_STOP_WAIT: Duration = Duration::from_secs(1);
 
 impl Inner {
@@ -421,7 +429,12 @@ impl Inner {
         })
         .await;
         if joined.is_err() {
-            tracing::debug!(
+            // Not expected: each task ends on `stop`. A peer connection a task served could
+            // outlive the abort and keep the store open until it closes.
+            #[cfg(test)]
+            self.aborted_at_stop
+                .fetch_add(tasks.len(), std::sync::atomic::Ordering::SeqCst);
+            tracing::warn!(
                 left = tasks.len(),
                 "aborting tasks still running at shutdown"
             );
@@ -486,5 +499,98 @@ mod tests {
         let got = again.kv().get_value("k").await.unwrap();
         assert_eq!(got.as_deref(), Some(&b"v1"[..]));
         again.shutdown().await.unwrap();
+    }
+
+    /// A member stopped while peers stream to it (a follower under the leader's appends, then
+    /// the leader under forwarded writes) serves nothing more through the handles left, and
+    /// frees its store once they are dropped: no connection its peer server served keeps it
+    /// open, so it reopens at once, as a pod restarted in place does.
+    fn grant(ttl: i64) -> pb::LeaseGrantRequest {
+        pb::LeaseGrantRequest {
+            ttl,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_stopped_under_peer_traffic_reopens_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["kv-0", "kv-1", "kv-2"];
+        let peers: std::collections::BTreeMap<String, String> = names
+            .iter()
+            .map(|n| {
+                let port = std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .unwrap();
+                (n.to_string(), port.to_string())
+            })
+            .collect();
+        let config = |name: &str| {
+            let mut c = NodeConfig::new(dir.path().join(name));
+            c.name = name.to_string();
+            c.peers = Peers::Static(peers.clone());
+            c.peer_listen_addr = Some(peers[name].parse().unwrap());
+            c
+        };
+        let mut members = Vec::new();
+        for name in names {
+            members.push(Node::open(config(name)).await.unwrap());
+        }
+        for m in &members {
+            m.wait_ready(Duration::from_secs(30)).await.unwrap();
+        }
+        // Writes through kv-1 (forwarded to the leader) until the test ends.
+        let writing = CancellationToken::new();
+        let writer = tokio::spawn({
+            let (kv, writing) = (members[1].kv(), writing.clone());
+            async move {
+                let mut acked = 0u32;
+                while !writing.is_cancelled() {
+                    if kv.put_value(format!("k{acked}"), "v").await.is_ok() {
+                        acked += 1;
+                    }
+                }
+                acked
+            }
+        });
+        for stopped in [2, 0] {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let node = members.remove(stopped);
+            let (kv, lease) = (
+                node.kv(),
+                node.kv().lease_grant(grant(60)).await.unwrap().id,
+            );
+            node.shutdown().await.unwrap();
+            // A handle kept by the application serves nothing more, not even through the
+            // peers (the stopped member's last metrics still name a leader).
+            let refused = |r: Result<_>| match r {
+                Err(Error::Unavailable(m)) => assert!(m.contains("was shut down"), "{m}"),
+                Err(e) => panic!("{e}"),
+                Ok(_) => panic!("a stopped member served a request"),
+            };
+            refused(kv.lease_keep_alive(lease).await.map(drop));
+            refused(kv.put_value("after", "stop").await.map(drop));
+            refused(kv.get_value("k0").await.map(drop));
+            let aborted = node
+                .inner
+                .aborted_at_stop
+                .load(std::sync::atomic::Ordering::SeqCst);
+            assert_eq!(aborted, 0, "tasks of {} outlived the stop", names[stopped]);
+            drop((node, kv));
+            let again = Node::open(config(names[stopped]))
+                .await
+                .unwrap_or_else(|e| panic!("{} does not reopen: {e}", names[stopped]));
+            again.wait_ready(Duration::from_secs(30)).await.unwrap();
+            members.insert(stopped, again);
+        }
+        writing.cancel();
+        let acked = writer.await.unwrap();
+        assert!(acked > 0, "no write was acknowledged");
+        let last = format!("k{}", acked - 1);
+        let read = members[2].kv().get_value(last.clone()).await.unwrap();
+        assert_eq!(read.as_deref(), Some(&b"v"[..]), "{last}");
+        for m in &members {
+            m.shutdown().await.unwrap();
+        }
     }
 }

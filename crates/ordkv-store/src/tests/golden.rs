@@ -96,6 +96,18 @@ const GOLDEN_MEMBERSHIP: &str = "
     6c742e7376632e636c75737465722e6c6f63616c3a37333739
 ";
 
+/// `ORDKVWAL`, segment format 1, crc32.
+const GOLDEN_SEGMENT_HEADER: &str = "4f52444b5657414c010000009796e646";
+
+#[test]
+fn log_segments_keep_their_header() {
+    pinned(
+        "segment header",
+        &crate::wal::segment_header(),
+        GOLDEN_SEGMENT_HEADER,
+    );
+}
+
 #[test]
 fn log_records_keep_their_bytes() {
     for (what, entry, golden) in entries() {

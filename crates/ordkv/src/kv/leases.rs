@@ -94,6 +94,7 @@ impl Kv {
         &self,
         mut req: pb::LeaseForwardRequest,
     ) -> Result<pb::LeaseTimeToLiveResponse> {
+        self.replica.serving()?;
         req.cluster_id = self.replica.peer.cluster_id().to_string();
         let deadline = tokio::time::Instant::now() + self.request_wait;
         loop {

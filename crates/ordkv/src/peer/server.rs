@@ -35,6 +35,9 @@ pub(crate) struct PeerService {
     pub(crate) snapshots_dir: PathBuf,
     /// Answers followers' lease keepalives (on the leader).
     pub(crate) leases: Arc<crate::lease::LeaseClock>,
+    /// The node's stop: ends the streams peers hold open, so that the connections close and
+    /// none keeps this member's store open after `Node::shutdown`.
+    pub(crate) stop: tokio_util::sync::CancellationToken,
 }
 
 /// Listens for peers on `addr`; the returned task serves them until `stop`.
@@ -178,7 +181,8 @@ impl pb::peer_server::Peer for PeerService {
         // come first, then why the stream stopped.
         let refused = Arc::new(Mutex::new(None::<Status>));
         let (replica, why) = (self.replica.clone(), refused.clone());
-        let appends = req.into_inner().scan((), move |_, msg| {
+        let stop = self.stop.clone().cancelled_owned();
+        let appends = req.into_inner().take_until(stop).scan((), move |_, msg| {
             let rpc = msg.and_then(|m| {
                 admit(&replica.peer, &m)?;
                 let rpc = decode(&m.payload).map_err(Status::invalid_argument)?;
@@ -204,7 +208,8 @@ impl pb::peer_server::Peer for PeerService {
             refused.lock().unwrap_or_else(|p| p.into_inner()).take()
         })
         .filter_map(|s| std::future::ready(s.map(Err)));
-        Ok(Response::new(Box::pin(answers.chain(why))))
+        let stop = self.stop.clone().cancelled_owned();
+        Ok(Response::new(Box::pin(answers.chain(why).take_until(stop))))
     }
 
     async fn append(
@@ -275,10 +280,14 @@ impl pb::peer_server::Peer for PeerService {
             loop {
                 let c = match chunk.take() {
                     Some(c) => c,
-                    None => stream
-                        .next()
-                        .await
-                        .ok_or_else(|| Status::aborted("snapshot stream ended early"))??,
+                    None => tokio::select! {
+                        c = stream.next() => {
+                            c.ok_or_else(|| Status::aborted("snapshot stream ended early"))??
+                        }
+                        _ = self.stop.cancelled() => {
+                            return Err(Status::unavailable("this member is stopping"));
+                        }
+                    },
                 };
                 crc.update(&c.data);
                 file.write_all(&c.data).await.map_err(internal)?;
