@@ -1,12 +1,15 @@
 //! Byte layouts on disk. Every stored Raft record is sealed with a CRC32 so that corruption is
 //! detected when it is read, never silently applied.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 
+use openraft::EntryPayload;
 use prost::Message;
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::pb;
+use crate::types::{Command, Entry, LogId, MemberNode};
 
 pub(crate) fn key_u64(k: &[u8]) -> io::Result<u64> {
     let arr: [u8; 8] = k
@@ -93,6 +96,78 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
         }
     }
     None
+}
+
+/// A log entry as ordkv's own [`pb::LogEntry`]: the WAL records of segment format 1.
+pub(crate) fn encode_entry(entry: &Entry) -> Vec<u8> {
+    let payload = match &entry.payload {
+        EntryPayload::Blank => pb::log_entry::Payload::Blank(pb::BlankEntry {}),
+        EntryPayload::Normal(command) => pb::log_entry::Payload::Command(command.0.clone()),
+        EntryPayload::Membership(m) => pb::log_entry::Payload::Membership(pb::LogMembership {
+            configs: m
+                .get_joint_config()
+                .iter()
+                .map(|voters| pb::VoterSet {
+                    node_ids: voters.iter().copied().collect(),
+                })
+                .collect(),
+            nodes: m
+                .nodes()
+                .map(|(id, n)| pb::LogMember {
+                    node_id: *id,
+                    name: n.name.clone(),
+                    peer_addr: n.peer_addr.clone(),
+                    client_addr: n.client_addr.clone(),
+                })
+                .collect(),
+        }),
+    };
+    pb::LogEntry {
+        term: entry.log_id.leader_id.term,
+        leader_node: entry.log_id.leader_id.node_id,
+        index: entry.log_id.index,
+        payload: Some(payload),
+    }
+    .encode_to_vec()
+}
+
+pub(crate) fn decode_entry(what: &str, bytes: &[u8]) -> io::Result<Entry> {
+    let e = pb::LogEntry::decode(bytes).map_err(|e| corrupt(format!("{what}: {e}")))?;
+    let payload = match e.payload {
+        Some(pb::log_entry::Payload::Blank(_)) => EntryPayload::Blank,
+        Some(pb::log_entry::Payload::Command(c)) => EntryPayload::Normal(Command(c)),
+        Some(pb::log_entry::Payload::Membership(m)) => {
+            let configs = m
+                .configs
+                .into_iter()
+                .map(|v| v.node_ids.into_iter().collect::<BTreeSet<_>>())
+                .collect();
+            let nodes: BTreeMap<_, _> = m
+                .nodes
+                .into_iter()
+                .map(|n| {
+                    let node = MemberNode {
+                        name: n.name,
+                        peer_addr: n.peer_addr,
+                        client_addr: n.client_addr,
+                    };
+                    (n.node_id, node)
+                })
+                .collect();
+            let membership = openraft::Membership::new(configs, nodes)
+                .map_err(|e| corrupt(format!("{what}: {e}")))?;
+            EntryPayload::Membership(membership)
+        }
+        None => return Err(corrupt(format!("{what}: an entry without payload"))),
+    };
+    let leader = openraft::impls::leader_id_adv::LeaderId {
+        term: e.term,
+        node_id: e.leader_node,
+    };
+    Ok(Entry {
+        log_id: LogId::new(leader, e.index),
+        payload,
+    })
 }
 
 #[cfg(test)]

@@ -17,15 +17,17 @@
 //! segment starts empty and grows (slower syncs until the next rotation).
 //!
 //! Segment: a 16-byte header (`ORDKVWAL`, the segment format as a `u32`, the crc32 of those 12
-//! bytes; all little-endian), then records. Segments written by data format 1 have no header:
-//! their records start at offset 0, and they are still read. A header of another segment
-//! format is refused, naming both.
+//! bytes; all little-endian), then records. A header of another segment format is refused,
+//! naming both. Segments written by data format 1 have no header: their records start at
+//! offset 0 and hold postcard of openraft's `Entry`. They are still read, never appended to
+//! (the next append starts a segment of this format).
 //!
-//! Record: `u32 length, u32 crc32(payload), payload` where the payload is a postcard
-//! [`Entry`], never empty, so a length of 0 is not a record: the records of a segment end
-//! where only zeros follow (or at the end of the file). At open every record is checked; a
-//! failing record in the last segment with only zeros after it is a torn write that was never
-//! acknowledged and is cut off; any other failure is corruption and the store refuses to open.
+//! Record: `u32 length, u32 crc32(payload), payload` where the payload is an [`Entry`] as
+//! ordkv's own `LogEntry` message, never empty, so a length of 0 is not a record: the records
+//! of a segment end where only zeros follow (or at the end of the file). At open every record
+//! is checked; a failing record in the last segment with only zeros after it is a torn write
+//! that was never acknowledged and is cut off; any other failure is corruption and the store
+//! refuses to open.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -62,6 +64,7 @@ const SPARE: &str = "spare.tmp";
 
 struct Segment {
     first_index: u64,
+    records: Records,
     path: PathBuf,
     file: Arc<File>,
     /// Where its records end; the file goes on with preallocated zeros.
@@ -198,9 +201,9 @@ pub(crate) fn segment_header() -> [u8; SEGMENT_HEADER] {
 
 /// Where a segment's records start: after its header, or at 0 in a segment of data format 1,
 /// which has none. Refuses a damaged header or one of another segment format.
-fn records_start(path: &Path, bytes: &[u8]) -> io::Result<usize> {
+fn records_start(path: &Path, bytes: &[u8]) -> io::Result<(usize, Records)> {
     if !bytes.starts_with(SEGMENT_MAGIC) {
-        return Ok(0);
+        return Ok((0, Records::Postcard));
     }
     let header = bytes
         .get(..SEGMENT_HEADER)
@@ -213,7 +216,7 @@ fn records_start(path: &Path, bytes: &[u8]) -> io::Result<usize> {
         )));
     }
     match word(8) {
-        SEGMENT_FORMAT => Ok(SEGMENT_HEADER),
+        SEGMENT_FORMAT => Ok((SEGMENT_HEADER, Records::Owned)),
         other => Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
@@ -226,8 +229,17 @@ fn records_start(path: &Path, bytes: &[u8]) -> io::Result<usize> {
     }
 }
 
+/// How the records of a segment encode their entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Records {
+    /// Postcard of openraft's `Entry`: the headerless segments of data format 1.
+    Postcard,
+    /// ordkv's `LogEntry` message: segment format 1.
+    Owned,
+}
+
 pub(crate) fn encode(entry: &Entry, out: &mut Vec<u8>) -> io::Result<u32> {
-    let payload = postcard::to_stdvec(entry).map_err(io::Error::other)?;
+    let payload = crate::codec::encode_entry(entry);
     let len = u32::try_from(payload.len()).map_err(|_| io::Error::other("log entry too large"))?;
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
@@ -235,13 +247,18 @@ pub(crate) fn encode(entry: &Entry, out: &mut Vec<u8>) -> io::Result<u32> {
     Ok(len)
 }
 
-pub(crate) fn decode(what: &str, record: &[u8]) -> io::Result<Entry> {
+pub(crate) fn decode(what: &str, record: &[u8], records: Records) -> io::Result<Entry> {
     let crc = u32::from_le_bytes([record[4], record[5], record[6], record[7]]);
     let payload = &record[RECORD_HEADER..];
     if crc32fast::hash(payload) != crc {
         return Err(corrupt(format!("{what} fails its checksum")));
     }
-    postcard::from_bytes(payload).map_err(|e| corrupt(format!("{what}: {e}")))
+    match records {
+        Records::Owned => crate::codec::decode_entry(what, payload),
+        Records::Postcard => {
+            postcard::from_bytes(payload).map_err(|e| corrupt(format!("{what}: {e}")))
+        }
+    }
 }
 
 /// What a segment holds at an offset.
@@ -254,7 +271,7 @@ enum Scan {
     Bad(io::Error, usize),
 }
 
-fn scan(bytes: &[u8], offset: usize) -> Scan {
+fn scan(bytes: &[u8], offset: usize, records: Records) -> Scan {
     let rest = &bytes[offset..];
     // A record's length is never 0, so only a zero length can start the zeros.
     if rest.get(..4).is_none_or(|l| l == [0; 4]) && all_zero(rest) {
@@ -268,7 +285,7 @@ fn scan(bytes: &[u8], offset: usize) -> Scan {
         return Scan::Bad(corrupt("log record is incomplete"), bytes.len());
     }
     let end = offset + RECORD_HEADER + len;
-    match decode("log record", &bytes[offset..end]) {
+    match decode("log record", &bytes[offset..end], records) {
         Ok(entry) => Scan::Record(entry, RECORD_HEADER + len),
         Err(e) => Scan::Bad(e, end),
     }
@@ -324,10 +341,10 @@ impl Wal {
             let last_segment = n + 1 == count;
             let mut bytes = Vec::new();
             File::open(&path)?.read_to_end(&mut bytes)?;
-            let mut offset = records_start(&path, &bytes)?;
+            let (mut offset, mut records) = records_start(&path, &bytes)?;
             let segment = inner.segments.len();
             while offset < bytes.len() {
-                match scan(&bytes, offset) {
+                match scan(&bytes, offset, records) {
                     Scan::Record(entry, len) => {
                         if let Some(prev) = inner.locs.back()
                             && entry.log_id.index > prev.log_id.index + 1
@@ -387,7 +404,7 @@ impl Wal {
                 // A headerless last segment without records (data format 1's, or one whose
                 // header a crash lost): appends go on in the current format.
                 file.write_all_at(&segment_header(), 0)?;
-                offset = SEGMENT_HEADER;
+                (offset, records) = (SEGMENT_HEADER, Records::Owned);
             }
             if last_segment {
                 // Records a killed process wrote but never synced are served from now on:
@@ -396,6 +413,7 @@ impl Wal {
             }
             inner.segments.push(Segment {
                 first_index,
+                records,
                 path,
                 file: Arc::new(file),
                 len: offset as u64,
@@ -447,7 +465,7 @@ impl Wal {
         max_bytes: usize,
         skip_missing: bool,
     ) -> io::Result<Vec<Entry>> {
-        let wanted: Vec<(Arc<File>, Loc)> = {
+        let wanted: Vec<(Arc<File>, Records, Loc)> = {
             let inner = self.lock();
             let Some(first) = inner.locs.front().map(|l| l.log_id.index) else {
                 return Ok(vec![]);
@@ -465,14 +483,17 @@ impl Wal {
                     bytes += loc.len as usize;
                     within
                 })
-                .map(|loc| (inner.segments[loc.segment].file.clone(), loc))
+                .map(|loc| {
+                    let segment = &inner.segments[loc.segment];
+                    (segment.file.clone(), segment.records, loc)
+                })
                 .collect()
         };
         let mut out = Vec::with_capacity(wanted.len());
-        for (file, loc) in wanted {
+        for (file, records, loc) in wanted {
             let mut buf = vec![0u8; RECORD_HEADER + loc.len as usize];
             file.read_exact_at(&mut buf, loc.offset)?;
-            let entry = decode("log record", &buf)?;
+            let entry = decode("log record", &buf, records)?;
             if entry.log_id != loc.log_id {
                 return Err(corrupt(format!(
                     "log record at index {} holds {}",
@@ -488,7 +509,12 @@ impl Wal {
     pub(crate) fn append(&self, entries: impl IntoIterator<Item = Entry>) -> io::Result<()> {
         let mut inner = self.lock();
         let segment_bytes = inner.segment_bytes;
-        if inner.segments.last().is_none_or(|s| s.len >= segment_bytes) {
+        // A segment of data format 1 takes no records of this one.
+        if inner
+            .segments
+            .last()
+            .is_none_or(|s| s.len >= segment_bytes || s.records == Records::Postcard)
+        {
             let mut entries = entries.into_iter().peekable();
             let Some(first) = entries.peek().map(|e| e.log_id.index) else {
                 return Ok(());
@@ -539,6 +565,13 @@ impl Wal {
         // new ones after a crash. Appends grow this segment again until the next rotation.
         seg.file.set_len(cut.offset)?;
         seg.len = cut.offset;
+        if seg.len == 0 {
+            // A segment of data format 1, now empty: it becomes one of this format (the next
+            // append would otherwise start a segment of the same name). An empty file left by
+            // a crash here is given its header at open.
+            seg.file.write_all_at(&segment_header(), 0)?;
+            (seg.len, seg.records) = (SEGMENT_HEADER as u64, Records::Owned);
+        }
         Ok(())
     }
 
@@ -623,6 +656,7 @@ impl Inner {
         file.write_all_at(&segment_header(), 0)?;
         self.segments.push(Segment {
             first_index,
+            records: Records::Owned,
             path,
             file: Arc::new(file),
             len: SEGMENT_HEADER as u64,
@@ -752,8 +786,8 @@ mod tests {
     fn record_offsets(path: &Path) -> Vec<usize> {
         let bytes = fs::read(path).unwrap();
         let mut offsets = vec![];
-        let mut at = records_start(path, &bytes).unwrap();
-        while let Scan::Record(_, len) = scan(&bytes, at) {
+        let (mut at, records) = records_start(path, &bytes).unwrap();
+        while let Scan::Record(_, len) = scan(&bytes, at, records) {
             offsets.push(at);
             at += len;
         }
@@ -1121,11 +1155,14 @@ mod tests {
         );
     }
 
-    /// A segment of data format 1: the same records from offset 0, no header.
+    /// A segment of data format 1: postcard records from offset 0, no header.
     fn headerless_segment(path: &Path, entries: impl IntoIterator<Item = Entry>) {
         let mut bytes = Vec::new();
         for e in entries {
-            encode(&e, &mut bytes).unwrap();
+            let payload = postcard::to_stdvec(&e).unwrap();
+            bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+            bytes.extend_from_slice(&payload);
         }
         fs::write(path, bytes).unwrap();
     }
@@ -1163,6 +1200,37 @@ mod tests {
             indexes(&Wal::open(dir.path(), None).unwrap()),
             (1..=1000).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn a_segment_of_data_format_1_is_never_appended_to() {
+        // Appending after it starts a segment of this format.
+        let dir = tempfile::tempdir().unwrap();
+        headerless_segment(&dir.path().join(segment_name(1)), (1..=3).map(entry));
+        let wal = Wal::open(dir.path(), None).unwrap();
+        wal.append([entry(4)]).unwrap();
+        drop(wal);
+        assert_eq!(segments_in(dir.path()), 2);
+        assert!(
+            fs::read(dir.path().join(segment_name(4)))
+                .unwrap()
+                .starts_with(&segment_header())
+        );
+        assert_eq!(
+            indexes(&Wal::open(dir.path(), None).unwrap()),
+            vec![1, 2, 3, 4]
+        );
+
+        // Truncated to nothing, it becomes one of this format (same name, same file).
+        let dir = tempfile::tempdir().unwrap();
+        headerless_segment(&dir.path().join(segment_name(1)), (1..=3).map(entry));
+        let wal = Wal::open(dir.path(), None).unwrap();
+        wal.truncate_after(None).unwrap();
+        wal.append((1..=2).map(entry)).unwrap();
+        drop(wal);
+        let path = only_segment(dir.path());
+        assert!(fs::read(&path).unwrap().starts_with(&segment_header()));
+        assert_eq!(indexes(&Wal::open(dir.path(), None).unwrap()), vec![1, 2]);
     }
 
     #[test]

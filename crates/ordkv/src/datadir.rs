@@ -20,7 +20,8 @@ use crate::error::{Error, Result};
 const MEMBER_FILE: &str = "member.json";
 /// The data format: the WAL segments, sled rows and snapshot files this version writes, as
 /// pinned by `ordkv_store`'s golden tests. 2: WAL segments start with a header naming their
-/// format. 1: the same without the header (read as well; such a dir is moved to 2 at open).
+/// format and hold ordkv's own record encoding. 1: headerless segments of postcard records
+/// (read as well; such a dir is moved to 2 at open).
 const FORMAT: u32 = 2;
 /// The oldest data format this version reads.
 const OLDEST_FORMAT: u32 = 1;

@@ -56,8 +56,9 @@ fn membership() -> openraft::Membership<crate::NodeId, MemberNode> {
     .expect("membership")
 }
 
-/// One entry of each kind the log holds.
-fn entries() -> Vec<(&'static str, Entry, &'static str)> {
+/// One entry of each kind the log holds, as a record of segment format 1 and as one of data
+/// format 1 (postcard, no longer written, still read).
+fn entries() -> Vec<(&'static str, Entry, &'static str, &'static str)> {
     vec![
         (
             "blank entry",
@@ -66,6 +67,7 @@ fn entries() -> Vec<(&'static str, Entry, &'static str)> {
                 payload: EntryPayload::Blank,
             },
             GOLDEN_BLANK,
+            GOLDEN_BLANK_V1,
         ),
         (
             "command entry",
@@ -74,6 +76,7 @@ fn entries() -> Vec<(&'static str, Entry, &'static str)> {
                 payload: EntryPayload::Normal(crate::Command(put("k", "v"))),
             },
             GOLDEN_COMMAND,
+            GOLDEN_COMMAND_V1,
         ),
         (
             "membership entry",
@@ -82,13 +85,25 @@ fn entries() -> Vec<(&'static str, Entry, &'static str)> {
                 payload: EntryPayload::Membership(membership()),
             },
             GOLDEN_MEMBERSHIP,
+            GOLDEN_MEMBERSHIP_V1,
         ),
     ]
 }
 
-const GOLDEN_BLANK: &str = "0400000057f575f302070500";
-const GOLDEN_COMMAND: &str = "0d00000053d80c9a02070601080a060a016b120176";
+const GOLDEN_BLANK: &str = "08000000c5f07aa40802100718052200";
+const GOLDEN_COMMAND: &str = "100000008ffefa100802100718062a080a060a016b120176";
 const GOLDEN_MEMBERSHIP: &str = "
+    c300000003156a0308021007180732ba010a040a0201021258080112046b762d311a266b762d312e
+    6b762e64656661756c742e7376632e636c75737465722e6c6f63616c3a3733383022266b762d312e
+    6b762e64656661756c742e7376632e636c75737465722e6c6f63616c3a373337391258080212046b
+    762d321a266b762d322e6b762e64656661756c742e7376632e636c75737465722e6c6f63616c3a37
+    33383022266b762d322e6b762e64656661756c742e7376632e636c75737465722e6c6f63616c3a37
+    333739
+";
+
+const GOLDEN_BLANK_V1: &str = "0400000057f575f302070500";
+const GOLDEN_COMMAND_V1: &str = "0d00000053d80c9a02070601080a060a016b120176";
+const GOLDEN_MEMBERSHIP_V1: &str = "
     b10000006a9802a102070702010201020201046b762d31266b762d312e6b762e64656661756c742e
     7376632e636c75737465722e6c6f63616c3a37333830266b762d312e6b762e64656661756c742e73
     76632e636c75737465722e6c6f63616c3a3733373902046b762d32266b762d322e6b762e64656661
@@ -110,12 +125,16 @@ fn log_segments_keep_their_header() {
 
 #[test]
 fn log_records_keep_their_bytes() {
-    for (what, entry, golden) in entries() {
+    use crate::wal::Records;
+    for (what, entry, golden, golden_v1) in entries() {
         let mut record = Vec::new();
         crate::wal::encode(&entry, &mut record).expect("encode");
         pinned(what, &record, golden);
-        let read = crate::wal::decode(what, &unhex(golden)).expect("an older record reads");
-        assert_eq!(format!("{read:?}"), format!("{entry:?}"), "{what}");
+        for (bytes, records) in [(golden, Records::Owned), (golden_v1, Records::Postcard)] {
+            let read = crate::wal::decode(what, &unhex(bytes), records)
+                .unwrap_or_else(|e| panic!("{what} ({records:?}) does not read: {e}"));
+            assert_eq!(format!("{read:?}"), format!("{entry:?}"), "{what}");
+        }
     }
 }
 
