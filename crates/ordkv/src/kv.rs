@@ -17,15 +17,22 @@ use crate::lease::LeaseClock;
 use crate::pb;
 use crate::read_index::Reads;
 use crate::replica::Replica;
+use crate::revocable::Revocable;
 use crate::validate;
 use crate::writes::Writer;
 use ordkv_proto::ops;
 
 mod leases;
 
-/// A cheap, cloneable handle to a node's key-value operations.
+/// A cheap, cloneable handle to a node's key-value operations. Every clone refuses requests
+/// once the node is shut down.
 #[derive(Clone)]
 pub struct Kv {
+    core: Arc<Revocable<KvCore>>,
+}
+
+/// What a [`Kv`] works with, while the node runs.
+pub(crate) struct KvCore {
     replica: Replica,
     writer: Writer,
     reads: Reads,
@@ -55,16 +62,31 @@ impl Kv {
         request_wait: std::time::Duration,
         leases: Arc<LeaseClock>,
     ) -> Kv {
-        Kv {
+        let member = replica.name().to_string();
+        let core = KvCore {
             replica,
             writer,
             reads,
             limits,
             request_wait,
             leases,
+        };
+        Kv {
+            core: Arc::new(Revocable::new(&member, core)),
         }
     }
 
+    fn core(&self) -> Result<Arc<KvCore>> {
+        self.core.get()
+    }
+
+    /// Takes the node's parts back from every clone (`Node::shutdown`).
+    pub(crate) fn revoke(&self) {
+        self.core.revoke();
+    }
+}
+
+impl KvCore {
     pub(crate) fn header(&self, revision: u64) -> pb::ResponseHeader {
         let term = {
             use openraft::async_runtime::WatchReceiver;
@@ -113,119 +135,6 @@ impl Kv {
         Ok(())
     }
 
-    /// Sets one key.
-    pub async fn put(&self, req: pb::PutRequest) -> Result<pb::PutResponse> {
-        validate::put(&self.limits, &req)?;
-        let (resp, header) = self.command(pb::command::Op::Put(req)).await?;
-        match resp.result {
-            Some(pb::command_response::Result::Put(mut p)) => {
-                p.header = Some(header);
-                Ok(p)
-            }
-            other => Err(unexpected("put", other)),
-        }
-    }
-
-    /// Reads one key.
-    pub async fn get(&self, req: pb::GetRequest) -> Result<pb::GetResponse> {
-        let consistency = validate::get(&self.limits, &req)?;
-        self.before_read(consistency, req.min_revision).await?;
-        let (kv, revision) = self.replica.sm.get(&req.key).map_err(storage)?;
-        Ok(pb::GetResponse {
-            header: Some(self.header(revision)),
-            kv,
-        })
-    }
-
-    /// Deletes a key, a `[key, end)` range or a prefix.
-    pub async fn delete(&self, req: pb::DeleteRequest) -> Result<pb::DeleteResponse> {
-        validate::delete(&self.limits, &req)?;
-        let (resp, header) = self.command(pb::command::Op::Delete(req)).await?;
-        match resp.result {
-            Some(pb::command_response::Result::Delete(mut d)) => {
-                d.header = Some(header);
-                Ok(d)
-            }
-            other => Err(unexpected("delete", other)),
-        }
-    }
-
-    /// Lists keys in order, at most `limit` (or the node's maximum) at a time.
-    pub async fn range(&self, req: pb::RangeRequest) -> Result<pb::RangeResponse> {
-        let consistency = validate::range(&self.limits, &req)?;
-        self.before_read(consistency, req.min_revision).await?;
-        let (mut resp, revision) = self.replica.sm.range(&req).map_err(storage)?;
-        resp.header = Some(self.header(revision));
-        Ok(resp)
-    }
-
-    /// Evaluates the compares atomically, then runs `success` or `failure` (a
-    /// [`TxnRequest`](pb::TxnRequest), or a [`Txn`](crate::Txn) built step by step).
-    pub async fn txn(&self, req: impl Into<pb::TxnRequest>) -> Result<pb::TxnResponse> {
-        let req = req.into();
-        validate::txn(&self.limits, &req)?;
-        let (resp, header) = self.command(pb::command::Op::Txn(req)).await?;
-        match resp.result {
-            Some(pb::command_response::Result::Txn(mut t)) => {
-                t.header = Some(header);
-                Ok(t)
-            }
-            other => Err(unexpected("txn", other)),
-        }
-    }
-
-    /// Discards watch history older than `revision`.
-    pub async fn compact(&self, req: pb::CompactRequest) -> Result<pb::CompactResponse> {
-        let (_, header) = self.command(pb::command::Op::Compact(req)).await?;
-        Ok(pb::CompactResponse {
-            header: Some(header),
-        })
-    }
-
-    /// Streams put/delete events for a key or prefix from `start_revision` (0 = from now).
-    /// A start older than the compacted revision fails with [`Error::Compacted`].
-    pub async fn watch(&self, req: pb::WatchRequest) -> Result<WatchStream> {
-        self.replica.serving()?;
-        validate::watch(&self.limits, &req)?;
-        let oldest = self.replica.sm.compact_revision();
-        if req.start_revision > 0 && req.start_revision < oldest {
-            return Err(Error::Compacted {
-                requested: req.start_revision,
-                oldest,
-            });
-        }
-        // Subscribed before the first response, so no batch falls between history and live.
-        let (live, current) = self.replica.sm.subscribe();
-        let created = pb::WatchResponse {
-            header: Some(self.header(current)),
-            created: true,
-            events: vec![],
-        };
-        let feed = WatchFeed {
-            next: if req.start_revision == 0 {
-                current + 1
-            } else {
-                req.start_revision
-            },
-            up_to: current,
-            live,
-            req,
-            kv: self.clone(),
-        };
-        // Polled by the client's own stream, without a task and channel per watcher: a
-        // watcher that reads slowly falls behind the live feed and goes back to history.
-        let rest = futures::stream::unfold(Some(feed), |feed| async move {
-            let mut feed = feed?;
-            match feed.next_response().await {
-                Ok(resp) => Some((Ok(resp), Some(feed))),
-                Err(e) => Some((Err(e), None)),
-            }
-        });
-        Ok(Box::pin(
-            futures::stream::once(std::future::ready(Ok(created))).chain(rest),
-        ))
-    }
-
     /// The events that match the watch, as one response; `None` when none do.
     fn matching(
         &self,
@@ -256,6 +165,128 @@ impl Kv {
             created: false,
             events,
         })
+    }
+}
+
+impl Kv {
+    /// Sets one key.
+    pub async fn put(&self, req: pb::PutRequest) -> Result<pb::PutResponse> {
+        let core = self.core()?;
+        validate::put(&core.limits, &req)?;
+        let (resp, header) = core.command(pb::command::Op::Put(req)).await?;
+        match resp.result {
+            Some(pb::command_response::Result::Put(mut p)) => {
+                p.header = Some(header);
+                Ok(p)
+            }
+            other => Err(unexpected("put", other)),
+        }
+    }
+
+    /// Reads one key.
+    pub async fn get(&self, req: pb::GetRequest) -> Result<pb::GetResponse> {
+        let core = self.core()?;
+        let consistency = validate::get(&core.limits, &req)?;
+        core.before_read(consistency, req.min_revision).await?;
+        let (kv, revision) = core.replica.sm.get(&req.key).map_err(storage)?;
+        Ok(pb::GetResponse {
+            header: Some(core.header(revision)),
+            kv,
+        })
+    }
+
+    /// Deletes a key, a `[key, end)` range or a prefix.
+    pub async fn delete(&self, req: pb::DeleteRequest) -> Result<pb::DeleteResponse> {
+        let core = self.core()?;
+        validate::delete(&core.limits, &req)?;
+        let (resp, header) = core.command(pb::command::Op::Delete(req)).await?;
+        match resp.result {
+            Some(pb::command_response::Result::Delete(mut d)) => {
+                d.header = Some(header);
+                Ok(d)
+            }
+            other => Err(unexpected("delete", other)),
+        }
+    }
+
+    /// Lists keys in order, at most `limit` (or the node's maximum) at a time.
+    pub async fn range(&self, req: pb::RangeRequest) -> Result<pb::RangeResponse> {
+        let core = self.core()?;
+        let consistency = validate::range(&core.limits, &req)?;
+        core.before_read(consistency, req.min_revision).await?;
+        let (mut resp, revision) = core.replica.sm.range(&req).map_err(storage)?;
+        resp.header = Some(core.header(revision));
+        Ok(resp)
+    }
+
+    /// Evaluates the compares atomically, then runs `success` or `failure` (a
+    /// [`TxnRequest`](pb::TxnRequest), or a [`Txn`](crate::Txn) built step by step).
+    pub async fn txn(&self, req: impl Into<pb::TxnRequest>) -> Result<pb::TxnResponse> {
+        let core = self.core()?;
+        let req = req.into();
+        validate::txn(&core.limits, &req)?;
+        let (resp, header) = core.command(pb::command::Op::Txn(req)).await?;
+        match resp.result {
+            Some(pb::command_response::Result::Txn(mut t)) => {
+                t.header = Some(header);
+                Ok(t)
+            }
+            other => Err(unexpected("txn", other)),
+        }
+    }
+
+    /// Discards watch history older than `revision`.
+    pub async fn compact(&self, req: pb::CompactRequest) -> Result<pb::CompactResponse> {
+        let core = self.core()?;
+        let (_, header) = core.command(pb::command::Op::Compact(req)).await?;
+        Ok(pb::CompactResponse {
+            header: Some(header),
+        })
+    }
+
+    /// Streams put/delete events for a key or prefix from `start_revision` (0 = from now).
+    /// A start older than the compacted revision fails with [`Error::Compacted`].
+    pub async fn watch(&self, req: pb::WatchRequest) -> Result<WatchStream> {
+        let core = self.core()?;
+        core.replica.serving()?;
+        validate::watch(&core.limits, &req)?;
+        let oldest = core.replica.sm.compact_revision();
+        if req.start_revision > 0 && req.start_revision < oldest {
+            return Err(Error::Compacted {
+                requested: req.start_revision,
+                oldest,
+            });
+        }
+        // Subscribed before the first response, so no batch falls between history and live.
+        let (live, current) = core.replica.sm.subscribe();
+        let created = pb::WatchResponse {
+            header: Some(core.header(current)),
+            created: true,
+            events: vec![],
+        };
+        let feed = WatchFeed {
+            next: if req.start_revision == 0 {
+                current + 1
+            } else {
+                req.start_revision
+            },
+            up_to: current,
+            live,
+            req,
+            kv: self.clone(),
+        };
+        // Polled by the client's own stream, without a task and channel per watcher: a
+        // watcher that reads slowly falls behind the live feed and goes back to history.
+        let rest = futures::stream::unfold(Some(feed), |feed| async move {
+            let mut feed = feed?;
+            match feed.next_response().await {
+                Ok(resp) => Some((Ok(resp), Some(feed))),
+                Err(e) => Some((Err(e), None)),
+            }
+        });
+        Ok(Box::pin(
+            futures::stream::once(std::future::ready(Ok(created))).chain(rest),
+        ))
     }
 
     /// Deletes `key`; returns how many keys were deleted (0 or 1).
@@ -344,11 +375,15 @@ struct WatchFeed {
 }
 
 impl WatchFeed {
+    /// Takes the node's parts for each step only: a watch waiting for the next batch does not
+    /// keep a stopped node's store open (it ends once the store is gone).
     async fn next_response(&mut self) -> Result<pb::WatchResponse> {
-        let sm = &self.kv.replica.sm;
         loop {
             if self.next <= self.up_to {
-                let events = sm
+                let core = self.kv.core()?;
+                let events = core
+                    .replica
+                    .sm
                     .history(self.next, self.up_to, WATCH_CATCH_UP_EVENTS)
                     .map_err(|e| match e {
                         ReadError::Compacted { requested, oldest } => {
@@ -360,7 +395,7 @@ impl WatchFeed {
                     Some(last) => self.next = last.mod_revision + 1,
                     None => self.next = self.up_to + 1,
                 }
-                if let Some(resp) = self.kv.matching(&self.req, events) {
+                if let Some(resp) = core.matching(&self.req, events) {
                     return Ok(resp);
                 }
                 continue;
@@ -376,12 +411,12 @@ impl WatchFeed {
                     if let Some(last) = events.last().and_then(|e| e.kv.as_ref()) {
                         self.next = last.mod_revision + 1;
                     }
-                    if let Some(resp) = self.kv.matching(&self.req, events) {
+                    if let Some(resp) = self.kv.core()?.matching(&self.req, events) {
                         return Ok(resp);
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    let (rx, current) = sm.subscribe();
+                    let (rx, current) = self.kv.core()?.replica.sm.subscribe();
                     self.live = rx;
                     self.up_to = current;
                 }

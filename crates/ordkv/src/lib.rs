@@ -33,6 +33,7 @@ mod recover;
 mod replica;
 mod resolve;
 mod retention;
+mod revocable;
 mod space;
 mod status;
 #[cfg(test)]

@@ -26,20 +26,22 @@ use crate::peer::client::PeerNetwork;
 use crate::read_index::Reads;
 use crate::replica::{NodeStatus, Replica};
 use crate::retention::Retention;
+use crate::revocable::Revocable;
 use crate::tls::{ClientAuth, PeerNames, TlsMaterial};
 use crate::writes::Writer;
 
 struct Inner {
     identity: Identity,
     config: NodeConfig,
-    replica: Replica,
+    /// Node id, name and cluster id as peers see them.
+    peer: Arc<PeerShared>,
+    /// What holds the store, until `shutdown` takes it back.
+    live: Revocable<Live>,
     kv: Kv,
     /// The StatefulSet's intended size, polled from the Kubernetes API.
     intent: IntentWatch,
-    /// Admits, removes and hands off (see `membership`).
-    membership: Membership,
-    /// Holds the data dir's lock.
-    data_dir: Arc<DataDir>,
+    /// Holds the data dir's lock; `shutdown` lets go of it once the store is closed.
+    data_dir: std::sync::Mutex<Option<Arc<DataDir>>>,
     /// The TLS material of `tls_dir`, re-read on change.
     tls: Option<TlsMaterial>,
     /// The leader changes this member saw lately.
@@ -52,6 +54,13 @@ struct Inner {
     /// Tasks that had not ended [`TASKS_STOP_WAIT`] after the stop (tests expect none).
     #[cfg(test)]
     aborted_at_stop: std::sync::atomic::AtomicUsize,
+}
+
+/// The node's parts that hold the store.
+struct Live {
+    replica: Replica,
+    /// Admits, removes and hands off (see `membership`).
+    membership: Membership,
 }
 
 /// An open replica. Cloning is cheap; every clone is the same node.
@@ -170,7 +179,7 @@ impl Node {
             _ => config.kubernetes.clone(),
         };
         let intent = IntentWatch::new(api);
-        let membership = Membership::new(raft, &identity, &config, intent.clone(), peer);
+        let membership = Membership::new(raft, &identity, &config, intent.clone(), peer.clone());
         let stop = CancellationToken::new();
         let lifecycle = Lifecycle::new(
             replica.clone(),
@@ -179,14 +188,19 @@ impl Node {
             &identity,
             &config,
         );
+        let snapshots_dir = data_dir.path.join("snapshots");
+        let live = Live {
+            replica: replica.clone(),
+            membership: membership.clone(),
+        };
         let node = Node {
             inner: Arc::new(Inner {
+                live: Revocable::new(&identity.name, live),
                 identity,
-                replica: replica.clone(),
+                peer,
                 kv,
                 intent: intent.clone(),
-                membership: membership.clone(),
-                data_dir,
+                data_dir: std::sync::Mutex::new(Some(data_dir)),
                 tls: tls.clone(),
                 leader_log: LeaderLog::default(),
                 stop: stop.clone(),
@@ -220,7 +234,7 @@ impl Node {
                 replica,
                 writer,
                 membership,
-                snapshots_dir: inner.data_dir.path.join("snapshots"),
+                snapshots_dir,
                 leases,
                 stop: stop.clone(),
             };
@@ -263,12 +277,12 @@ impl Node {
 
     /// The Raft node id of this data dir.
     pub fn node_id(&self) -> u64 {
-        self.inner.replica.node_id()
+        self.inner.peer.node_id
     }
 
     /// The cluster this member belongs to (empty until it bootstrapped or joined one).
     pub fn cluster_id(&self) -> String {
-        self.inner.replica.peer.cluster_id().to_string()
+        self.inner.peer.cluster_id().to_string()
     }
 
     /// The request limits in force.
@@ -278,7 +292,14 @@ impl Node {
 
     /// Health and metrics snapshot.
     pub fn status(&self) -> NodeStatus {
-        self.inner.replica.status()
+        match self.inner.live.get() {
+            Ok(live) => live.replica.status(),
+            Err(stopped) => NodeStatus {
+                member: self.inner.identity.name.clone(),
+                fatal: Some(stopped.to_string()),
+                ..Default::default()
+            },
+        }
     }
 
     /// Ready = no fatal error, a member, a leader is known, everything committed here applied
@@ -310,7 +331,7 @@ impl Node {
     pub async fn cluster_status(&self) -> Result<pb::StatusResponse> {
         let inner = &self.inner;
         Ok(crate::status::build(
-            &inner.replica,
+            &inner.live.get()?.replica,
             inner.intent.current(),
             &inner.config,
         ))
@@ -319,23 +340,33 @@ impl Node {
     /// Removes the member with this ordinal from the cluster (scale-down). Runs on the
     /// leader; refused when it would leave the remaining voters without a quorum.
     pub async fn remove_member(&self, ordinal: u32) -> Result<String> {
-        self.inner.membership.remove_ordinal(ordinal).await
+        self.inner
+            .live
+            .get()?
+            .membership
+            .remove_ordinal(ordinal)
+            .await
     }
 
     /// Hands leadership to the member with this ordinal.
     pub async fn transfer_leader(&self, ordinal: u32) -> Result<String> {
-        self.inner.membership.transfer_to_ordinal(ordinal).await
+        self.inner
+            .live
+            .get()?
+            .membership
+            .transfer_to_ordinal(ordinal)
+            .await
     }
 
     /// A consistent backup: builds a fresh snapshot of everything applied here and opens it.
     /// The file is ordkv's checksummed snapshot format (`ordkv snapshot restore` reads it).
     pub async fn backup(&self) -> Result<(SnapshotSummary, std::fs::File)> {
-        crate::backup::fresh_snapshot(&self.inner.replica).await
+        crate::backup::fresh_snapshot(&self.inner.live.get()?.replica).await
     }
 
     #[cfg(test)]
     pub(crate) fn peer(&self) -> &PeerShared {
-        &self.inner.replica.peer
+        &self.inner.peer
     }
 
     /// Test fault injection: act as if the named peers were unreachable (both directions).
@@ -343,7 +374,6 @@ impl Node {
     pub fn set_partitioned_from(&self, peers: &[String]) {
         let mut blocked = self
             .inner
-            .replica
             .peer
             .blocked
             .write()
@@ -358,7 +388,10 @@ impl Node {
         // Server metrics change on role and membership changes only, not on every write (a
         // wake-up per write costs a worker hand-off); their sender drops when Raft stops,
         // fatally or not, and the storage flags are checked once a second.
-        let replica = &self.inner.replica;
+        let replica = match self.inner.live.get() {
+            Ok(live) => live.replica.clone(),
+            Err(stopped) => return stopped.to_string(),
+        };
         let mut rx = replica.raft.server_metrics();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -383,35 +416,82 @@ impl Node {
     /// update or a drain keeps it), unless the StatefulSet was scaled below this member's
     /// ordinal: then it first asks the leader to remove it and waits for that, up to
     /// `leave_timeout`. Returns once the node's tasks have ended (the streams peers hold open
-    /// included) and storage is flushed; the store and the data dir's lock are released when
-    /// the last handle (`Node`, `Kv` clones) is dropped.
+    /// included), storage is flushed and closed, and the data dir's lock is released: it can
+    /// be opened again at once. The `Node` and `Kv` handles left refuse requests from then on
+    /// (`UNAVAILABLE`, "was shut down"), and their watches end. A second call does nothing.
     pub async fn shutdown(&self) -> Result<()> {
-        self.inner.membership.leave_if_scaled_away().await;
-        self.inner.membership.hand_off_leadership().await;
-        self.inner.replica.set_stopped();
+        let Ok(live) = self.inner.live.get() else {
+            return Ok(()); // shut down already
+        };
+        live.membership.leave_if_scaled_away().await;
+        live.membership.hand_off_leadership().await;
+        live.replica.set_stopped();
         self.inner.stop.cancel();
-        self.inner
+        let stopped = live
             .replica
             .raft
             .shutdown()
             .await
-            .map_err(|e| Error::Internal(format!("raft shutdown: {e}")))?;
+            .map_err(|e| Error::Internal(format!("raft shutdown: {e}")));
         self.inner.join_tasks().await;
-        self.inner
+        let flushed = live
             .replica
             .sm
             .flush()
             .await
-            .map_err(|e| Error::Storage(format!("final flush: {e}")))?;
+            .map_err(|e| Error::Storage(format!("final flush: {e}")));
+        // Every handle lets go of the store now: what the application keeps is refused.
+        self.inner.kv.revoke();
+        self.inner.live.revoke();
+        drop(live);
+        self.inner.release_data_dir().await;
         tracing::info!(member = %self.inner.identity.name, "node stopped");
-        Ok(())
+        stopped.and(flushed)
     }
 }
+
+/// Whether sled let go of its lock on `db` (a lock taken here conflicts with sled's own).
+fn store_closed(db: &std::path::Path) -> bool {
+    use fs2::FileExt;
+    match std::fs::File::open(db) {
+        Ok(f) => f.try_lock_exclusive().is_ok(), // unlocked when `f` closes
+        Err(_) => true,                          // no store was ever created
+    }
+}
+
+/// How long shutdown waits for requests still in flight to let go of the store.
+const RELEASE_WAIT: Duration = Duration::from_secs(10);
 
 /// How long shutdown waits for the node's tasks to see the stop before it aborts them.
 const TASKS_STOP_WAIT: Duration = Duration::from_secs(1);
 
 impl Inner {
+    /// Waits until the store is closed (requests in flight hold it until they end, and sled
+    /// lets go of its lock from its own threads), then releases the data dir's lock. If the
+    /// store is still held after [`RELEASE_WAIT`], the lock stays until the last handle goes.
+    async fn release_data_dir(&self) {
+        let taken = self
+            .data_dir
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(data_dir) = taken else { return };
+        let sled = data_dir.path.join("sled").join("db");
+        let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
+        while Arc::strong_count(&data_dir) > 1 || !store_closed(&sled) {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    wait = ?RELEASE_WAIT,
+                    "the store is still open after the shutdown; the data dir is released \
+                     when the last request holding it ends"
+                );
+                *self.data_dir.lock().unwrap_or_else(|p| p.into_inner()) = Some(data_dir);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Runs `task` until the node stops (it must end when `stop` is cancelled).
     fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
         self.tasks
@@ -482,29 +562,49 @@ pub(crate) fn store_options(config: &NodeConfig) -> StoreOptions {
 mod tests {
     use super::*;
 
-    /// Once `shutdown` returned and the handles are dropped, the data dir is free at once:
-    /// no task of the node outlives it holding the store.
+    /// Once `shutdown` returned, the data dir is free, though the application still holds the
+    /// node, a `Kv` and a watch: those refuse or end, and hold nothing.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn shutdown_then_drop_releases_the_data_dir() {
+    async fn shutdown_releases_the_data_dir_from_the_handles_left() {
+        use futures::StreamExt;
         let dir = tempfile::tempdir().unwrap();
         let config = NodeConfig::new(dir.path().join("kv-0"));
         let node = Node::open(config.clone()).await.unwrap();
         let kv = node.kv();
         kv.put_value("k", "v1").await.unwrap();
+        let mut watch = kv.watch_key("k").await.unwrap();
+        assert!(watch.next().await.unwrap().unwrap().created);
         node.shutdown().await.unwrap();
-        drop((node, kv));
 
         let again = Node::open(config).await.unwrap();
         again.wait_ready(Duration::from_secs(10)).await.unwrap();
         let got = again.kv().get_value("k").await.unwrap();
         assert_eq!(got.as_deref(), Some(&b"v1"[..]));
+        match kv.put_value("k", "v2").await {
+            Err(Error::Unavailable(m)) => assert!(m.contains("was shut down"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            node.status()
+                .fatal
+                .is_some_and(|f| f.contains("was shut down"))
+        );
+        assert!(
+            node.shutdown().await.is_ok(),
+            "a second shutdown is a no-op"
+        );
+        let ended = tokio::time::timeout(Duration::from_secs(5), watch.next()).await;
+        assert!(
+            matches!(ended, Ok(None | Some(Err(_)))),
+            "the old watch ends: {ended:?}"
+        );
         again.shutdown().await.unwrap();
     }
 
     /// A member stopped while peers stream to it (a follower under the leader's appends, then
-    /// the leader under forwarded writes) serves nothing more through the handles left, and
-    /// frees its store once they are dropped: no connection its peer server served keeps it
-    /// open, so it reopens at once, as a pod restarted in place does.
+    /// the leader under forwarded writes) has freed its data dir when `shutdown` returns,
+    /// though the test still holds its `Node` and a `Kv`: it reopens at once, as a pod
+    /// restarted in place does, and the old handles serve nothing.
     fn grant(ttl: i64) -> pb::LeaseGrantRequest {
         pb::LeaseGrantRequest {
             ttl,
@@ -576,11 +676,13 @@ mod tests {
                 .aborted_at_stop
                 .load(std::sync::atomic::Ordering::SeqCst);
             assert_eq!(aborted, 0, "tasks of {} outlived the stop", names[stopped]);
-            drop((node, kv));
+            // Released by `shutdown` itself: the handles kept here do not hold it.
             let again = Node::open(config(names[stopped]))
                 .await
                 .unwrap_or_else(|e| panic!("{} does not reopen: {e}", names[stopped]));
             again.wait_ready(Duration::from_secs(30)).await.unwrap();
+            refused(kv.get_value("k0").await.map(drop));
+            drop((node, kv));
             members.insert(stopped, again);
         }
         writing.cancel();

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::{Kv, unexpected};
+use super::{Kv, KvCore, unexpected};
 use crate::error::{Error, Result};
 use crate::lease::ttl_to_grant;
 use crate::pb;
@@ -16,7 +16,7 @@ impl Kv {
     pub async fn lease_grant(&self, req: pb::LeaseGrantRequest) -> Result<pb::LeaseGrantResponse> {
         let (ttl, ttl_raised) = ttl_to_grant(req.ttl)?;
         let op = pb::command::Op::LeaseGrant(pb::LeaseGrantRequest { ttl, id: req.id });
-        let (resp, header) = self.command(op).await?;
+        let (resp, header) = self.core()?.command(op).await?;
         match resp.result {
             Some(pb::command_response::Result::LeaseGrant(mut g)) => {
                 g.header = Some(header);
@@ -34,7 +34,7 @@ impl Kv {
             id,
             ..Default::default()
         });
-        let (resp, header) = self.command(op).await?;
+        let (resp, header) = self.core()?.command(op).await?;
         match resp.result {
             Some(pb::command_response::Result::LeaseRevoke(mut r)) => {
                 r.header = Some(header);
@@ -48,6 +48,7 @@ impl Kv {
     /// [`Error::NotFound`] when the lease is gone: it expired or was revoked, for good.
     pub async fn lease_keep_alive(&self, id: u64) -> Result<pb::LeaseKeepAliveResponse> {
         let answer = self
+            .core()?
             .ask_leader(pb::LeaseForwardRequest {
                 id,
                 keep_alive: true,
@@ -66,28 +67,32 @@ impl Kv {
         &self,
         req: pb::LeaseTimeToLiveRequest,
     ) -> Result<pb::LeaseTimeToLiveResponse> {
-        self.ask_leader(pb::LeaseForwardRequest {
-            id: req.id,
-            keys: req.keys,
-            keep_alive: false,
-            ..Default::default()
-        })
-        .await
+        self.core()?
+            .ask_leader(pb::LeaseForwardRequest {
+                id: req.id,
+                keys: req.keys,
+                keep_alive: false,
+                ..Default::default()
+            })
+            .await
     }
 
     /// Every lease, linearizably.
     pub async fn lease_leases(&self) -> Result<pb::LeaseLeasesResponse> {
-        self.before_read(pb::Consistency::Linearizable, 0).await?;
-        let (leases, revision) = self.replica.sm.leases().map_err(super::storage)?;
+        let core = self.core()?;
+        core.before_read(pb::Consistency::Linearizable, 0).await?;
+        let (leases, revision) = core.replica.sm.leases().map_err(super::storage)?;
         Ok(pb::LeaseLeasesResponse {
-            header: Some(self.header(revision)),
+            header: Some(core.header(revision)),
             leases: leases
                 .into_iter()
                 .map(|(id, granted_ttl)| pb::LeaseStatus { id, granted_ttl })
                 .collect(),
         })
     }
+}
 
+impl KvCore {
     /// Asks the leader (this member or another), retrying within the request deadline while
     /// the leadership moves: keepalives and questions are safe to repeat.
     async fn ask_leader(
