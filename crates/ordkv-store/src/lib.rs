@@ -58,7 +58,7 @@ pub use wal::DEFAULT_SEGMENT_BYTES as DEFAULT_WAL_SEGMENT_BYTES;
 /// vote and the state machine, and `dir/snapshots`.
 pub fn open(dir: &Path, opts: &StoreOptions) -> io::Result<(LogStore, StateMachine)> {
     let sled_dir = dir.join("sled");
-    let config = sled::Config::new()
+    let db = sled::Config::new()
         .path(&sled_dir)
         .cache_capacity(opts.cache_capacity_bytes)
         // Large segments keep values of up to a few MiB inline in the data file that the
@@ -66,8 +66,8 @@ pub fn open(dir: &Path, opts: &StoreOptions) -> io::Result<(LogStore, StateMachi
         .segment_size(8 * 1024 * 1024)
         // LowSpace (the default) rewrites pages more eagerly; under a steady stream of puts
         // that showed up as sled dominating the apply path's CPU.
-        .mode(sled::Mode::HighThroughput);
-    let db = open_sled(&config)
+        .mode(sled::Mode::HighThroughput)
+        .open()
         .map_err(|e| io::Error::other(format!("opening sled in {}: {e}", sled_dir.display())))?;
     let failed = Arc::new(AtomicBool::new(false));
     let db_file = File::open(sled_dir.join("db"))?;
@@ -103,27 +103,6 @@ pub fn open(dir: &Path, opts: &StoreOptions) -> io::Result<(LogStore, StateMachi
         opts.max_range_limit,
     )?;
     Ok((log, sm))
-}
-
-/// sled's lock can outlive a stopped node by a moment (in a few percent of restarts within
-/// one process, seen with every handle of its state machine gone: sled's background threads
-/// or a last log handle let go of it just after). A store reopened right after its node
-/// stopped waits for that. Another process is kept out before, by the data dir's `LOCK`.
-const SLED_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
-fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
-    let until = std::time::Instant::now() + SLED_RELEASE_WAIT;
-    loop {
-        match config.open() {
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < until =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            opened => return opened,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -191,9 +191,13 @@ fn fill_spare_buffered(path: &Path, size: u64) -> io::Result<()> {
 }
 
 pub(crate) fn segment_header() -> [u8; SEGMENT_HEADER] {
+    header_of(SEGMENT_FORMAT)
+}
+
+fn header_of(format: u32) -> [u8; SEGMENT_HEADER] {
     let mut h = [0u8; SEGMENT_HEADER];
     h[..8].copy_from_slice(SEGMENT_MAGIC);
-    h[8..12].copy_from_slice(&SEGMENT_FORMAT.to_le_bytes());
+    h[8..12].copy_from_slice(&format.to_le_bytes());
     let crc = crc32fast::hash(&h[..12]);
     h[12..].copy_from_slice(&crc.to_le_bytes());
     h
@@ -738,26 +742,23 @@ mod tests {
             .collect()
     }
 
-    /// The `.wal` files in `dir` (not the spare).
-    fn segments_in(dir: &Path) -> usize {
-        fs::read_dir(dir)
-            .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .path()
-                    .extension()
-                    .is_some_and(|x| x == "wal")
-            })
-            .count()
-    }
-
-    fn only_segment(dir: &Path) -> PathBuf {
+    /// The `.wal` files in `dir` (not the spare), in log order.
+    fn segment_paths(dir: &Path) -> Vec<PathBuf> {
         let mut files: Vec<_> = fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().path())
             .filter(|p| p.extension().is_some_and(|x| x == "wal"))
             .collect();
+        files.sort();
+        files
+    }
+
+    fn segments_in(dir: &Path) -> usize {
+        segment_paths(dir).len()
+    }
+
+    fn only_segment(dir: &Path) -> PathBuf {
+        let mut files = segment_paths(dir);
         assert_eq!(files.len(), 1);
         files.pop().unwrap()
     }
@@ -1183,12 +1184,7 @@ mod tests {
         wal.sync().unwrap();
         drop(wal);
 
-        let mut names: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "wal"))
-            .collect();
-        names.sort();
+        let names = segment_paths(dir.path());
         assert!(names.len() >= 3, "{names:?}");
         let starts: Vec<bool> = names
             .iter()
@@ -1240,12 +1236,7 @@ mod tests {
         wal.append((1..=3).map(entry)).unwrap();
         drop(wal);
         let path = only_segment(dir.path());
-        let mut header = [0u8; SEGMENT_HEADER];
-        header[..8].copy_from_slice(SEGMENT_MAGIC);
-        header[8..12].copy_from_slice(&(SEGMENT_FORMAT + 1).to_le_bytes());
-        let crc = crc32fast::hash(&header[..12]);
-        header[12..].copy_from_slice(&crc.to_le_bytes());
-        overwrite(&path, 0, &header);
+        overwrite(&path, 0, &header_of(SEGMENT_FORMAT + 1));
         let before = fs::read(&path).unwrap();
 
         let err = Wal::open(dir.path(), None)

@@ -104,7 +104,6 @@ impl KvCore {
         &self,
         op: pb::command::Op,
     ) -> Result<(pb::CommandResponse, pb::ResponseHeader)> {
-        self.replica.serving()?;
         let resp = self.writer.write(pb::Command { op: Some(op) }).await?;
         let header = self.header(resp.revision);
         Ok((resp, header))
@@ -112,7 +111,6 @@ impl KvCore {
 
     /// Waits for the read's consistency level; returns once the local state may be read.
     async fn before_read(&self, consistency: pb::Consistency, min_revision: u64) -> Result<()> {
-        self.replica.serving()?;
         if consistency != pb::Consistency::Serializable {
             self.reads.linearize().await?;
         }
@@ -248,7 +246,6 @@ impl Kv {
     /// A start older than the compacted revision fails with [`Error::Compacted`].
     pub async fn watch(&self, req: pb::WatchRequest) -> Result<WatchStream> {
         let core = self.core()?;
-        core.replica.serving()?;
         validate::watch(&core.limits, &req)?;
         let oldest = core.replica.sm.compact_revision();
         if req.start_revision > 0 && req.start_revision < oldest {

@@ -425,7 +425,9 @@ impl Node {
         };
         live.membership.leave_if_scaled_away().await;
         live.membership.hand_off_leadership().await;
-        live.replica.set_stopped();
+        // From here on the handles the application keeps are refused: a stopped member's last
+        // metrics still name a leader, and its session keepalives must not reach it.
+        self.inner.kv.revoke();
         self.inner.stop.cancel();
         let stopped = live
             .replica
@@ -440,8 +442,6 @@ impl Node {
             .flush()
             .await
             .map_err(|e| Error::Storage(format!("final flush: {e}")));
-        // Every handle lets go of the store now: what the application keeps is refused.
-        self.inner.kv.revoke();
         self.inner.live.revoke();
         drop(live);
         self.inner.release_data_dir().await;
@@ -601,10 +601,6 @@ mod tests {
         again.shutdown().await.unwrap();
     }
 
-    /// A member stopped while peers stream to it (a follower under the leader's appends, then
-    /// the leader under forwarded writes) has freed its data dir when `shutdown` returns,
-    /// though the test still holds its `Node` and a `Kv`: it reopens at once, as a pod
-    /// restarted in place does, and the old handles serve nothing.
     fn grant(ttl: i64) -> pb::LeaseGrantRequest {
         pb::LeaseGrantRequest {
             ttl,
@@ -612,6 +608,10 @@ mod tests {
         }
     }
 
+    /// A member stopped while peers stream to it (a follower under the leader's appends, then
+    /// the leader under forwarded writes) has freed its data dir when `shutdown` returns,
+    /// though the test still holds its `Node` and a `Kv`: it reopens at once, as a pod
+    /// restarted in place does, and the old handles serve nothing.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_member_stopped_under_peer_traffic_reopens_at_once() {
         let dir = tempfile::tempdir().unwrap();

@@ -3,7 +3,6 @@
 //! status and the lifecycle all start from a [`Replica`]; none of them needs the node.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -94,8 +93,6 @@ pub(crate) struct Replica {
     pub(crate) peer: Arc<PeerShared>,
     /// Set when the node cannot go on (e.g. its data belongs to another cluster).
     fatal: Arc<OnceLock<String>>,
-    /// Set by `Node::shutdown`: handles the application still holds serve nothing more.
-    stopped: Arc<AtomicBool>,
     /// What the leader committed, as this follower learned it (readiness).
     pub(crate) leader_commits: Arc<LeaderCommits>,
 }
@@ -113,7 +110,6 @@ impl Replica {
             log,
             peer,
             fatal: Default::default(),
-            stopped: Default::default(),
             leader_commits: Default::default(),
         }
     }
@@ -135,35 +131,9 @@ impl Replica {
         self.raft.metrics().borrow_watched().state == ServerState::Leader
     }
 
-    /// The leader's node record, when one is known (never once stopped: a stopped member's
-    /// last metrics still name a leader, which must not keep taking its forwarded requests).
+    /// The leader's node record, when one is known.
     pub(crate) fn leader(&self) -> Option<(u64, MemberNode)> {
-        if self.is_stopped() {
-            return None;
-        }
         leader_of(&self.metrics())
-    }
-
-    /// From now on, every request through this member's handles is refused.
-    pub(crate) fn set_stopped(&self) {
-        self.stopped.store(true, Ordering::SeqCst);
-    }
-
-    fn is_stopped(&self) -> bool {
-        self.stopped.load(Ordering::SeqCst)
-    }
-
-    /// Refuses a request once the node was shut down. An application holding a `Kv` of a
-    /// stopped member (a lease's keepalive loop, say) must not go on writing, or renewing its
-    /// leases, through the peers.
-    pub(crate) fn serving(&self) -> Result<()> {
-        if self.is_stopped() {
-            return Err(Error::Unavailable(format!(
-                "member {} was shut down; send requests to a running member",
-                self.name()
-            )));
-        }
-        Ok(())
     }
 
     /// Whether the leader told this member it was removed (until it is admitted again).

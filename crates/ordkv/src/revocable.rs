@@ -26,16 +26,18 @@ impl<T> Revocable<T> {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-            .ok_or_else(|| {
-                Error::Unavailable(format!(
-                    "member {} was shut down; send requests to a running member",
-                    self.member
-                ))
-            })
+            .ok_or_else(|| shut_down(&self.member))
     }
 
     /// Takes the part back; requests in flight keep theirs until they end.
-    pub(crate) fn revoke(&self) -> Option<Arc<T>> {
-        self.slot.write().unwrap_or_else(|p| p.into_inner()).take()
+    pub(crate) fn revoke(&self) {
+        self.slot.write().unwrap_or_else(|p| p.into_inner()).take();
     }
+}
+
+/// What a request through a shut-down member's handle gets.
+fn shut_down(member: &str) -> Error {
+    Error::Unavailable(format!(
+        "member {member} was shut down; send requests to a running member"
+    ))
 }

@@ -99,7 +99,6 @@ impl KvCore {
         &self,
         mut req: pb::LeaseForwardRequest,
     ) -> Result<pb::LeaseTimeToLiveResponse> {
-        self.replica.serving()?;
         req.cluster_id = self.replica.peer.cluster_id().to_string();
         let deadline = tokio::time::Instant::now() + self.request_wait;
         loop {
